@@ -1,0 +1,1 @@
+"""sxtdask.relabel."""
