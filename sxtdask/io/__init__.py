@@ -1,1 +1,31 @@
-"""sxtdask.io."""
+"""Tomogram readers (MRC, AmiraMesh, TIFF, NumPy) and the OME-Zarr 0.5 image and label writer/reader."""
+
+from __future__ import annotations
+
+from sxtdask.io._labels import (
+    create_labels,
+    finalize_labels,
+    labels_complete,
+    list_labels,
+    open_labels,
+    write_labels,
+)
+from sxtdask.io._omezarr import OmeImage, open_image, write_image
+from sxtdask.io._readers import SUPPORTED_SUFFIXES, open_volume
+from sxtdask.io._volume import HeaderWarning, Volume
+
+__all__ = [
+    "SUPPORTED_SUFFIXES",
+    "HeaderWarning",
+    "OmeImage",
+    "Volume",
+    "create_labels",
+    "finalize_labels",
+    "labels_complete",
+    "list_labels",
+    "open_image",
+    "open_labels",
+    "open_volume",
+    "write_image",
+    "write_labels",
+]

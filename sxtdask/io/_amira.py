@@ -1,0 +1,147 @@
+"""AmiraMesh binary lattices (``.am``, and the ``.rec`` files NCXT/ALS reconstructions come in).
+
+A file starts ``# AmiraMesh BINARY-LITTLE-ENDIAN 2.1`` (or ``BINARY`` for big-endian), declares
+``define Lattice NX NY NZ`` and a field ``Lattice { float Data } @1``; the raw voxels follow the line
+``@1`` after ``# Data section follows``, x fastest, so they map to a (Z, Y, X) array directly.
+ASCII files and compressed fields (``@1(HxByteRLE,n)``, ``@1(HxZip,n)``) are not supported.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sxtdask.errors import InputError, UnsupportedFormatError
+from sxtdask.io._checks import check_shape, voxel_size_or_default
+from sxtdask.io._volume import RawLayout, Volume
+
+__all__ = ["AMIRA_MAGIC", "AMIRA_SUFFIXES", "AmiraHeader", "open_amira", "parse_amira_header"]
+
+logger = logging.getLogger(__name__)
+
+AMIRA_MAGIC = (b"# AmiraMesh", b"# Avizo")
+AMIRA_SUFFIXES = frozenset({".am", ".rec", ".amiramesh", ".labels"})
+HEADER_MAX_BYTES = 1 << 20
+_TYPES = {"byte": "u1", "sbyte": "i1", "short": "i2", "ushort": "u2", "int": "i4", "uint": "u4",
+          "float": "f4", "double": "f8"}
+_FIRST_LINE = re.compile(r"#\s*(?:AmiraMesh|Avizo)\s+(?:3D\s+)?(BINARY-LITTLE-ENDIAN|BINARY|ASCII)\b")
+_LATTICE = re.compile(r"define\s+Lattice((?:\s+\d+)+)")
+_FIELD = re.compile(r"Lattice\s*\{\s*(\w+)\s*(?:\[(\d+)\])?\s+(\w+)\s*\}\s*@(\d+)\s*(?:\(([^)]*)\))?")
+_NUM = r"\s+([-+0-9.eE]+)"
+_BBOX = re.compile(r"BoundingBox" + _NUM * 6)
+
+
+@dataclass(frozen=True)
+class AmiraHeader:
+    """What the header of a binary AmiraMesh lattice says about its data block."""
+
+    dims_xyz: tuple[int, ...]
+    dtype: str
+    components: int
+    offset: int
+    bbox: tuple[float, ...] | None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Stored shape, slowest axis first: (Z, Y, X) or (Z, Y, X, C)."""
+        return tuple(reversed(self.dims_xyz)) + ((self.components,) if self.components > 1 else ())
+
+
+def _split_header(path: Path, buf: bytes, index: int) -> tuple[str, int]:
+    """Return the header text and the byte offset where the data of field ``@index`` start."""
+    follows = re.search(rb"# Data section follows[^\n]*\n", buf)
+    marker = re.compile(rb"^@%d[ \t]*\r?\n" % index, re.M).search(buf, follows.end() if follows else 0)
+    if marker is None:
+        raise InputError(f"{path}: AmiraMesh header without the data marker '@{index}' "
+                         f"(file truncated or header longer than {HEADER_MAX_BYTES} bytes)")
+    return buf[: marker.start()].decode("latin-1"), marker.end()
+
+
+def _byteorder(path: Path, text: str) -> str:
+    m = _FIRST_LINE.match(text)
+    if m is None:
+        first = text.splitlines()[0] if text else ""
+        raise UnsupportedFormatError(f"{path}: unrecognised AmiraMesh header line {first[:60]!r}")
+    if m.group(1) == "ASCII":
+        raise UnsupportedFormatError(
+            f"{path}: ASCII AmiraMesh is not supported; save it as BINARY-LITTLE-ENDIAN in Amira/Avizo")
+    return "<" if m.group(1) == "BINARY-LITTLE-ENDIAN" else ">"
+
+
+def _field(path: Path, text: str) -> tuple[str, int, int]:
+    """Return (numpy type code, components, @index) of the first lattice field."""
+    m = _FIELD.search(text)
+    if m is None:
+        raise UnsupportedFormatError(f"{path}: AmiraMesh file without a 'Lattice {{ <type> <name> }} @N' field")
+    kind, comps, _name, index, encoding = m.groups()
+    if encoding:
+        raise UnsupportedFormatError(
+            f"{path}: compressed AmiraMesh data ({encoding.split(',')[0]}) are not supported; save uncompressed")
+    if kind not in _TYPES:
+        raise UnsupportedFormatError(f"{path}: AmiraMesh data type {kind!r} is not supported "
+                                     f"(supported: {', '.join(_TYPES)})")
+    return _TYPES[kind], int(comps or 1), int(index)
+
+
+def parse_amira_header(path: Path, buf: bytes) -> AmiraHeader:
+    """Parse a binary AmiraMesh lattice header from the first bytes ``buf`` of ``path``."""
+    text = buf[:4096].decode("latin-1")
+    byteorder = _byteorder(path, text)
+    code, comps, index = _field(path, buf.decode("latin-1"))
+    header, offset = _split_header(path, buf, index)
+    dims = _LATTICE.search(header)
+    if dims is None:
+        raise UnsupportedFormatError(f"{path}: AmiraMesh file without 'define Lattice NX NY NZ'")
+    bbox = _BBOX.search(header)
+    return AmiraHeader(
+        dims_xyz=tuple(int(n) for n in dims.group(1).split()),
+        dtype=np.dtype(code).newbyteorder(byteorder).str,
+        components=comps,
+        offset=offset,
+        bbox=tuple(float(v) for v in bbox.groups()) if bbox else None,
+    )
+
+
+def _bbox_voxel_size(path: Path, hdr: AmiraHeader) -> tuple[tuple[float, float, float] | None, str]:
+    """(z, y, x) spacing from the BoundingBox (None if unknown), and why it is unknown."""
+    if hdr.bbox is None:
+        return None, "the AmiraMesh header has no BoundingBox"
+    x0, x1, y0, y1, z0, z1 = hdr.bbox
+    spans = [(z0, z1, hdr.dims_xyz[2]), (y0, y1, hdr.dims_xyz[1]), (x0, x1, hdr.dims_xyz[0])]
+    if all(lo == 0 and hi == n - 1 for lo, hi, n in spans):
+        return None, "the AmiraMesh BoundingBox is the index range"
+    steps = [(hi - lo) / (n - 1) for lo, hi, n in spans if n > 1]
+    if not steps or not all(np.isfinite(s) and s > 0 for s in steps):
+        return None, f"the AmiraMesh BoundingBox {hdr.bbox} gives no positive spacing"
+    sizes = tuple(float((hi - lo) / (n - 1)) if n > 1 else float(np.mean(steps)) for lo, hi, n in spans)
+    logger.info("%s: voxel size %s from the AmiraMesh BoundingBox, read as nanometres "
+                "(AmiraMesh stores no unit)", path, sizes)
+    return sizes, ""  # type: ignore[return-value]
+
+
+def open_amira(path: Path, size: int) -> Volume:
+    """Open a binary AmiraMesh lattice as a memory-mapped (Z, Y, X) :class:`Volume`.
+
+    Parameters
+    ----------
+    path : Path
+        The file.
+    size : int
+        Its size, bytes.
+    """
+    with open(path, "rb") as fh:
+        buf = fh.read(HEADER_MAX_BYTES)
+    hdr = parse_amira_header(path, buf)
+    shape = check_shape(path, hdr.shape)
+    nbytes = int(np.prod(hdr.shape)) * np.dtype(hdr.dtype).itemsize
+    if size < hdr.offset + nbytes:
+        raise InputError(
+            f"{path}: truncated AmiraMesh file: the header describes {hdr.shape[::-1]} (x, y, z) voxels of "
+            f"{np.dtype(hdr.dtype).name} ({hdr.offset + nbytes} bytes with the header), but the file has {size} bytes")
+    voxel = voxel_size_or_default(path, *_bbox_voxel_size(path, hdr))
+    layout = RawLayout(hdr.offset, hdr.dtype, hdr.shape, shape)
+    return Volume(path, layout, voxel, "amira")

@@ -1,0 +1,63 @@
+"""Validation shared by the readers: the data must be a real-valued 3-D (Z, Y, X) block."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from sxtdask.errors import InvalidVolumeError
+
+__all__ = ["check_dtype", "check_shape", "voxel_size_or_default"]
+
+logger = logging.getLogger(__name__)
+
+
+def check_dtype(path: Path | str, dtype: np.dtype) -> None:
+    """Raise :class:`InvalidVolumeError` unless ``dtype`` is an integer or floating-point type."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "c":
+        raise InvalidVolumeError(f"{path}: data are complex ({dtype}); a tomogram must be real-valued")
+    if dtype.kind not in "iuf":
+        raise InvalidVolumeError(
+            f"{path}: data type {dtype} is not numeric; a tomogram must hold integers or floats")
+
+
+def check_shape(path: Path | str, shape: tuple[int, ...], axes: str | None = None) -> tuple[int, int, int]:
+    """Validate a stored shape and return it as (Z, Y, X).
+
+    Arrays with more than 3 axes are squeezed when only 3 axes are longer than 1 (logged).
+
+    Parameters
+    ----------
+    path : Path
+        The file, for messages.
+    shape : tuple of int
+        Shape as stored.
+    axes : str, optional
+        Axis letters as stored (TIFF), for messages.
+    """
+    shape = tuple(int(n) for n in shape)
+    out = shape
+    if len(shape) > 3:
+        out = tuple(n for n in shape if n != 1)
+        if len(out) == 3:
+            logger.info("%s: squeezed singleton axes of shape %s to 3-D %s", path, shape, out)
+    where = f"shape {shape}" + (f", axes {axes}" if axes else "")
+    if len(out) != 3:
+        nd = len(out) if len(shape) > 3 else len(shape)
+        raise InvalidVolumeError(f"{path}: data are {nd}-D ({where}); a tomogram must be 3-D (Z, Y, X)")
+    if 0 in out:
+        raise InvalidVolumeError(f"{path}: data have a zero-sized axis ({where}); a tomogram needs Z, Y, X >= 1")
+    return out  # type: ignore[return-value]
+
+
+def voxel_size_or_default(
+    path: Path | str, size: tuple[float, float, float] | None, why: str,
+) -> tuple[float, float, float]:
+    """Return ``size`` if it is known, else (1, 1, 1) nm with a log line saying ``why``."""
+    if size is None:
+        logger.info("%s: voxel size unknown (%s); using 1.0 nm", path, why)
+        return (1.0, 1.0, 1.0)
+    return size

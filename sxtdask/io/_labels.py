@@ -1,0 +1,248 @@
+"""OME-Zarr 0.5 label images (``labels/<name>``) inside an image written by :func:`write_image`.
+
+A label image is written in two steps so that an interrupted run never looks complete:
+:func:`create_labels` makes the empty level-0 array for the engine to fill chunk by chunk, and
+:func:`finalize_labels` builds the nearest-neighbour pyramid, writes the ``image-label`` metadata and
+only then lists the name in ``labels/`` — the mark that a label image is complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from sxtdask.errors import ConfigError, InputError, OutputError
+from sxtdask.io._omezarr import (
+    OME_VERSION,
+    check_voxel_size,
+    count_slabs,
+    create_level,
+    multiscale_metadata,
+    normalize_chunks,
+    open_image,
+    open_root,
+    read_multiscale,
+    write_pyramid,
+)
+
+__all__ = [
+    "LABEL_DTYPES", "create_labels", "finalize_labels", "labels_complete", "list_labels", "open_labels",
+    "write_labels",
+]
+
+logger = logging.getLogger(__name__)
+
+LABEL_DTYPES = tuple(np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64"))
+PathLike = str | os.PathLike[str]
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not name or "/" in name or name in (".", "..") or name.startswith("."):
+        raise ConfigError(f"label name {name!r} must be a non-empty name without '/' or a leading '.'")
+    return name
+
+
+def _label_dtype(dtype: Any) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt == np.bool_:
+        return np.dtype(np.uint8)
+    if dt not in LABEL_DTYPES:
+        raise ConfigError(f"label dtype {dt} is not an OME-Zarr label type ({', '.join(map(str, LABEL_DTYPES))})")
+    return dt
+
+
+def _listed(root: zarr.Group) -> list[str]:
+    """Names listed in ``labels/`` attributes (complete label images)."""
+    if "labels" not in root:
+        return []
+    ome = root["labels"].attrs.asdict().get("ome", {})
+    return [str(n) for n in ome.get("labels", [])]
+
+
+def _set_listed(labels_group: zarr.Group, names: list[str]) -> None:
+    labels_group.attrs.update({"ome": {"version": OME_VERSION, "labels": list(dict.fromkeys(names))}})
+
+
+def list_labels(path: PathLike) -> list[str]:
+    """Names of the complete label images of the OME-Zarr image at ``path``."""
+    return _listed(open_root(path))
+
+
+def labels_complete(path: PathLike, name: str) -> bool:
+    """True if ``labels/<name>`` is listed and every level its metadata names exists."""
+    root = open_root(path)
+    if name not in _listed(root):
+        return False
+    try:
+        group = root["labels"][name]
+        datasets = group.attrs.asdict()["ome"]["multiscales"][0]["datasets"]
+        return all(d["path"] in group for d in datasets)
+    except (KeyError, IndexError, TypeError):
+        return False
+
+
+def _labels_group(root: zarr.Group) -> zarr.Group:
+    """``labels/``, created with an empty list if missing."""
+    group = root.require_group("labels")
+    if "ome" not in group.attrs:
+        _set_listed(group, [])
+    return group
+
+
+def _reuse(group: zarr.Group, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: np.dtype) -> zarr.Array | None:
+    """The existing level-0 array of an unfinished label image, if it matches (a resumed run)."""
+    arr = group.get("0")
+    if isinstance(arr, zarr.Array) and arr.shape == shape and arr.chunks == chunks and arr.dtype == dtype:
+        return arr
+    return None
+
+
+def create_labels(
+    path: PathLike, name: str, *, shape: tuple[int, int, int], chunks: tuple[int, int, int] | None,
+    dtype: Any = "uint32", overwrite: bool = False,
+) -> zarr.Array:
+    """Create the empty level-0 array ``labels/<name>/0`` for chunk-by-chunk writing.
+
+    The label image is not yet listed in ``labels/`` and has no multiscales metadata: it does not look
+    complete until :func:`finalize_labels`. An unfinished one with the same shape, chunks and dtype is
+    returned as it is (so an interrupted run can resume); ``overwrite`` always starts afresh.
+
+    Parameters
+    ----------
+    path : str or Path
+        The OME-Zarr image.
+    name : str
+        Label image name, e.g. ``"isg"``.
+    shape : (Z, Y, X)
+        Must equal the image's level-0 shape.
+    chunks : (cz, cy, cx) or None
+        Chunk shape, clipped to ``shape``; None uses the image's level-0 chunks.
+    dtype : integer dtype
+        One of the OME-Zarr label types (default uint32).
+    overwrite : bool
+        Replace a complete label image of the same name.
+
+    Raises
+    ------
+    OutputError
+        A complete ``labels/<name>`` exists and ``overwrite`` is False.
+    """
+    _check_name(name)
+    image = open_image(path)
+    if tuple(shape) != image.data.shape:
+        raise ConfigError(f"{path}: label shape {tuple(shape)} differs from the image shape {image.data.shape}")
+    chunks = normalize_chunks(chunks if chunks is not None else image.data.chunksize, image.data.shape)
+    dt = _label_dtype(dtype)
+    root = open_root(path, mode="r+")
+    group = _labels_group(root)
+    if name in group:
+        if labels_complete(path, name) and not overwrite:
+            raise OutputError(f"{path}: label image {name!r} exists; pass --overwrite to replace it")
+        reuse = None if overwrite else _reuse(group[name], image.data.shape, chunks, dt)
+        if reuse is not None:
+            logger.info("%s: resuming the unfinished label image %r", path, name)
+            return reuse
+        _set_listed(group, [n for n in _listed(root) if n != name])
+        del group[name]
+    return create_level(group.create_group(name), 0, image.data.shape, chunks, dt)
+
+
+def _colors(colors: dict[int, tuple[int, ...]] | None) -> list[dict[str, Any]]:
+    out = []
+    for value, rgba in (colors or {}).items():
+        rgba = tuple(int(c) for c in rgba)
+        if len(rgba) not in (3, 4) or not all(0 <= c <= 255 for c in rgba):
+            raise ConfigError(f"color {rgba} for label {value} must be 3 or 4 integers in 0..255")
+        out.append({"label-value": int(value), "rgba": list(rgba + (255,) * (4 - len(rgba)))})
+    return out
+
+
+def finalize_labels(
+    path: PathLike, name: str, *, voxel_size_nm: tuple[float, float, float] | None = None,
+    colors: dict[int, tuple[int, ...]] | None = None,
+) -> None:
+    """Build the label pyramid and metadata, then list ``name`` in ``labels/`` (last).
+
+    Levels 1.. are stride-2 subsamplings (nearest neighbour, never mixing IDs), written slab by slab,
+    with as many levels as the image.
+
+    Parameters
+    ----------
+    path : str or Path
+        The OME-Zarr image.
+    name : str
+        A label image made by :func:`create_labels`.
+    voxel_size_nm : (z, y, x), optional
+        Level-0 voxel size, nanometres; default the image's.
+    colors : dict of int to (r, g, b[, a]), optional
+        Display colours (0..255) per label value.
+    """
+    _check_name(name)
+    image = open_image(path)
+    root = open_root(path, mode="r+")
+    try:
+        group = root["labels"][name]
+        level0 = group["0"]
+    except KeyError as err:
+        raise InputError(f"{path}: no label array labels/{name}/0; call create_labels first") from err
+    shapes = [tuple(level0.shape)]
+    for _ in range(1, image.levels):  # as many levels as the image, each half the one above (rounded up)
+        shapes.append(tuple((n + 1) // 2 for n in shapes[-1]))
+    write_pyramid(group, shapes, level0.chunks, "nearest", lambda: None)
+    vs = check_voxel_size(voxel_size_nm if voxel_size_nm is not None else image.voxel_size_nm)
+    image_label: dict[str, Any] = {"version": OME_VERSION, "source": {"image": "../../"}}
+    if colors:
+        image_label["colors"] = _colors(colors)
+    ms = multiscale_metadata(name, vs, len(shapes), "nearest")
+    group.attrs.update({"ome": {"version": OME_VERSION, "multiscales": [ms], "image-label": image_label}})
+    labels_group = root["labels"]
+    _set_listed(labels_group, _listed(root) + [name])
+    logger.info("%s: label image %r complete (%d levels, %d slabs)", path, name, len(shapes),
+                count_slabs(shapes, level0.chunks))
+
+
+def write_labels(
+    path: PathLike, name: str, labels: np.ndarray | da.Array, *, chunks: tuple[int, int, int] | None = None,
+    overwrite: bool = False, colors: dict[int, tuple[int, ...]] | None = None,
+) -> None:
+    """Write a whole label volume as ``labels/<name>`` (create, fill level 0, finalize).
+
+    Parameters
+    ----------
+    labels : (Z, Y, X) integer ndarray or dask array
+        Same shape as the image. A dask array is written chunk by chunk, a NumPy array slab by slab.
+    chunks : (cz, cy, cx), optional
+        Default the image's level-0 chunks.
+    """
+    dtype = _label_dtype(labels.dtype)
+    arr = create_labels(path, name, shape=tuple(labels.shape), chunks=chunks, dtype=dtype,  # type: ignore[arg-type]
+                        overwrite=overwrite)
+    if isinstance(labels, da.Array):
+        da.store(labels.astype(dtype).rechunk(arr.chunks), arr, lock=False)
+    else:
+        cz = arr.chunks[0]
+        for z0 in range(0, arr.shape[0], cz):
+            arr[z0: z0 + cz] = np.asarray(labels[z0: z0 + cz], dtype=dtype)
+    finalize_labels(path, name, colors=colors)
+
+
+def open_labels(path: PathLike, name: str) -> da.Array:
+    """Level 0 of the complete label image ``labels/<name>`` as a (Z, Y, X) Dask array.
+
+    Raises
+    ------
+    InputError
+        No complete label image of that name (the message lists the available names).
+    """
+    root = open_root(path)
+    read_multiscale(Path(path), root.attrs.asdict())
+    names = _listed(root)
+    if name not in names:
+        raise InputError(f"{path}: no label image {name!r}; available: {', '.join(names) or 'none'}")
+    return da.from_zarr(root["labels"][name]["0"])
