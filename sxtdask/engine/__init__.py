@@ -1,1 +1,17 @@
-"""sxtdask.engine."""
+"""The chunked engine: block planning, per-worker model cache, cluster connection."""
+
+from ._cache import cached_model, clear_models, load_counts
+from ._cluster import ClusterConfig, connect
+from ._run import StoreRun, plan_grid, segment_array, segment_store
+
+__all__ = [
+    "ClusterConfig",
+    "StoreRun",
+    "cached_model",
+    "clear_models",
+    "connect",
+    "load_counts",
+    "plan_grid",
+    "segment_array",
+    "segment_store",
+]

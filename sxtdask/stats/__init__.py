@@ -1,1 +1,5 @@
-"""sxtdask.stats."""
+"""Global intensity statistics (one reduction before any per-chunk work)."""
+
+from ._stats import ConstantVolumeWarning, IntensityStats, check_stats, global_stats
+
+__all__ = ["ConstantVolumeWarning", "IntensityStats", "check_stats", "global_stats"]

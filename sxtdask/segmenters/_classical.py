@@ -1,0 +1,106 @@
+"""Classical ISG instances: smoothing, a global absorption threshold, a seeded watershed, size filter.
+
+The fast counterpart of the sphere-fitting "blob separation" that the reference pipeline recommends
+for production: insulin secretory granules are small dense spheres, so after smoothing they stand
+above an absorption threshold set from the *global* statistics (never a chunk's own), and touching
+granules are split by a watershed on the distance transform seeded at its local maxima.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from skimage.feature import peak_local_max
+from skimage.segmentation import watershed
+
+from ..errors import ConfigError
+from ..stats import IntensityStats
+from ._base import OutputKind, OutputSpec, Segmenter, Task
+
+__all__ = ["ClassicalISG"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClassicalISG(Segmenter):
+    """Seeded-watershed ISG instance segmentation.
+
+    Parameters
+    ----------
+    sigma : float
+        Gaussian smoothing, voxels.
+    threshold : float
+        Absorption threshold on the normalised scale of the whole volume: 0 is the
+        ``p_low`` percentile, 1 the ``p_high`` percentile (``IntensityStats``).
+    min_distance : int
+        Least distance between two granule centres (watershed seeds), voxels.
+    min_voxels, max_voxels : int
+        Size filter: smaller or larger objects are dropped (noise specks, mitochondria).
+    halo : (int, int, int)
+        Voxels read around every chunk; larger than a granule's diameter so that each granule
+        crossing a face is seen whole on both sides.
+    """
+
+    sigma: float = 1.0
+    threshold: float = 0.8
+    min_distance: int = 3
+    min_voxels: int = 24
+    max_voxels: int = 1500
+    halo: tuple[int, int, int] = (12, 12, 12)
+
+    task = Task.ISG_INSTANCES
+    outputs = (OutputSpec("isg", OutputKind.INSTANCES, "uint32"),)
+
+    def __post_init__(self) -> None:
+        if self.sigma < 0:
+            raise ConfigError(f"sigma ({self.sigma}) must not be negative")
+        if self.min_distance < 1:
+            raise ConfigError(f"min_distance ({self.min_distance}) must be at least 1")
+        if not 0 <= self.min_voxels <= self.max_voxels:
+            raise ConfigError(
+                f"min_voxels ({self.min_voxels}) must lie in 0..max_voxels ({self.max_voxels})"
+            )
+        if len(self.halo) != 3 or any(h < 0 for h in self.halo):
+            raise ConfigError(f"halo {self.halo} must be three non-negative integers")
+
+    def foreground(self, block: np.ndarray, stats: IntensityStats) -> tuple[np.ndarray, np.ndarray]:
+        """Smoothed normalised intensities and the thresholded granule mask of a block."""
+        smooth = ndimage.gaussian_filter(stats.normalize(block), self.sigma, mode="nearest")
+        return smooth, smooth > np.float32(self.threshold)
+
+    def segment_block(
+        self, block: np.ndarray, stats: IntensityStats, voxel_size_nm: tuple[float, float, float]
+    ) -> dict[str, np.ndarray]:
+        """ISG instance labels of one block (IDs unique within the block)."""
+        if stats.is_constant:
+            return {"isg": np.zeros(block.shape, dtype=np.uint32)}
+        smooth, mask = self.foreground(block, stats)
+        if not mask.any():
+            return {"isg": np.zeros(block.shape, dtype=np.uint32)}
+        spacing = np.asarray(voxel_size_nm, dtype=float) / min(voxel_size_nm)
+        dist = ndimage.distance_transform_edt(mask, sampling=spacing)
+        # Break ties between equal distance maxima by the (denser) granule centre.
+        relief = dist + 0.1 * smooth
+        seeds = self._seeds(relief, mask)
+        labels = watershed(-relief, seeds, mask=mask)
+        return {"isg": self._size_filter(labels).astype(np.uint32)}
+
+    def _seeds(self, relief: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        coords = peak_local_max(
+            relief, min_distance=self.min_distance, labels=mask.astype(np.uint8),
+            exclude_border=False,
+        )
+        seeds = np.zeros(relief.shape, dtype=np.int32)
+        seeds[tuple(coords.T)] = np.arange(1, len(coords) + 1)
+        return seeds
+
+    def _size_filter(self, labels: np.ndarray) -> np.ndarray:
+        sizes = np.bincount(labels.ravel())
+        drop = (sizes < self.min_voxels) | (sizes > self.max_voxels)
+        drop[0] = True
+        keep = np.where(drop, 0, np.arange(sizes.size))
+        return keep[labels]
