@@ -7,7 +7,15 @@ or Parquet.
 
 from __future__ import annotations
 
+from sxtdask.measure._match import MatchResult, match_instances
 from sxtdask.measure._table import TABLE_COLUMNS, instance_table, regionprops_table
 from sxtdask.measure._write import write_table
 
-__all__ = ["TABLE_COLUMNS", "instance_table", "regionprops_table", "write_table"]
+__all__ = [
+    "TABLE_COLUMNS",
+    "MatchResult",
+    "instance_table",
+    "match_instances",
+    "regionprops_table",
+    "write_table",
+]

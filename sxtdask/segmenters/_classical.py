@@ -49,7 +49,7 @@ class ClassicalISG(Segmenter):
     threshold: float = 0.8
     min_distance: int = 3
     min_voxels: int = 24
-    max_voxels: int = 1500
+    max_voxels: int = 800
     halo: tuple[int, int, int] = (12, 12, 12)
 
     task = Task.ISG_INSTANCES

@@ -1,0 +1,411 @@
+"""The ``sxtdask`` command. The only module that prints, configures logging and draws progress bars.
+
+User errors (``SxtdaskError``) are printed as one line on stderr, without a traceback, and the
+command exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import ConfigError, OutputError, SxtdaskError
+
+logger = logging.getLogger("sxtdask.cli")
+
+TASKS = ("isg-instances",)
+METHODS = {"isg-instances": ("classical",)}
+
+
+# --------------------------------------------------------------------------- parsing helpers
+
+
+def _triple(text: str) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not three integers Z,Y,X") from None
+    if len(values) != 3 or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r} must be three positive integers Z,Y,X")
+    return values  # type: ignore[return-value]
+
+
+def _add_cluster_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("workers")
+    g.add_argument("--workers", type=int, default=None, help="local worker processes (default: cores, at most 4)")
+    g.add_argument("--threads-per-worker", type=int, default=1, help="threads per local worker (default 1)")
+    g.add_argument("--memory-limit", default="auto", help="memory per local worker, e.g. 4GiB (default auto)")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="use an existing Dask scheduler (tcp://host:8786) instead of a local cluster")
+    g.add_argument("--dashboard-address", default="127.0.0.1:8787",
+                   help="local dashboard address (default 127.0.0.1:8787; a busy port picks another)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sxtdask",
+        description="Segment soft X-ray tomograms of whole cells at archive scale, on Dask.",
+    )
+    parser.add_argument("--version", action="version", version=f"sxtdask {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("convert", help="tomogram (.mrc/.rec/.am/.tif/.npy) → OME-Zarr")
+    p.add_argument("input", type=Path)
+    p.add_argument("output", type=Path)
+    p.add_argument("--chunks", type=_triple, default=None, metavar="Z,Y,X",
+                   help="chunk shape (default: 32 slices of the full plane)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+    p = sub.add_parser("synth", help="write a synthetic SXT cell (MRC) and its ground truth (.gt.zarr)")
+    p.add_argument("output", type=Path)
+    p.add_argument("--shape", type=_triple, default=(128, 256, 256), metavar="Z,Y,X")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--voxel-size", type=float, default=30.0, help="nanometres (default 30)")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("segment", help="segment an OME-Zarr image chunk by chunk; writes labels/<name>")
+    p.add_argument("data", type=Path)
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--method", default="classical", help="segmentation method (default classical)")
+    p.add_argument("--chunks", type=_triple, default=None, metavar="Z,Y,X",
+                   help="block shape (default: the image's chunks)")
+    p.add_argument("--halo", type=_triple, default=None, metavar="Z,Y,X",
+                   help="voxels read around each block (default: the method's)")
+    p.add_argument("--report", type=Path, default=None, help="write a JSON run report here")
+    p.add_argument("--overwrite", action="store_true", help="replace existing labels")
+    _add_cluster_options(p)
+
+    p = sub.add_parser("stats", help="per-instance table (CSV or Parquet) of a label image")
+    p.add_argument("data", type=Path)
+    p.add_argument("--labels", required=True, help="label image name, e.g. isg")
+    p.add_argument("--out", required=True, type=Path, help="TABLE.csv or TABLE.parquet")
+    p.add_argument("--overwrite", action="store_true")
+    _add_cluster_options(p)
+
+    p = sub.add_parser("demo", help="synth → convert → segment → stats → PNG, on a small phantom")
+    p.add_argument("--out", type=Path, default=Path("sxtdask-demo"), help="folder (default ./sxtdask-demo)")
+    p.add_argument("--shape", type=_triple, default=(128, 256, 256), metavar="Z,Y,X")
+    p.add_argument("--seed", type=int, default=0)
+    _add_cluster_options(p)
+    return parser
+
+
+# --------------------------------------------------------------------------- output helpers
+
+
+class Console:
+    """Prints summaries and draws progress bars unless ``quiet``."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            print(text, flush=True)
+
+    @contextmanager
+    def steps(self, label: str, total: int) -> Iterator[Callable[[int, int], None]]:
+        """A progress bar fed by ``callback(done, total)``."""
+        if self.quiet:
+            yield lambda done, total: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        with Progress(f"[bold]{label}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      transient=False) as bar:
+            task = bar.add_task(label, total=total)
+            yield lambda done, total: bar.update(task, completed=done, total=total)
+
+    def compute(self, client: Any, collection: Any, label: str) -> Any:
+        """Compute a Dask collection on ``client`` with a progress bar over its tasks."""
+        future = client.compute(collection)
+        if not self.quiet:
+            with self.steps(label, 1) as update:
+                _TaskBar([future], update, scheduler=client.scheduler.address)
+        return future.result()
+
+
+def _task_bar_class() -> type:
+    """A distributed progress listener that draws into our bar instead of stdout."""
+    from distributed.diagnostics.progressbar import TextProgressBar
+
+    class TaskBar(TextProgressBar):  # type: ignore[misc]
+        def __init__(self, keys: Any, update: Callable[[int, int], None], **kw: Any) -> None:
+            self._update = update
+            super().__init__(keys, **kw)
+
+        def _draw_bar(self, remaining: int, all: int, **kwargs: Any) -> None:  # noqa: A002
+            self._update(all - remaining, all)
+
+        def _draw_stop(self, **kwargs: Any) -> None:
+            pass
+
+    return TaskBar
+
+
+def _TaskBar(keys: Any, update: Callable[[int, int], None], **kw: Any) -> Any:  # noqa: N802
+    return _task_bar_class()(keys, update, **kw)
+
+
+def _configure_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("sxtdask: %(levelname)s: %(message)s"))
+    root = logging.getLogger("sxtdask")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    # The library both logs and warns about damaged headers and constant volumes: show it once.
+    warnings.filterwarnings("ignore", module=r"sxtdask\..*")
+    from .io import HeaderWarning
+    from .stats import ConstantVolumeWarning
+
+    warnings.simplefilter("ignore", HeaderWarning)
+    warnings.simplefilter("ignore", ConstantVolumeWarning)
+
+
+def _check_new_file(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path} exists; pass --overwrite to replace it")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"{path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{path}: the folder {parent} is not writable")
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _cluster_config(args: argparse.Namespace) -> Any:
+    from .engine import ClusterConfig
+
+    return ClusterConfig(
+        scheduler=args.scheduler, workers=args.workers, threads_per_worker=args.threads_per_worker,
+        memory_limit=args.memory_limit, dashboard_address=args.dashboard_address,
+    )
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_convert(args: argparse.Namespace, con: Console) -> dict[str, Any]:
+    from .io import open_image, open_volume, write_image
+
+    t0 = time.perf_counter()
+    with open_volume(args.input) as vol:
+        nslabs = -(-vol.shape[0] // (args.chunks[0] if args.chunks else min(32, vol.shape[0])))
+        with con.steps("converting", nslabs) as tick:
+            out = write_image(vol, args.output, chunks=args.chunks, overwrite=args.overwrite,
+                              progress=tick)
+    img = open_image(out)
+    con.say(f"wrote {out}: shape {img.data.shape} {img.data.dtype}, voxel "
+            f"{'×'.join(f'{v:g}' for v in img.voxel_size_nm)} nm, chunks {img.data.chunksize}, "
+            f"{img.levels} levels ({time.perf_counter() - t0:.1f} s)")
+    return {"output": str(out), "shape": img.data.shape}
+
+
+def cmd_synth(args: argparse.Namespace, con: Console) -> dict[str, Any]:
+    from .phantoms import write_phantom
+    from .io import open_labels
+
+    t0 = time.perf_counter()
+    mrc, gt = write_phantom(args.output, shape=args.shape, seed=args.seed,
+                            voxel_size_nm=args.voxel_size, overwrite=args.overwrite)
+    n = int(open_labels(gt, "isg").max().compute())
+    con.say(f"wrote {mrc} and ground truth {gt}: shape {args.shape}, {n} ISGs, seed {args.seed} "
+            f"({time.perf_counter() - t0:.1f} s)")
+    return {"image": str(mrc), "ground_truth": str(gt), "n_isg": n}
+
+
+def _make_segmenter(task: str, method: str, halo: tuple[int, int, int] | None) -> Any:
+    from .segmenters import ClassicalISG
+
+    if method not in METHODS[task]:
+        raise ConfigError(
+            f"method {method!r} is not available for task {task!r} (available: "
+            f"{', '.join(METHODS[task])})"
+        )
+    return ClassicalISG() if halo is None else ClassicalISG(halo=halo)
+
+
+def run_segment(
+    data: Path, segmenter: Any, client: Any, con: Console, *, chunks: Any = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Statistics → chunked segmentation → pyramids; returns the run report."""
+    from .engine import load_counts, segment_store
+    from .io import open_image
+    from .stats import check_stats, global_stats
+
+    img = open_image(data)
+    stages: dict[str, float] = {}
+    t = time.perf_counter()
+    stats = con.compute(client, global_stats(img.data), "global statistics")
+    check_stats(stats, str(data))
+    stages["statistics"] = time.perf_counter() - t
+    t = time.perf_counter()
+    run = segment_store(data, segmenter, stats, chunks=chunks, overwrite=overwrite)
+    counts = con.compute(client, run.graph, f"segmenting {run.n_chunks} chunks + relabel")
+    stages["segment_and_relabel"] = time.perf_counter() - t
+    t = time.perf_counter()
+    outputs = run.finish()
+    stages["pyramids"] = time.perf_counter() - t
+    loads = client.run(load_counts)
+    return {
+        "sxtdask_version": __version__,
+        "input": str(data),
+        "task": segmenter.task.value,
+        "method": type(segmenter).__name__,
+        "chunk_count": run.n_chunks,
+        "chunk_shape": [c[0] for c in run.grid.chunks],
+        "halo": list(run.grid.halo),
+        "stage_seconds": {k: round(v, 3) for k, v in stages.items()},
+        "instance_count": counts,
+        "outputs": outputs,
+        "workers": len(loads),
+        "model_loads_per_worker": loads,
+        "dashboard": client.dashboard_link,
+        "intensity_stats": {k: getattr(stats, k) for k in ("min", "max", "mean", "std", "p_low", "p_high")},
+    }
+
+
+def cmd_segment(args: argparse.Namespace, con: Console) -> dict[str, Any]:
+    from .engine import connect
+    from .io import open_image
+
+    open_image(args.data)  # a clear error before any cluster starts
+    if args.report is not None:
+        _check_new_file(args.report, overwrite=True)
+    segmenter = _make_segmenter(args.task, args.method, args.halo)
+    t0 = time.perf_counter()
+    with connect(_cluster_config(args)) as client:
+        con.say(f"dashboard: {client.dashboard_link}")
+        report = run_segment(args.data, segmenter, client, con, chunks=args.chunks,
+                             overwrite=args.overwrite)
+    report["total_seconds"] = round(time.perf_counter() - t0, 3)
+    if args.report is not None:
+        _write_json(args.report, report)
+    n = ", ".join(f"{k}: {v}" for k, v in report["instance_count"].items())
+    con.say(f"{args.data}: {report['chunk_count']} chunks, {n} instances; wrote "
+            f"{', '.join(report['outputs'])} ({report['total_seconds']:.1f} s)")
+    return report
+
+
+def run_stats(data: Path, labels: str, out: Path, client: Any, con: Console, *,
+              overwrite: bool = False) -> Any:
+    from .io import open_image, open_labels
+    from .measure import instance_table, write_table
+
+    img = open_image(data)
+    lab = open_labels(data, labels)
+    table = con.compute(client, instance_table(lab, img.data, spacing_nm=img.voxel_size_nm),
+                        f"measuring {labels}")
+    write_table(table, out, overwrite=overwrite)
+    return table
+
+
+def cmd_stats(args: argparse.Namespace, con: Console) -> dict[str, Any]:
+    from .engine import connect
+    from .io import open_labels
+
+    if args.out.suffix.lower() not in (".csv", ".parquet"):
+        raise ConfigError(f"{args.out}: the table must end in .csv or .parquet")
+    _check_new_file(args.out, args.overwrite)
+    open_labels(args.data, args.labels)  # a clear error before any cluster starts
+    with connect(_cluster_config(args)) as client:
+        con.say(f"dashboard: {client.dashboard_link}")
+        table = run_stats(args.data, args.labels, args.out, client, con, overwrite=args.overwrite)
+    con.say(f"wrote {args.out}: {len(table)} instances of {args.labels!r}")
+    return {"rows": len(table)}
+
+
+def cmd_demo(args: argparse.Namespace, con: Console) -> dict[str, Any]:
+    """synth → convert → segment → stats → PNG, in ``args.out`` (its own files are replaced)."""
+    import numpy as np
+
+    from ._demo import save_figure
+    from .engine import connect
+    from .io import open_image, open_labels, open_volume, write_image
+    from .measure import match_instances
+    from .phantoms import write_phantom
+    from .segmenters import ClassicalISG
+
+    t0 = time.perf_counter()
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    mrc, gt = write_phantom(out / "phantom.mrc", shape=args.shape, seed=args.seed, overwrite=True)
+    con.say(f"1/5 synthesised {mrc} (ground truth {gt})")
+    data = out / "phantom.zarr"
+    with open_volume(mrc) as vol:
+        write_image(vol, data, overwrite=True)
+    con.say(f"2/5 converted to {data}")
+    with connect(_cluster_config(args)) as client:
+        con.say(f"dashboard: {client.dashboard_link}")
+        report = run_segment(data, ClassicalISG(), client, con, overwrite=True)
+        con.say(f"3/5 segmented {report['chunk_count']} chunks")
+        table_path = out / "isg.csv"
+        table = run_stats(data, "isg", table_path, client, con, overwrite=True)
+        con.say(f"4/5 wrote the ISG table {table_path}")
+    _write_json(out / "run.json", report)
+    truth = np.asarray(open_labels(gt, "isg"))
+    pred = np.asarray(open_labels(data, "isg"))
+    image = open_image(data).data
+    z = int(np.argmax(np.count_nonzero(pred, axis=(1, 2))))
+    png = save_figure(np.asarray(image[z]), pred[z], out / "demo.png",
+                      title=f"sxtdask demo, slice {z}")
+    con.say(f"5/5 saved {png}")
+    m = match_instances(truth, pred)
+    diam = table["equivalent_diameter_nm"]
+    text = (
+        f"\nsxtdask demo: {len(table)} ISGs found ({m.tp + m.fn} in the ground truth); "
+        f"F1@IoU0.5 {m.f1:.3f} (precision {m.precision:.3f}, recall {m.recall:.3f}); "
+        f"median diameter {float(diam.median()) if len(diam) else float('nan'):.0f} nm; "
+        f"{time.perf_counter() - t0:.0f} s in all.\nOutputs in {out}/: phantom.mrc, phantom.gt.zarr, "
+        f"phantom.zarr (labels/isg), isg.csv, run.json, demo.png"
+    )
+    con.say(text)
+    return {"f1": m.f1, "n": len(table), "png": str(png)}
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Console], dict[str, Any]]] = {
+    "convert": cmd_convert,
+    "synth": cmd_synth,
+    "segment": cmd_segment,
+    "stats": cmd_stats,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sxtdask`` console script."""
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        COMMANDS[args.command](args, Console(args.quiet))
+    except SxtdaskError as err:
+        print(f"sxtdask: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sxtdask: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
