@@ -1,0 +1,35 @@
+"""Shared fixtures: small phantoms, the shared fixture folder, a local Dask client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    if not FIXTURES.is_dir():
+        pytest.skip(f"shared fixtures not found at {FIXTURES}")
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def small_phantom():
+    """A 48×96×96 phantom (seed 3), made once per session."""
+    from sxtdask.phantoms import make_phantom
+
+    return make_phantom((48, 96, 96), seed=3)
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A two-process local cluster (no dashboard) for tests that need real workers."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None, memory_limit="2GiB") as cluster:
+        with Client(cluster) as c:
+            yield c
