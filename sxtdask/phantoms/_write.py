@@ -1,0 +1,92 @@
+"""``write_phantom``: a phantom as an MRC tomogram plus an OME-Zarr holding its ground truth."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import mrcfile
+import numpy as np
+
+from sxtdask.errors import ConfigError, OutputError
+
+from ._phantom import make_phantom
+
+__all__ = ["ground_truth_path", "write_phantom"]
+
+logger = logging.getLogger(__name__)
+
+
+def ground_truth_path(mrc_path: str | os.PathLike[str]) -> Path:
+    """Where the ground truth of ``mrc_path`` goes: ``cell.mrc`` -> ``cell.gt.zarr``."""
+    return Path(mrc_path).with_suffix(".gt.zarr")
+
+
+def write_phantom(
+    out: str | os.PathLike[str],
+    *,
+    shape: tuple[int, int, int] = (128, 256, 256),
+    seed: int = 0,
+    voxel_size_nm: float = 30.0,
+    overwrite: bool = False,
+    **overrides: Any,
+) -> tuple[Path, Path]:
+    """Make a phantom and write it as ``out`` (MRC, float32) and ``out.gt.zarr`` (OME-Zarr).
+
+    The OME-Zarr holds the image and the label images ``labels/cell``, ``labels/mito`` and
+    ``labels/isg``; the MRC's voxel size is ``voxel_size_nm * 10`` Å. ``overrides`` go to
+    :func:`make_phantom`.
+
+    Returns
+    -------
+    (mrc_path, gt_path)
+
+    Raises
+    ------
+    ConfigError
+        ``out`` does not end in ``.mrc``, or a phantom option is invalid.
+    OutputError
+        Either output exists and ``overwrite`` is false, or it cannot be written.
+    """
+    mrc_path = Path(out)
+    if mrc_path.suffix.lower() != ".mrc":
+        raise ConfigError(f"phantom output {mrc_path} must end in .mrc")
+    gt_path = ground_truth_path(mrc_path)
+    for path in (mrc_path, gt_path):
+        if path.exists() and not overwrite:
+            raise OutputError(f"{path} exists; pass overwrite=True to replace it")
+    phantom = make_phantom(shape, seed=seed, voxel_size_nm=voxel_size_nm, **overrides)
+    try:
+        mrc_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create the folder of {mrc_path}: {err}") from err
+    _write_mrc(mrc_path, phantom.image, phantom.voxel_size_nm)
+    _write_ground_truth(gt_path, phantom, overwrite=overwrite)
+    logger.info("phantom seed %d %s: %d ISGs -> %s, %s", seed, phantom.image.shape,
+                phantom.n_isg, mrc_path, gt_path)
+    return mrc_path, gt_path
+
+
+def _write_mrc(path: Path, image: np.ndarray, voxel_size_nm: float) -> None:
+    """Write ``image`` as MRC mode 2 through a temporary file renamed into place."""
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        with mrcfile.new(partial, overwrite=True) as mrc:
+            mrc.set_data(np.ascontiguousarray(image, dtype=np.float32))
+            mrc.voxel_size = voxel_size_nm * 10.0
+        os.replace(partial, path)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {err}") from err
+
+
+def _write_ground_truth(path: Path, phantom: Any, *, overwrite: bool) -> None:
+    from sxtdask.io import write_image, write_labels
+
+    v = phantom.voxel_size_nm
+    write_image(phantom.image, path, voxel_size_nm=(v, v, v), overwrite=overwrite,
+                name=f"phantom-seed{phantom.seed}")
+    for name in ("cell", "mito", "isg"):
+        write_labels(path, name, getattr(phantom, name), overwrite=overwrite)
