@@ -1,7 +1,51 @@
-"""sxtdask: segment soft X-ray tomograms of whole cells at archive scale, on Dask."""
+"""sxtdask: segment soft X-ray tomograms of whole cells at archive scale, on Dask.
+
+The public API:
+
+- ``open_volume``, ``write_image``, ``open_image``, ``open_labels``: tomogram files ↔ OME-Zarr.
+- ``make_phantom``, ``write_phantom``: synthetic SXT cells with ground truth.
+- ``global_stats``: whole-volume intensity statistics (one reduction).
+- ``label``: connected components of a Dask array, equal to ``scipy.ndimage.label``.
+- ``ClassicalISG``: seeded-watershed ISG instances; ``segment_array`` / ``segment_store`` run any
+  segmenter chunk by chunk with global instance IDs.
+- ``instance_table`` / ``regionprops_table``: per-instance statistics from chunked partials.
+- ``connect``, ``ClusterConfig``: a local cluster or an existing scheduler.
+"""
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from .engine import ClusterConfig, connect, segment_array, segment_store
+from .errors import SxtdaskError
+from .io import open_image, open_labels, open_volume, write_image, write_labels
+from .measure import instance_table, match_instances, regionprops_table
+from .phantoms import make_phantom, write_phantom
+from .relabel import label
+from .segmenters import ClassicalISG, Segmenter, Task
+from .stats import IntensityStats, global_stats
+
+__all__ = [
+    "ClassicalISG",
+    "ClusterConfig",
+    "IntensityStats",
+    "Segmenter",
+    "SxtdaskError",
+    "Task",
+    "__version__",
+    "connect",
+    "global_stats",
+    "instance_table",
+    "label",
+    "make_phantom",
+    "match_instances",
+    "open_image",
+    "open_labels",
+    "open_volume",
+    "regionprops_table",
+    "segment_array",
+    "segment_store",
+    "write_image",
+    "write_labels",
+    "write_phantom",
+]
