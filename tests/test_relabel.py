@@ -94,7 +94,7 @@ def test_label_accepts_numpy_and_validates_structure():
         label(x, np.array([[0, 1, 0], [1, 1, 0], [0, 0, 0]]))
 
 
-def test_graph_is_linear_and_each_block_is_labelled_twice(monkeypatch):
+def test_graph_is_linear_and_each_block_is_labelled_once(monkeypatch):
     x = np.random.default_rng(0).random((24, 24, 24)) < 0.3
     counts = {}
     for chunk in (12, 6, 4):
@@ -103,14 +103,14 @@ def test_graph_is_linear_and_each_block_is_labelled_twice(monkeypatch):
         counts[blocks] = len(dict(labels.__dask_graph__()))
     # Tasks per block stay constant (dask-image's face graph grows ~12.5·B²).
     per_block = {b: t / b for b, t in counts.items()}
-    assert max(per_block.values()) < 10, per_block
+    assert max(per_block.values()) < 11, per_block
 
     calls = []
     real = ndimage.label
     monkeypatch.setattr(ndimage, "label", lambda *a, **k: calls.append(1) or real(*a, **k))
     labels, _ = label(da.from_array(x, chunks=6))
     labels.compute(scheduler="sync")
-    assert len(calls) == 2 * 64
+    assert len(calls) == 64  # dask-image recomputes each block's labels ~2.7·B times
 
 
 def test_each_relabel_task_gets_only_its_lookup_slice():

@@ -1,7 +1,7 @@
 """The task graph of the relabel reduction, linear in the number of blocks.
 
-Per block: one meta pick, one edge task (its forward faces), one lookup pick; plus one reduction
-task. The per-block local tasks come from the caller under ``(local_name, *index)``. The graph is
+Per block: a meta pick and a crops pick (so the reduction and the edge tasks receive only those),
+one edge task (its forward faces), one lookup pick; plus one reduction task. The per-block local tasks come from the caller under ``(local_name, *index)``. The graph is
 built as one plain task dict (building it from ``dask.delayed`` objects merges graphs per task,
 which is quadratic in the number of blocks). Keys carry readable prefixes for the dashboard.
 """
@@ -32,16 +32,15 @@ class ReductionKeys:
 
 
 def _edges_task(
-    local: tuple[Any, Mapping[int, np.ndarray]],
-    forward: list[tuple[Any, Mapping[int, np.ndarray]]],
+    crops_a: Mapping[int, np.ndarray],
+    forward: list[Mapping[int, np.ndarray]],
     a: int,
     links: list[tuple[int, int]],
     match: Match,
 ) -> list[FaceEdges]:
     """Edges on all forward faces of block ``a``; ``links`` holds ``(axis, b)`` per neighbour."""
     out = []
-    crops_a = local[1]
-    for (axis, b), (_, crops_b) in zip(links, forward):
+    for (axis, b), crops_b in zip(links, forward):
         if axis + 1 not in crops_a:  # no halo along this axis: the blocks share no voxels
             continue
         ids_a, ids_b = face_edges(crops_a[axis + 1], crops_b[-(axis + 1)], match)
@@ -70,7 +69,8 @@ def reduction_tasks(
     grid : BlockGrid
         Block layout, halo included.
     local_name : str
-        Key name of the per-block local tasks, ``(local_name, *index)``.
+        Key name of the per-block local tasks, ``(local_name, *index)``, whose results start
+        with ``(BlockMeta, crops)``.
     match : Match
         How pieces are matched across faces.
     dtype : dtype
@@ -89,16 +89,18 @@ def reduction_tasks(
     )
     resolve_key = f"{prefix}-resolve-{token}"
     faces_name = f"{prefix}-faces-{token}"
+    crops_name = f"{prefix}-crops-{token}"
     dsk: dict[Any, Any] = {}
     face_keys = []
     for i in grid.indices():
         dsk[(keys.meta, *i)] = (operator.getitem, (local_name, *i), 0)
+        dsk[(crops_name, *i)] = (operator.getitem, (local_name, *i), 1)
         fwd = list(grid.forward_neighbours(i))
         if fwd:
             links = [(axis, grid.linear(j)) for axis, j in fwd]
-            forward = [(local_name, *j) for _, j in fwd]
+            forward = [(crops_name, *j) for _, j in fwd]
             dsk[(faces_name, *i)] = (
-                _edges_task, (local_name, *i), forward, grid.linear(i), links, match,
+                _edges_task, (crops_name, *i), forward, grid.linear(i), links, match,
             )
             face_keys.append((faces_name, *i))
     metas = [(keys.meta, *i) for i in grid.indices()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import dask.array as da
@@ -16,7 +17,7 @@ from ._edges import Match
 from ._graph import reduction_tasks
 from ._grid import BlockGrid, Index
 from ._halo import Offset, assemble_ext, neighbour_offsets, shell_pieces
-from ._local import BlockMeta, apply_raw_map, renumber_block
+from ._local import BlockMeta, SparseCore, relabel_core, renumber_block
 
 __all__ = ["label"]
 
@@ -46,24 +47,10 @@ def _local_task(
     grid: BlockGrid,
     idx: Index,
     structure: np.ndarray,
-) -> tuple[BlockMeta, dict[int, np.ndarray]]:
+) -> tuple[BlockMeta, dict[int, np.ndarray], np.ndarray | SparseCore | None]:
     raw, n = ndimage.label(assemble_ext(grid, idx, chunk, _neighbour_shells(shells, grid, idx)), structure)
-    res = renumber_block(raw, grid, idx, n_raw=n, keep_raw_map=True, want_core=False)
-    return res.meta, res.crops
-
-
-def _final_task(
-    chunk: np.ndarray,
-    shells: list[dict[Offset, np.ndarray]],
-    meta: BlockMeta,
-    lut: np.ndarray,
-    grid: BlockGrid,
-    idx: Index,
-    structure: np.ndarray,
-) -> np.ndarray:
-    raw, _ = ndimage.label(assemble_ext(grid, idx, chunk, _neighbour_shells(shells, grid, idx)), structure)
-    assert meta.raw_to_core is not None
-    return apply_raw_map(raw[grid.core_in_ext(idx)], meta.raw_to_core, lut)
+    res = renumber_block(raw, grid, idx, n_raw=n, core_as="auto")
+    return res.meta, res.crops, res.core
 
 
 def label(
@@ -75,8 +62,8 @@ def label(
     face are joined by a union-find over all chunks; objects are numbered ``1..n`` in the raster
     order of their first voxel. The result equals ``scipy.ndimage.label`` on the whole array
     (the same IDs, not only the same partition) for any chunking. The task graph grows linearly
-    with the number of chunks, and each chunk is labelled twice (once for the faces, once for
-    the output), never once per neighbour.
+    with the number of chunks, and each chunk is labelled once; its labels wait for the lookup
+    table as (index, ID) pairs of the foreground where that is smaller than a dense block.
 
     Parameters
     ----------
@@ -112,13 +99,13 @@ def label(
     dsk, keys = reduction_tasks(
         grid, local, match=Match.TOUCHING, dtype=dtype, prefix="sxtdask-label", token=token
     )
+    core = f"sxtdask-label-core-{token}"
     for i in grid.indices():
         near = [(shell, *n) for _, n in neighbour_offsets(grid, i)]
         dsk[(shell, *i)] = (shell_pieces, (image.name, *i), grid, i)
         dsk[(local, *i)] = (_local_task, (image.name, *i), near, grid, i, s)
-        dsk[(name, *i)] = (
-            _final_task, (image.name, *i), near, (keys.meta, *i), (keys.lookup, *i), grid, i, s
-        )
+        dsk[(core, *i)] = (operator.getitem, (local, *i), 2)
+        dsk[(name, *i)] = (relabel_core, (core, *i), (keys.lookup, *i))
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=[image])
     labels = da.Array(graph, name, chunks=image.chunks, dtype=dtype)
     return labels, da.Array(graph, keys.count, chunks=(), dtype=np.intp)

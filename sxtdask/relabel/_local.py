@@ -14,7 +14,14 @@ import numpy as np
 
 from ._grid import BlockGrid, Index
 
-__all__ = ["BlockMeta", "BlockResult", "renumber_block", "provisional_dtype"]
+__all__ = [
+    "BlockMeta",
+    "BlockResult",
+    "SparseCore",
+    "provisional_dtype",
+    "relabel_core",
+    "renumber_block",
+]
 
 
 @dataclass(frozen=True)
@@ -29,24 +36,45 @@ class BlockMeta:
         ``n_core`` plus the labels seen only in the halo.
     first_index : (n_core,) int64 ndarray
         Global raster (C-order) index of each core label's first voxel.
-    raw_to_core : dict of ndarray or None
-        Lookup from the segmenter's raw labels to core IDs (0 for halo-only labels), so that a
-        later pass can relabel a recomputed raw block without renumbering it again.
     """
 
     n_core: int
     n_total: int
     first_index: np.ndarray
-    raw_to_core: dict[str, np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
+class SparseCore:
+    """Provisional core labels stored as (flat index, ID) of the foreground voxels only."""
+
+    shape: tuple[int, ...]
+    index: np.ndarray
+    ids: np.ndarray
+
+    def relabel(self, lut: np.ndarray) -> np.ndarray:
+        out = np.zeros(self.shape, dtype=lut.dtype)
+        out.ravel()[self.index] = lut[self.ids]
+        return out
 
 
 @dataclass(frozen=True)
 class BlockResult:
-    """A renumbered block: its meta, its provisional core labels and its face crops."""
+    """A renumbered block: its meta, its provisional core labels and its face crops.
+
+    ``core`` is a dense array of provisional IDs, a :class:`SparseCore` (cheaper where little of
+    the block is foreground), or None.
+    """
 
     meta: BlockMeta
-    core: np.ndarray
+    core: np.ndarray | SparseCore | None
     crops: dict[int, np.ndarray]
+
+
+def relabel_core(core: np.ndarray | SparseCore, lut: np.ndarray) -> np.ndarray:
+    """Apply a block's lookup slice (local core ID → final ID) to its provisional core labels."""
+    if isinstance(core, SparseCore):
+        return core.relabel(lut)
+    return lut[core]
 
 
 def provisional_dtype(n: int) -> np.dtype:
@@ -74,13 +102,19 @@ def _dense_lookup(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return inverse.reshape(raw.shape), values
 
 
-def _core_order(core: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Labels present in ``core`` in the order of their first voxel, and those voxels' flat indices."""
+
+
+def _core_order(core: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Labels in ``core`` ordered by first voxel, those voxels' flat indices, and the foreground.
+
+    Returns ``(labels, first_flat, fg_index, fg_values)``.
+    """
     flat = core.ravel()
     fg = np.flatnonzero(flat)
-    labels, first = np.unique(flat[fg], return_index=True)  # sorts the foreground only
+    values = flat[fg]
+    labels, first = np.unique(values, return_index=True)  # sorts the foreground only
     order = np.argsort(first, kind="stable")
-    return labels[order], fg[first[order]]
+    return labels[order], fg[first[order]], fg, values
 
 
 def renumber_block(
@@ -89,8 +123,7 @@ def renumber_block(
     idx: Index,
     *,
     n_raw: int | None = None,
-    keep_raw_map: bool = False,
-    want_core: bool = True,
+    core_as: str = "dense",
 ) -> BlockResult:
     """Renumber a segmenter's labels on one extended block.
 
@@ -103,16 +136,15 @@ def renumber_block(
     n_raw : int, optional
         Pass the label count when ``raw_ext`` already holds exactly ``0..n_raw`` (as
         ``scipy.ndimage.label`` returns): the compaction pass is skipped.
-    keep_raw_map : bool
-        Keep the raw → core lookup in the meta (for passes that recompute the raw labels).
-    want_core : bool
-        Return the renumbered core (else ``core`` is an empty array and only crops are cut).
+    core_as : {"dense", "sparse", "auto", "none"}
+        How to return the provisional core labels; ``"auto"`` is sparse when at most a quarter
+        of the core is foreground.
 
     Returns
     -------
     BlockResult
         Provisional core labels (IDs ``1..n_core``), the meta, and crops of the renumbered
-        extended block on the boxes shared with the forward and backward face neighbours.
+        extended block on the boxes shared with the backward and forward face neighbours.
     """
     raw_ext = np.asarray(raw_ext)
     if n_raw is None:
@@ -120,27 +152,23 @@ def renumber_block(
     else:
         compact, raw_values = raw_ext, np.arange(n_raw + 1)
     core_compact = compact[grid.core_in_ext(idx)]
-    order, first_flat = _core_order(core_compact)
+    order, first_flat, fg, fg_values = _core_order(core_compact)
     n_core = order.size
     new_id = np.zeros(raw_values.size, dtype=np.int64)
     new_id[order] = np.arange(1, n_core + 1)
     halo_only = np.flatnonzero(new_id == 0)[1:]
     new_id[halo_only] = np.arange(n_core + 1, n_core + 1 + halo_only.size)
-    n_total = n_core + halo_only.size
-    lookup = new_id.astype(provisional_dtype(n_total))
-    meta = BlockMeta(
-        n_core=n_core,
-        n_total=n_total,
-        first_index=_global_flat(first_flat, core_compact.shape, grid, idx),
-        raw_to_core=_raw_to_core(raw_values, new_id, n_core) if keep_raw_map else None,
-    )
-    core = lookup[core_compact] if want_core else np.zeros(0, dtype=lookup.dtype)
+    lookup = new_id.astype(provisional_dtype(n_core + halo_only.size))
+    meta = BlockMeta(n_core, n_core + halo_only.size,
+                     _global_flat(first_flat, core_compact.shape, grid, idx))
+    if core_as == "auto":
+        core_as = "sparse" if 4 * fg.size <= core_compact.size else "dense"
+    core: np.ndarray | SparseCore | None = None
+    if core_as == "sparse":
+        core = SparseCore(core_compact.shape, fg, lookup[fg_values])
+    elif core_as == "dense":
+        core = lookup[core_compact]
     return BlockResult(meta, core, _face_crops(compact, lookup, grid, idx))
-
-
-def _raw_to_core(raw_values: np.ndarray, new_id: np.ndarray, n_core: int) -> dict[str, np.ndarray]:
-    core_ids = np.where(new_id <= n_core, new_id, 0)
-    return {"raw": raw_values, "core": core_ids}
 
 
 def _global_flat(
@@ -173,15 +201,3 @@ def _face_crops(
     return crops
 
 
-def apply_raw_map(raw_core: np.ndarray, raw_map: dict[str, np.ndarray], lut: np.ndarray) -> np.ndarray:
-    """Relabel a recomputed raw core with the block's raw → core map composed with its LUT."""
-    raw_values, core_ids = raw_map["raw"], raw_map["core"]
-    final_of_raw = lut[core_ids]
-    if raw_values.size and raw_values[-1] == raw_values.size - 1:  # raw labels are 0..k
-        return final_of_raw[raw_core]
-    if raw_values.size and raw_values[-1] < 4 * raw_core.size + 1024 and raw_values[0] >= 0:
-        dense = np.zeros(int(raw_values[-1]) + 1, dtype=lut.dtype)
-        dense[raw_values] = final_of_raw
-        return dense[raw_core]
-    pos = np.searchsorted(raw_values, raw_core)
-    return final_of_raw[pos]
