@@ -121,7 +121,12 @@ class Console:
         if self.quiet:
             yield lambda done, total: None
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TimeElapsedColumn,
+        )
 
         with Progress(f"[bold]{label}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       transient=False) as bar:
@@ -221,8 +226,8 @@ def cmd_convert(args: argparse.Namespace, con: Console) -> dict[str, Any]:
 
 
 def cmd_synth(args: argparse.Namespace, con: Console) -> dict[str, Any]:
-    from .phantoms import write_phantom
     from .io import open_labels
+    from .phantoms import write_phantom
 
     t0 = time.perf_counter()
     mrc, gt = write_phantom(args.output, shape=args.shape, seed=args.seed,

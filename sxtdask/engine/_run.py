@@ -275,8 +275,8 @@ def segment_store(
     finals: dict[str, str] = {}
     scratch: dict[str, Path] = {}
     for spec in segmenter.outputs:
-        arr = create_labels(path, spec.name, shape=grid.shape, chunks=label_chunks,
-                            dtype=spec.dtype, overwrite=overwrite)
+        arr = create_labels(path, spec.name, shape=grid.shape,  # type: ignore[arg-type]
+                            chunks=label_chunks, dtype=spec.dtype, overwrite=overwrite)  # type: ignore[arg-type]
         finals[spec.name] = str(path / "labels" / spec.name / "0")
         if spec.kind is OutputKind.INSTANCES:
             scratch[spec.name] = _scratch_array(path, spec.name, grid)
@@ -306,7 +306,8 @@ def _store_graph(
         dsk[(seg, *i)] = (
             _segment_and_write, image_path, targets, segmenter, stats, voxel_size_nm, grid, i
         )
-    counts, written = [], [(seg, *i) for i in grid.indices()]
+    counts: list[Any] = []
+    written: list[Any] = [(seg, *i) for i in grid.indices()]
     for spec in segmenter.outputs:
         if spec.kind is OutputKind.SEMANTIC:
             counts.append(0)

@@ -16,7 +16,13 @@ import numpy as np
 from sxtdask.errors import InputError, InvalidVolumeError, UnsupportedFormatError
 from sxtdask.io._amira import AMIRA_MAGIC, AMIRA_SUFFIXES, open_amira
 from sxtdask.io._checks import check_dtype, check_shape, voxel_size_or_default
-from sxtdask.io._mrc import HEADER_BYTES, MRC_SUFFIXES, explain_not_mrc, open_mrc, probe_mrc
+from sxtdask.io._mrc import (
+    HEADER_BYTES,
+    MRC_SUFFIXES,
+    explain_not_mrc,
+    open_mrc,
+    probe_mrc,
+)
 from sxtdask.io._tiff import TIFF_MAGIC, TIFF_SUFFIXES, open_tiff
 from sxtdask.io._volume import RawLayout, Volume
 

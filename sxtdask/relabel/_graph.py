@@ -58,7 +58,7 @@ def reduction_tasks(
     local_name: str,
     *,
     match: Match,
-    dtype: np.dtype | type,
+    dtype: Any,
     prefix: str,
     token: str,
 ) -> tuple[dict[Any, Any], ReductionKeys]:

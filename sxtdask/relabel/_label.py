@@ -89,11 +89,11 @@ def label(
     >>> labels.compute().tolist(), int(n.compute())
     ([[1, 1, 0, 2], [0, 1, 0, 2]], 2)
     """
-    image = da.asarray(image)
-    s = _check_structure(structure, image.ndim)
-    halo = tuple(1 if nb > 1 else 0 for nb in image.numblocks)
-    grid = BlockGrid(image.shape, image.chunks, halo)
-    token = tokenize(image, s, np.dtype(dtype).str)
+    arr: da.Array = da.asarray(image)
+    s = _check_structure(structure, arr.ndim)
+    halo = tuple(1 if nb > 1 else 0 for nb in arr.numblocks)
+    grid = BlockGrid(arr.shape, arr.chunks, halo)
+    token = tokenize(arr, s, np.dtype(dtype).str)
     shell, local = f"sxtdask-label-shell-{token}", f"sxtdask-label-local-{token}"
     name = f"sxtdask-label-relabel-{token}"
     dsk, keys = reduction_tasks(
@@ -102,10 +102,10 @@ def label(
     core = f"sxtdask-label-core-{token}"
     for i in grid.indices():
         near = [(shell, *n) for _, n in neighbour_offsets(grid, i)]
-        dsk[(shell, *i)] = (shell_pieces, (image.name, *i), grid, i)
-        dsk[(local, *i)] = (_local_task, (image.name, *i), near, grid, i, s)
+        dsk[(shell, *i)] = (shell_pieces, (arr.name, *i), grid, i)
+        dsk[(local, *i)] = (_local_task, (arr.name, *i), near, grid, i, s)
         dsk[(core, *i)] = (operator.getitem, (local, *i), 2)
         dsk[(name, *i)] = (relabel_core, (core, *i), (keys.lookup, *i))
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[image])
-    labels = da.Array(graph, name, chunks=image.chunks, dtype=dtype)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[arr])
+    labels = da.Array(graph, name, chunks=arr.chunks, dtype=dtype)
     return labels, da.Array(graph, keys.count, chunks=(), dtype=np.intp)
