@@ -85,7 +85,7 @@ def main() -> None:
     try:
         small = _store(tmp, "small.zarr", args.depth, args.plane, args.seed)
         large = _store(tmp, "large.zarr", 4 * args.depth, args.plane, args.seed)
-        with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None,
+        with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0",
                           memory_limit="8GiB") as cluster, Client(cluster) as client:
             _run(client, small)  # warm up: imports, allocator pools
             results = {name: _run(client, p) for name, p in (("small", small), ("large", large))}

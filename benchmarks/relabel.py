@@ -70,7 +70,7 @@ def main() -> None:
         print(f"mask {shape}: {n_ref} objects, {mask.mean():.2%} foreground "
               f"(made in {time.perf_counter() - t0 - t_scipy:.0f} s); "
               f"scipy.ndimage.label in memory: {t_scipy:.2f} s")
-        with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, \
+        with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster, \
                 Client(cluster) as client:
             for spec in args.chunks:
                 chunks = tuple(int(v) for v in spec.split(","))
