@@ -26,7 +26,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from ..errors import ConfigError
 from ..io import create_labels, finalize_labels, open_image
-from ..relabel._graph import reduction_tasks
+from ..relabel._graph import ReductionKeys, reduction_tasks
 from ..relabel._grid import BlockGrid, Index
 from ..relabel._local import BlockResult, renumber_block
 from ..segmenters._base import OutputKind, OutputSpec, Segmenter
@@ -72,6 +72,18 @@ def _run_segmenter(
         else:
             result[spec.name] = renumber_block(arr, grid, idx)
     return result
+
+
+def _stitch_tasks(
+    dsk: dict[Any, Any], grid: BlockGrid, spec: OutputSpec, token: str
+) -> tuple[str, ReductionKeys]:
+    """Add the relabel reduction of one instance output; return its local-task name and keys."""
+    local = f"sxtdask-local-{spec.name}-{token}"
+    red, keys = reduction_tasks(
+        grid, local, match=spec.match, dtype=spec.dtype, prefix=f"sxtdask-{spec.name}", token=token
+    )
+    dsk.update(red)
+    return local, keys
 
 
 def _meta_and_crops(result: dict[str, Any], name: str) -> tuple[Any, Any]:
@@ -128,12 +140,7 @@ def segment_array(
             for i in grid.indices():
                 layers[(out, *i)] = (operator.getitem, (seg, *i), spec.name)
             continue
-        local = f"sxtdask-local-{spec.name}-{token}"
-        red, keys = reduction_tasks(
-            grid, local, match=spec.match, dtype=spec.dtype, prefix=f"sxtdask-{spec.name}",
-            token=token,
-        )
-        layers.update(red)
+        local, keys = _stitch_tasks(layers, grid, spec, token)
         for i in grid.indices():
             layers[(local, *i)] = (_meta_and_crops, (seg, *i), spec.name)
             layers[(out, *i)] = (_apply_lut, (seg, *i), spec.name, (keys.lookup, *i))
@@ -312,12 +319,7 @@ def _store_graph(
         if spec.kind is OutputKind.SEMANTIC:
             counts.append(0)
             continue
-        local = f"sxtdask-local-{spec.name}-{token}"
-        red, keys = reduction_tasks(
-            grid, local, match=spec.match, dtype=spec.dtype, prefix=f"sxtdask-{spec.name}",
-            token=token,
-        )
-        dsk.update(red)
+        local, keys = _stitch_tasks(dsk, grid, spec, token)
         write = f"sxtdask-relabel-{spec.name}-{token}"
         for i in grid.indices():
             dsk[(local, *i)] = (operator.getitem, (seg, *i), spec.name)
