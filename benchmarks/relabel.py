@@ -72,6 +72,9 @@ def main() -> None:
               f"scipy.ndimage.label in memory: {t_scipy:.2f} s")
         with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster, \
                 Client(cluster) as client:
+            warm = da.from_array(mask[:64, :64, :64], chunks=32)
+            for fn in (sx_label, di_label):  # worker-side imports, once for both tools
+                _time_label(fn, warm, tmp / "warm.zarr", client)
             for spec in args.chunks:
                 chunks = tuple(int(v) for v in spec.split(","))
                 zpath = tmp / f"mask-{spec}.zarr"
