@@ -292,12 +292,17 @@ def run_segment(
 
 def cmd_segment(args: argparse.Namespace, con: Console) -> dict[str, Any]:
     from .engine import connect
-    from .io import open_image
+    from .io import labels_complete, open_image
 
-    open_image(args.data)  # a clear error before any cluster starts
+    open_image(args.data)  # clear errors before any cluster starts or any statistics run
     if args.report is not None:
         _check_new_file(args.report, overwrite=True)
     segmenter = _make_segmenter(args.task, args.method, args.halo)
+    for spec in segmenter.outputs:
+        if not args.overwrite and labels_complete(args.data, spec.name):
+            raise OutputError(
+                f"{args.data}: label image {spec.name!r} exists; pass --overwrite to replace it"
+            )
     t0 = time.perf_counter()
     with connect(_cluster_config(args)) as client:
         con.say(f"dashboard: {client.dashboard_link}")

@@ -273,9 +273,7 @@ BAD_INPUTS: list[object] = [
     pytest.param(_truncated_npy, ("truncated",), id="truncated-npy"),
     pytest.param(_truncated_mrc, ("truncated",), id="truncated-mrc"),
     pytest.param(_truncated_amira, ("truncated",), id="truncated-amira-rec"),
-    pytest.param(_truncated_tiff, ("truncated",), id="truncated-tif", marks=pytest.mark.xfail(
-        strict=True, reason="BUG io/_tiff.py: a truncated TIFF is reported as '2-D' data, and tifffile's "
-                            "own warnings ('invalid page offset ...') leak onto stderr as extra lines")),
+    pytest.param(_truncated_tiff, ("truncated",), id="truncated-tif"),
     pytest.param(_text_as(".mrc"), NOT_FORMAT, id="text-as-mrc"),
     pytest.param(_text_as(".rec"), NOT_FORMAT, id="text-as-rec"),
     pytest.param(_text_as(".tif"), NOT_FORMAT, id="text-as-tif"),
@@ -429,10 +427,6 @@ def _multipage_tiff(path: Path) -> tuple[Path, np.ndarray]:
     return write_tiff(path, data, metadata=None), data
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG io/_tiff.py:87: a TIFF truncated inside its last IFD makes tifffile raise TiffFileError "
-    "('corrupted IFD structure') lazily from `tif.series`, outside the try around TiffFile(); the CLI "
-    "prints a traceback and exits 1"))
 def test_convert_tiff_truncated_inside_last_ifd(tmp_path: Path) -> None:
     src, _ = _multipage_tiff(tmp_path / "cut.tif")
     raw = src.read_bytes()
@@ -443,9 +437,6 @@ def test_convert_tiff_truncated_inside_last_ifd(tmp_path: Path) -> None:
     assert_no_output(out)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG io/_tiff.py: a multi-page TIFF that lost its last page's IFD opens as 15 slices (tifffile only "
-    "logs 'invalid page offset'), and convert writes a complete-looking 15-slice image with exit 0"))
 def test_convert_tiff_missing_last_page_is_refused(tmp_path: Path) -> None:
     src, data = _multipage_tiff(tmp_path / "cut.tif")
     raw = src.read_bytes()
@@ -488,9 +479,6 @@ def test_synth_existing_output_without_overwrite_is_unchanged(synth_again: dict)
     assert tree(synth_again["dir"]) == synth_again["before"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG phantoms/_write.py:59: the CLI prints the library's hint 'pass overwrite=True', which is not a "
-    "command-line option; it should say --overwrite"))
 def test_synth_existing_output_hint_names_the_cli_option(synth_again: dict) -> None:
     proc = synth_again["proc"]
     assert proc.returncode == 2
@@ -735,10 +723,6 @@ def test_segment_existing_labels_without_overwrite(existing_labels_run: dict) ->
     assert not run["report"].exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG cli.py:cmd_segment (~line 278): existing labels are only detected in segment_store → "
-    "create_labels, after a local cluster has started and the whole-volume statistics were computed; "
-    "check labels_complete(data, 'isg') before connect() when --overwrite is absent"))
 def test_segment_existing_labels_refused_before_any_cluster_starts(existing_labels_run: dict) -> None:
     proc = existing_labels_run["proc"]
     assert proc.returncode == 2
@@ -856,11 +840,6 @@ def test_constant_volume_gives_empty_labels_and_a_warning(request: pytest.Fixtur
 # --------------------------------------------------------------------------- a long-lived scheduler
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG engine/_run.py:_zarr_array: the lru_cache of opened zarr arrays lives in each worker and is "
-    "only cleared in the client (segment_store); on a --scheduler cluster, re-segmenting the same image "
-    "with --overwrite and other --chunks writes through stale arrays (old chunk grid): the run dies with "
-    "a traceback ('cannot reshape array ...') and the old labels are already gone"))
 def test_segment_rerun_with_other_chunks_on_a_long_lived_scheduler(pipeline: dict, scheduler: str,
                                                                     tmp_path: Path) -> None:
     data = tmp_path / "cell.zarr"

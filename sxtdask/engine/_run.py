@@ -13,7 +13,6 @@ import operator
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -154,8 +153,9 @@ def segment_array(
 # --------------------------------------------------------------------------- on-disk engine
 
 
-@lru_cache(maxsize=64)
 def _zarr_array(path: str, mode: str) -> zarr.Array:
+    """Open an array in the task itself: a cache on long-lived workers would go stale when a
+    later run recreates the array with other chunks (opening reads one small JSON file)."""
     return zarr.open_array(store=path, mode=mode)
 
 
@@ -188,13 +188,15 @@ def _segment_and_write(
     return small
 
 
-def _relabel_chunk(
-    scratch_path: str, out_path: str, box: tuple[slice, ...], lut: np.ndarray, _: Any
-) -> int:
+def _relabel_chunk(scratch_path: str, out_path: str, box: tuple[slice, ...], lut: np.ndarray) -> int:
     """Apply one chunk's lookup slice to its provisional labels and write the final chunk."""
     provisional = np.asarray(_zarr_array(scratch_path, "r")[box])
     _zarr_array(out_path, "r+")[box] = lut[provisional]
     return int(provisional.size)
+
+
+def _written(_: Any) -> bool:
+    return True
 
 
 def _summary(counts: list[int], names: list[str], _: list[Any]) -> dict[str, int]:
@@ -291,7 +293,6 @@ def segment_store(
         else:
             targets[spec.name] = finals[spec.name]
         del arr
-    _zarr_array.cache_clear()
     graph = _store_graph(path, img.voxel_size_nm, segmenter, stats, grid, targets, finals)
     return StoreRun(graph, path, grid, segmenter.outputs, scratch)
 
@@ -314,7 +315,10 @@ def _store_graph(
             _segment_and_write, image_path, targets, segmenter, stats, voxel_size_nm, grid, i
         )
     counts: list[Any] = []
-    written: list[Any] = [(seg, *i) for i in grid.indices()]
+    done = f"sxtdask-written-{token}"  # tiny markers, so no segment result is held to the end
+    for i in grid.indices():
+        dsk[(done, *i)] = (_written, (seg, *i))
+    written: list[Any] = [(done, *i) for i in grid.indices()]
     for spec in segmenter.outputs:
         if spec.kind is OutputKind.SEMANTIC:
             counts.append(0)
@@ -323,9 +327,11 @@ def _store_graph(
         write = f"sxtdask-relabel-{spec.name}-{token}"
         for i in grid.indices():
             dsk[(local, *i)] = (operator.getitem, (seg, *i), spec.name)
+            # The lookup depends on every block's meta, so all provisional writes are done; the
+            # segment result itself (with its halo crops) is not held until this runs.
             dsk[(write, *i)] = (
                 _relabel_chunk, targets[spec.name], finals[spec.name], grid.core(i),
-                (keys.lookup, *i), (seg, *i),
+                (keys.lookup, *i),
             )
             written.append((write, *i))
         counts.append((keys.count,))

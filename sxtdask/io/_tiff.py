@@ -7,6 +7,8 @@ tiled, scattered pages) is read page by page on demand, so a slab read decodes o
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -77,16 +79,58 @@ def _layout(path: Path, tif: tifffile.TiffFile, shape: tuple[int, int, int]) -> 
     return TiffPagesLayout(0, shape, series.dtype.str)
 
 
+class _Collect(logging.Handler):
+    """Collects tifffile's warnings (it logs, rather than raises, on damaged structures)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def _tifffile_warnings() -> Iterator[_Collect]:
+    log = logging.getLogger("tifffile")
+    handler, propagate = _Collect(), log.propagate
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        yield handler
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
+
+
+def _check_pages_in_file(path: Path, tif: tifffile.TiffFile) -> None:
+    """Every page's data must lie inside the file (a cut file can still parse)."""
+    size = path.stat().st_size
+    for page in tif.series[0].pages:
+        if page is None:
+            raise InputError(f"{path}: truncated or corrupted TIFF (a page is missing)")
+        ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts)]
+        if ends and max(ends) > size:
+            raise InputError(
+                f"{path}: truncated TIFF (page data end at byte {max(ends)}, the file has {size})")
+
+
 def open_tiff(path: Path) -> Volume:
     """Open a multi-page TIFF / ImageJ hyperstack as a (Z, Y, X) :class:`Volume`."""
-    try:
-        tif = tifffile.TiffFile(path)
-    except (tifffile.TiffFileError, ValueError, OSError) as err:
-        raise InputError(f"{path}: cannot read TIFF ({err})") from err
+    with _tifffile_warnings() as caught:
+        try:
+            tif = tifffile.TiffFile(path)
+            series = tif.series[0] if tif.series else None
+            pages = len(tif.pages)
+        except (tifffile.TiffFileError, ValueError, OSError, IndexError) as err:
+            raise InputError(f"{path}: cannot read TIFF ({err})") from err
     with tif:
-        if not tif.series:
+        if caught.messages:
+            raise InputError(f"{path}: truncated or corrupted TIFF ({caught.messages[0].strip()})")
+        if series is None:
             raise UnsupportedFormatError(f"{path}: TIFF without an image series")
-        series = tif.series[0]
+        logger.debug("%s: %d pages", path, pages)
+        _check_pages_in_file(path, tif)
         check_dtype(path, series.dtype)
         if "S" in series.axes and series.shape[series.axes.index("S")] > 1:
             raise InvalidVolumeError(

@@ -56,7 +56,7 @@ def write_phantom(
     gt_path = ground_truth_path(mrc_path)
     for path in (mrc_path, gt_path):
         if path.exists() and not overwrite:
-            raise OutputError(f"{path} exists; pass overwrite=True to replace it")
+            raise OutputError(f"{path} exists; pass --overwrite to replace it")
     phantom = make_phantom(shape, seed=seed, voxel_size_nm=voxel_size_nm, **overrides)
     try:
         mrc_path.parent.mkdir(parents=True, exist_ok=True)
