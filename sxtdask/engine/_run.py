@@ -19,12 +19,14 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import zarr
+from skimage import measure
 from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from ..errors import ConfigError
 from ..io import create_labels, finalize_labels, open_image
+from ..relabel import Match
 from ..relabel._graph import ReductionKeys, reduction_tasks
 from ..relabel._grid import BlockGrid, Index
 from ..relabel._local import BlockResult, renumber_block
@@ -48,6 +50,24 @@ def plan_grid(
     return BlockGrid(tuple(shape), tuple(chunks), eff)
 
 
+def stitch_grid(grid: BlockGrid, segmenter: Segmenter) -> BlockGrid:
+    """The grid instances are stitched on: each core grown by the segmenter's trusted margin.
+
+    A segmenter's answer near the edge of its extended block is wrong (its context is cut off);
+    only ``core ± margin`` is trusted, with ``margin < halo`` (``Segmenter.stitch_margin``).
+    """
+    margin = segmenter.stitch_margin(grid.halo)
+    return BlockGrid(grid.shape, grid.chunks, margin)
+
+
+def _trusted_pieces(arr: np.ndarray, spec: OutputSpec) -> np.ndarray:
+    """Labels in the trusted box; connected-component labels split into their connected parts
+    there, so that nothing stays joined only through the untrusted rim."""
+    if spec.match is Match.TOUCHING:
+        return measure.label(arr, background=0, connectivity=arr.ndim)
+    return arr
+
+
 def _run_segmenter(
     ext: np.ndarray,
     segmenter: Segmenter,
@@ -58,7 +78,8 @@ def _run_segmenter(
 ) -> dict[str, Any]:
     """Segment one extended block; semantic outputs trimmed, instance outputs renumbered."""
     outs = segmenter.segment_block(ext, stats, voxel_size_nm)
-    core = grid.core_in_ext(idx)
+    stitch = stitch_grid(grid, segmenter)
+    trusted = grid.crop_in_ext(idx, stitch.ext(idx))
     result: dict[str, Any] = {}
     for spec in segmenter.outputs:
         arr = np.asarray(outs[spec.name])
@@ -67,9 +88,9 @@ def _run_segmenter(
                 f"segmenter output {spec.name!r} has shape {arr.shape}, not the block's {ext.shape}"
             )
         if spec.kind is OutputKind.SEMANTIC:
-            result[spec.name] = arr[core].astype(spec.dtype)
+            result[spec.name] = arr[grid.core_in_ext(idx)].astype(spec.dtype)
         else:
-            result[spec.name] = renumber_block(arr, grid, idx)
+            result[spec.name] = renumber_block(_trusted_pieces(arr[trusted], spec), stitch, idx)
     return result
 
 
@@ -139,7 +160,7 @@ def segment_array(
             for i in grid.indices():
                 layers[(out, *i)] = (operator.getitem, (seg, *i), spec.name)
             continue
-        local, keys = _stitch_tasks(layers, grid, spec, token)
+        local, keys = _stitch_tasks(layers, stitch_grid(grid, segmenter), spec, token)
         for i in grid.indices():
             layers[(local, *i)] = (_meta_and_crops, (seg, *i), spec.name)
             layers[(out, *i)] = (_apply_lut, (seg, *i), spec.name, (keys.lookup, *i))
@@ -323,7 +344,7 @@ def _store_graph(
         if spec.kind is OutputKind.SEMANTIC:
             counts.append(0)
             continue
-        local, keys = _stitch_tasks(dsk, grid, spec, token)
+        local, keys = _stitch_tasks(dsk, stitch_grid(grid, segmenter), spec, token)
         write = f"sxtdask-relabel-{spec.name}-{token}"
         for i in grid.indices():
             dsk[(local, *i)] = (operator.getitem, (seg, *i), spec.name)

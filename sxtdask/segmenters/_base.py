@@ -57,6 +57,16 @@ class Segmenter(abc.ABC):
     outputs: tuple[OutputSpec, ...]
     halo: tuple[int, int, int]
 
+    def stitch_margin(self, halo: tuple[int, ...]) -> tuple[int, ...]:
+        """How far beyond the core a block's answer is trusted, per axis (voxels).
+
+        The answer near the edge of an extended block is wrong where the segmenter's context
+        (smoothing, receptive field) is cut off. Instances are stitched on ``core ± margin``;
+        the default is half the halo, at least 1 along split axes. A segmenter whose context
+        radius ``r`` is known can return ``halo - r``.
+        """
+        return tuple(max(1, h // 2) if h > 0 else 0 for h in halo)
+
     @abc.abstractmethod
     def segment_block(
         self, block: np.ndarray, stats: IntensityStats, voxel_size_nm: tuple[float, float, float]
