@@ -133,6 +133,17 @@ class Console:
             task = bar.add_task(label, total=total)
             yield lambda done, total: bar.update(task, completed=done, total=total)
 
+    @contextmanager
+    def busy(self, label: str) -> Iterator[None]:
+        """A spinner for a step that reports no progress of its own."""
+        if self.quiet:
+            yield
+            return
+        from rich.console import Console as RichConsole
+
+        with RichConsole(stderr=False).status(label):
+            yield
+
     def compute(self, client: Any, collection: Any, label: str) -> Any:
         """Compute a Dask collection on ``client`` with a progress bar over its tasks."""
         future = client.compute(collection)
@@ -230,8 +241,9 @@ def cmd_synth(args: argparse.Namespace, con: Console) -> dict[str, Any]:
     from .phantoms import write_phantom
 
     t0 = time.perf_counter()
-    mrc, gt = write_phantom(args.output, shape=args.shape, seed=args.seed,
-                            voxel_size_nm=args.voxel_size, overwrite=args.overwrite)
+    with con.busy(f"synthesising a {'×'.join(map(str, args.shape))} phantom"):
+        mrc, gt = write_phantom(args.output, shape=args.shape, seed=args.seed,
+                                voxel_size_nm=args.voxel_size, overwrite=args.overwrite)
     n = int(open_labels(gt, "isg").max().compute())
     con.say(f"wrote {mrc} and ground truth {gt}: shape {args.shape}, {n} ISGs, seed {args.seed} "
             f"({time.perf_counter() - t0:.1f} s)")
@@ -269,7 +281,8 @@ def run_segment(
     counts = con.compute(client, run.graph, f"segmenting {run.n_chunks} chunks + relabel")
     stages["segment_and_relabel"] = time.perf_counter() - t
     t = time.perf_counter()
-    outputs = run.finish()
+    with con.busy("writing label pyramids"):
+        outputs = run.finish()
     stages["pyramids"] = time.perf_counter() - t
     loads = client.run(load_counts)
     return {
@@ -359,11 +372,13 @@ def cmd_demo(args: argparse.Namespace, con: Console) -> dict[str, Any]:
     t0 = time.perf_counter()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    mrc, gt = write_phantom(out / "phantom.mrc", shape=args.shape, seed=args.seed, overwrite=True)
+    with con.busy("synthesising a phantom"):
+        mrc, gt = write_phantom(out / "phantom.mrc", shape=args.shape, seed=args.seed,
+                                overwrite=True)
     con.say(f"1/5 synthesised {mrc} (ground truth {gt})")
     data = out / "phantom.zarr"
-    with open_volume(mrc) as vol:
-        write_image(vol, data, overwrite=True)
+    with open_volume(mrc) as vol, con.steps("converting", 1) as tick:
+        write_image(vol, data, overwrite=True, progress=tick)
     con.say(f"2/5 converted to {data}")
     with connect(_cluster_config(args)) as client:
         con.say(f"dashboard: {client.dashboard_link}")
