@@ -5,7 +5,7 @@ inputs; its resident memory is sampled every 10 ms from outside (psutil). The la
 same phantom 4× deeper, chunked alike, so a worker whose memory depends only on the chunk and the
 halo shows a ratio near 1 (target ≤ 1.25).
 
-    python benchmarks/memory.py                  # 64×384×384 vs 256×384×384
+    python benchmarks/memory.py                  # 96×384×384 vs 384×384×384
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def _run(client: Client, path: Path) -> tuple[int, int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--depth", type=int, default=64, help="slices of the smaller volume")
+    parser.add_argument("--depth", type=int, default=96,
+                        help="slices of the smaller volume (3 chunks: one with a halo on both sides)")
     parser.add_argument("--plane", type=int, default=384)
     parser.add_argument("--seed", type=int, default=2)
     args = parser.parse_args()
