@@ -50,6 +50,15 @@ def plan_grid(
     return BlockGrid(tuple(shape), tuple(chunks), eff)
 
 
+def check_full_plane(segmenter: Segmenter, grid: BlockGrid) -> None:
+    """Refuse in-plane chunking for segmenters that need whole slices."""
+    if segmenter.full_plane and (len(grid.chunks[1]) > 1 or len(grid.chunks[2]) > 1):
+        raise ConfigError(
+            f"{type(segmenter).__name__} segments whole slices: chunks must span the full "
+            f"(Y, X) plane {grid.shape[1:]}, not {grid.chunks[1][0]}×{grid.chunks[2][0]}"
+        )
+
+
 def stitch_grid(grid: BlockGrid, segmenter: Segmenter) -> BlockGrid:
     """The grid instances are stitched on: each core grown by the segmenter's trusted margin.
 
@@ -142,6 +151,7 @@ def segment_array(
         Chunked like ``image``. Instance outputs have IDs ``1..n`` numbered by first voxel.
     """
     grid = plan_grid(image.shape, image.chunks, halo if halo is not None else segmenter.halo)
+    check_full_plane(segmenter, grid)
     token = tokenize(image, segmenter, stats, voxel_size_nm, grid.halo)
     seg = f"sxtdask-segment-{token}"
     layers: dict[Any, Any] = {}
@@ -300,6 +310,7 @@ def segment_store(
         raise ConfigError(f"chunks {chunk} must be three positive integers (Z, Y, X)")
     full = BlockGrid.regular(img.data.shape, tuple(min(c, s) for c, s in zip(chunk, img.data.shape)), (0, 0, 0))
     grid = plan_grid(full.shape, full.chunks, halo if halo is not None else segmenter.halo)
+    check_full_plane(segmenter, grid)
     label_chunks = tuple(c[0] for c in grid.chunks)
     targets: dict[str, str] = {}
     finals: dict[str, str] = {}

@@ -18,6 +18,9 @@ __all__ = ["Task", "OutputKind", "OutputSpec", "Segmenter"]
 class Task(enum.Enum):
     """What a segmenter finds (``sxtdask segment --task``)."""
 
+    CELL = "cell"
+    MITO = "mito"
+    ISG = "isg"
     ISG_INSTANCES = "isg-instances"
 
 
@@ -56,6 +59,9 @@ class Segmenter(abc.ABC):
     task: Task
     outputs: tuple[OutputSpec, ...]
     halo: tuple[int, int, int]
+    #: True for segmenters that see whole slices (2-D networks resize the full plane): the
+    #: engine then refuses chunks that split the image plane.
+    full_plane = False
 
     def stitch_margin(self, halo: tuple[int, ...]) -> tuple[int, ...]:
         """How far beyond the core a block's answer is trusted, per axis (voxels).

@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..stats import IntensityStats
 from ._base import OutputKind, OutputSpec, Segmenter, Task
 
-__all__ = ["ClassicalISG"]
+__all__ = ["ClassicalISG", "split_granules"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,28 +79,45 @@ class ClassicalISG(Segmenter):
         if stats.is_constant:
             return {"isg": np.zeros(block.shape, dtype=np.uint32)}
         smooth, mask = self.foreground(block, stats)
-        if not mask.any():
-            return {"isg": np.zeros(block.shape, dtype=np.uint32)}
-        spacing = np.asarray(voxel_size_nm, dtype=float) / min(voxel_size_nm)
-        dist = ndimage.distance_transform_edt(mask, sampling=spacing)
-        # Break ties between equal distance maxima by the (denser) granule centre.
-        relief = dist + 0.1 * smooth
-        seeds = self._seeds(relief, mask)
-        labels = watershed(-relief, seeds, mask=mask)
-        return {"isg": self._size_filter(labels).astype(np.uint32)}
+        labels = split_granules(mask, smooth, voxel_size_nm, min_distance=self.min_distance,
+                                min_voxels=self.min_voxels, max_voxels=self.max_voxels)
+        return {"isg": labels}
 
-    def _seeds(self, relief: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        coords = peak_local_max(
-            relief, min_distance=self.min_distance, labels=mask.astype(np.uint8),
-            exclude_border=False,
-        )
-        seeds = np.zeros(relief.shape, dtype=np.int32)
-        seeds[tuple(coords.T)] = np.arange(1, len(coords) + 1)
-        return seeds
 
-    def _size_filter(self, labels: np.ndarray) -> np.ndarray:
-        sizes = np.bincount(labels.ravel())
-        drop = (sizes < self.min_voxels) | (sizes > self.max_voxels)
-        drop[0] = True
-        keep = np.where(drop, 0, np.arange(sizes.size))
-        return keep[labels]
+def split_granules(
+    mask: np.ndarray,
+    density: np.ndarray,
+    voxel_size_nm: tuple[float, float, float],
+    *,
+    min_distance: int = 3,
+    min_voxels: int = 24,
+    max_voxels: int = 800,
+) -> np.ndarray:
+    """Split a granule mask into instances: distance-transform watershed seeded at its maxima.
+
+    Parameters
+    ----------
+    mask : (Z, Y, X) bool ndarray
+    density : (Z, Y, X) float ndarray
+        Smoothed absorption or granule probability; breaks ties between equal distance maxima
+        in favour of the denser granule centre.
+    voxel_size_nm : (z, y, x)
+
+    Returns
+    -------
+    (Z, Y, X) uint32 ndarray
+        Instances (IDs unique, not consecutive) outside ``min_voxels..max_voxels`` removed.
+    """
+    if not mask.any():
+        return np.zeros(mask.shape, dtype=np.uint32)
+    spacing = np.asarray(voxel_size_nm, dtype=float) / min(voxel_size_nm)
+    relief = ndimage.distance_transform_edt(mask, sampling=spacing) + 0.1 * density
+    coords = peak_local_max(relief, min_distance=min_distance, labels=mask.astype(np.uint8),
+                            exclude_border=False)
+    seeds = np.zeros(relief.shape, dtype=np.int32)
+    seeds[tuple(coords.T)] = np.arange(1, len(coords) + 1)
+    labels = watershed(-relief, seeds, mask=mask)
+    sizes = np.bincount(labels.ravel())
+    drop = (sizes < min_voxels) | (sizes > max_voxels)
+    drop[0] = True
+    return np.where(drop, 0, np.arange(sizes.size))[labels].astype(np.uint32)

@@ -1,0 +1,196 @@
+"""U-Net segmenters (cell/nucleus, mitochondria, ISG) with the reference pipeline's preprocessing.
+
+The networks are 2-D: every slice is segmented on its own, so the answer at a voxel depends only on
+its slice (no z halo is needed for masks) and, since the intensity scaling uses whole-volume
+statistics, a chunked run equals a whole-volume run. The model is built once per worker process
+(``sxtdask.engine.cached_model``); the segmenter object itself is a small picklable configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, SxtdaskError
+from ..stats import IntensityStats
+from ._base import OutputKind, OutputSpec, Segmenter, Task
+
+__all__ = ["UNetSegmenter", "resolve_device"]
+
+logger = logging.getLogger(__name__)
+
+# The reference pipeline's documented preprocessing.
+CELL_SIZE = (288, 480)
+IMAGENET_MEAN, IMAGENET_STD = 0.456, 0.224
+LAC_FACTOR = 33.33
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` → ``"cuda"`` when a GPU is visible, else ``"cpu"``; validates the others."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"device {device!r} must be auto, cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} was asked for, but no CUDA device is visible")
+    return device
+
+
+_OUTPUTS = {
+    Task.CELL: (OutputSpec("cell", OutputKind.SEMANTIC, "uint8"),),
+    Task.MITO: (OutputSpec("mito", OutputKind.SEMANTIC, "uint8"),),
+    Task.ISG: (OutputSpec("isg-mask", OutputKind.SEMANTIC, "uint8"),),
+}
+_KIND = {Task.CELL: "cell", Task.MITO: "mito", Task.ISG: "isg"}
+
+
+@dataclass(frozen=True)
+class UNetSegmenter(Segmenter):
+    """A 2-D U-Net applied slice by slice.
+
+    Parameters
+    ----------
+    task : Task
+        ``Task.CELL`` (0 background, 1 cytoplasm/membrane, 2 nucleus), ``Task.MITO`` or
+        ``Task.ISG`` (binary masks).
+    model_path : str, optional
+        Checkpoint (the reference's ``*_best.pth`` or sxtdask's own); read weights-only.
+    device : str
+        ``auto``, ``cpu`` or ``cuda``.
+    batch_size : int
+        Slices per forward pass (results do not depend on it).
+    threshold : float
+        ISG probability threshold.
+    isg_input_scale : float
+        The reference ISG model's input scaling (applied to the 8-bit input divided by 255).
+    """
+
+    task: Task = Task.CELL  # type: ignore[misc]
+    model_path: str | None = None
+    device: str = "auto"
+    batch_size: int = 8
+    threshold: float = 0.5
+    isg_input_scale: float = 0.5
+    halo: tuple[int, int, int] = (0, 0, 0)
+
+    def __post_init__(self) -> None:
+        if self.task not in _OUTPUTS:
+            raise ConfigError(f"task {self.task.value!r} has no U-Net segmenter")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size ({self.batch_size}) must be at least 1")
+        if not 0 < self.threshold < 1:
+            raise ConfigError(f"threshold ({self.threshold}) must lie strictly between 0 and 1")
+        if self.model_path is not None and not os.path.isfile(self.model_path):
+            raise SxtdaskError(f"{self.model_path}: no such checkpoint file")
+
+    @property
+    def outputs(self) -> tuple[OutputSpec, ...]:  # type: ignore[override]
+        return _OUTPUTS[self.task]
+
+    full_plane = True  # slices are resized whole: chunks must not split the image plane
+
+    # ----------------------------------------------------------------- the model
+
+    def load_model(self, path: str | os.PathLike[str] | None = None) -> UNetSegmenter:
+        """A segmenter bound to the checkpoint at ``path`` (the network loads on first use).
+
+        Without a path, sxtdask's bundled default weights would be used; none ship yet.
+        """
+        if path is None:
+            raise SxtdaskError(
+                f"no bundled weights for task {self.task.value!r} yet: pass a checkpoint, "
+                f"load_model('path/to/{_KIND[self.task]}_unet_best.pth') or --model PATH"
+            )
+        seg = dataclasses.replace(self, model_path=str(path))
+        seg.model  # noqa: B018  (load now: errors surface here, not on a worker)
+        return seg
+
+    @property
+    def model(self) -> Any:
+        """The ``torch.nn.Module`` in eval mode on the resolved device (cached per process)."""
+        from ..engine import cached_model
+
+        if self.model_path is None:
+            self.load_model(None)
+        device = resolve_device(self.device)
+        stat = os.stat(self.model_path)  # type: ignore[arg-type]
+        key = ("unet", _KIND[self.task], self.model_path, stat.st_mtime_ns, stat.st_size, device)
+        return cached_model(key, lambda: self._build(device))
+
+    def _build(self, device: str) -> Any:
+        from ..models import load_unet
+
+        net = load_unet(self.model_path)
+        net.eval().to(device)
+        if device.startswith("cuda"):
+            import torch
+
+            net = net.to(memory_format=torch.channels_last)
+        return net
+
+    # ----------------------------------------------------------------- inference
+
+    def _prepare(self, block: np.ndarray, stats: IntensityStats) -> np.ndarray:
+        """(Z, Y, X) → (Z, C, H, W) float32 network input, per the reference preprocessing."""
+        if self.task is Task.ISG:
+            u8 = np.round(np.clip(block.astype(np.float32) * LAC_FACTOR, 0, 1) * 255)
+            return (u8 / 255.0 * self.isg_input_scale).astype(np.float32)[:, None]
+        span = stats.max - stats.min
+        scaled = (block.astype(np.float32) - stats.min) / (span if span > 0 else 1.0)
+        u8 = np.round(np.clip(scaled, 0, 1) * 255)
+        x = ((u8 / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)[:, None]
+        return np.repeat(x, 3, axis=1) if self.task is Task.MITO else x
+
+    def _forward(self, x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """Class probabilities (Z, K, Y, X) for inputs (Z, C, Y, X), in batches."""
+        import torch
+        import torch.nn.functional as F
+
+        net = self.model
+        device = next(net.parameters()).device
+        out = []
+        resize = self.task is not Task.ISG
+        with torch.inference_mode():
+            for start in range(0, x.shape[0], self.batch_size):
+                t = torch.from_numpy(x[start : start + self.batch_size]).to(device)
+                if resize:
+                    t = F.interpolate(t, size=CELL_SIZE, mode="nearest")
+                if device.type == "cuda":
+                    t = t.contiguous(memory_format=torch.channels_last)
+                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                        logits = net(t)
+                else:
+                    logits = net(t)
+                prob = logits.float().softmax(dim=1)
+                if resize:
+                    prob = F.interpolate(prob, size=size, mode="nearest")
+                out.append(prob.cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 1, *size), np.float32)
+
+    def probabilities(self, block: np.ndarray, stats: IntensityStats) -> np.ndarray:
+        """Per-class probabilities (Z, K, Y, X) of a block (the reference's softmax output)."""
+        return self._forward(self._prepare(block, stats), block.shape[1:])
+
+    def segment_block(
+        self, block: np.ndarray, stats: IntensityStats, voxel_size_nm: tuple[float, float, float]
+    ) -> dict[str, np.ndarray]:
+        prob = self.probabilities(block, stats)
+        name = self.outputs[0].name
+        if self.task is Task.ISG:
+            return {name: (prob[:, 1] > self.threshold).astype(np.uint8)}
+        return {name: prob.argmax(axis=1).astype(np.uint8)}
+
+    def predict(self, volume: np.ndarray, voxel_size_nm=(1.0, 1.0, 1.0)) -> Any:  # type: ignore[override]
+        """Whole-volume prediction; ``Task.CELL`` returns ``{"cell_mask", "nucleus_mask"}`` like
+        the reference, the others a binary (Z, Y, X) mask."""
+        out = super().predict(volume, voxel_size_nm)[self.outputs[0].name]
+        if self.task is Task.CELL:
+            return {"cell_mask": (out > 0).astype(np.uint8), "nucleus_mask": (out == 2).astype(np.uint8)}
+        return out
