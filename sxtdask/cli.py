@@ -7,6 +7,7 @@ command exits with status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -23,8 +24,10 @@ from .errors import ConfigError, OutputError, SxtdaskError
 
 logger = logging.getLogger("sxtdask.cli")
 
-TASKS = ("isg-instances",)
-METHODS = {"isg-instances": ("classical",)}
+TASKS = ("cell", "mito", "isg", "isg-instances")
+METHODS = {"cell": ("unet",), "mito": ("unet",), "isg": ("unet",),
+           "isg-instances": ("classical", "unet")}
+DEFAULT_METHOD = {"cell": "unet", "mito": "unet", "isg": "unet", "isg-instances": "classical"}
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -78,7 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="segment an OME-Zarr image chunk by chunk; writes labels/<name>")
     p.add_argument("data", type=Path)
     p.add_argument("--task", required=True, choices=TASKS)
-    p.add_argument("--method", default="classical", help="segmentation method (default classical)")
+    p.add_argument("--method", default=None, metavar="{unet,maskrcnn,classical}",
+                   help="method (default: unet for cell/mito/isg, classical for isg-instances)")
+    p.add_argument("--model", type=Path, default=None, metavar="PATH",
+                   help="network checkpoint (a reference *_best.pth or sxtdask's own)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where networks run (default: cuda when a GPU is visible)")
+    p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
     p.add_argument("--chunks", type=_triple, default=None, metavar="Z,Y,X",
                    help="block shape (default: the image's chunks)")
     p.add_argument("--halo", type=_triple, default=None, metavar="Z,Y,X",
@@ -250,15 +259,26 @@ def cmd_synth(args: argparse.Namespace, con: Console) -> dict[str, Any]:
     return {"image": str(mrc), "ground_truth": str(gt), "n_isg": n}
 
 
-def _make_segmenter(task: str, method: str, halo: tuple[int, int, int] | None) -> Any:
-    from .segmenters import ClassicalISG
+def _make_segmenter(args: argparse.Namespace) -> Any:
+    from .segmenters import ClassicalISG, Task, UNetISGInstances, UNetSegmenter
 
+    task, method = args.task, args.method or DEFAULT_METHOD[args.task]
     if method not in METHODS[task]:
         raise ConfigError(
             f"method {method!r} is not available for task {task!r} (available: "
             f"{', '.join(METHODS[task])})"
         )
-    return ClassicalISG() if halo is None else ClassicalISG(halo=halo)
+    if method == "classical":
+        if args.model is not None:
+            raise ConfigError("--model is for network methods; the classical method has no model")
+        return ClassicalISG() if args.halo is None else ClassicalISG(halo=args.halo)
+    unet_task = Task.ISG if task == "isg-instances" else Task(task)
+    unet = UNetSegmenter(task=unet_task, device=args.device, batch_size=args.batch_size)
+    unet = unet.load_model(args.model)
+    if task != "isg-instances":
+        return unet
+    seg = UNetISGInstances(unet=unet)
+    return seg if args.halo is None else dataclasses.replace(seg, halo=args.halo)
 
 
 def run_segment(
@@ -290,6 +310,7 @@ def run_segment(
         "input": str(data),
         "task": segmenter.task.value,
         "method": type(segmenter).__name__,
+        "model": getattr(getattr(segmenter, "unet", segmenter), "model_path", None),
         "chunk_count": run.n_chunks,
         "chunk_shape": [c[0] for c in run.grid.chunks],
         "halo": list(run.grid.halo),
@@ -310,7 +331,7 @@ def cmd_segment(args: argparse.Namespace, con: Console) -> dict[str, Any]:
     open_image(args.data)  # clear errors before any cluster starts or any statistics run
     if args.report is not None:
         _check_new_file(args.report, overwrite=True)
-    segmenter = _make_segmenter(args.task, args.method, args.halo)
+    segmenter = _make_segmenter(args)
     for spec in segmenter.outputs:
         if not args.overwrite and labels_complete(args.data, spec.name):
             raise OutputError(
