@@ -1,0 +1,41 @@
+"""Network definitions compatible with the iPA SXT pipeline's checkpoints, and their loading.
+
+- ``build_unet(kind, width=...)``: the cell/nucleus, mitochondria and ISG U-Nets
+  (:class:`ModelKind`); at the default width their state dicts equal iPA's
+  ``*_unet_best.pth`` files name for name and shape for shape.
+- ``build_maskrcnn``: an untrained torchvision Mask R-CNN; nothing is downloaded.
+- ``load_state_dict_file``, ``load_weights``, ``load_unet``: weights-only checkpoint loading
+  (a file that needs code to unpickle is refused with :class:`CheckpointError`).
+- ``save_checkpoint``, ``read_checkpoint_meta``: sxtdask's own checkpoint format.
+- ``infer_unet_config``: the kind and sizes of a U-Net from its state dict.
+"""
+
+from __future__ import annotations
+
+from ._build import build_maskrcnn, build_unet
+from ._cell_unet import CellNucleusUNet
+from ._checkpoint import (
+    CheckpointError,
+    load_state_dict_file,
+    load_weights,
+    read_checkpoint_meta,
+    save_checkpoint,
+)
+from ._infer import infer_unet_config, load_unet
+from ._kinds import ModelKind
+from ._unet import UNet
+
+__all__ = [
+    "CellNucleusUNet",
+    "CheckpointError",
+    "ModelKind",
+    "UNet",
+    "build_maskrcnn",
+    "build_unet",
+    "infer_unet_config",
+    "load_state_dict_file",
+    "load_unet",
+    "load_weights",
+    "read_checkpoint_meta",
+    "save_checkpoint",
+]

@@ -1,0 +1,147 @@
+"""Recognise a U-Net from its state dict, and rebuild it from a checkpoint file."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._build import _as_kind, _build_from_config
+from ._checkpoint import (
+    CheckpointError,
+    check_fit,
+    read_checkpoint,
+    strip_module_prefix,
+)
+from ._kinds import ModelKind, UNetConfig
+
+__all__ = ["infer_config", "infer_unet_config", "load_unet"]
+
+logger = logging.getLogger(__name__)
+
+# (first conv, last conv, deepest block's first conv) per family
+_CELL_KEYS = ("conv1.conv.0.weight", "Conv.weight", "conv5.conv.0.weight")
+_UNET_KEYS = ("inc.double_conv.0.weight", "outc.conv.weight",
+              "down4.maxpool_conv.1.double_conv.0.weight")
+
+
+def infer_unet_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The kind and sizes of the U-Net a state dict belongs to, from key names and shapes.
+
+    Parameters
+    ----------
+    state_dict : mapping of str → Tensor
+        With or without a DataParallel ``module.`` prefix.
+
+    Returns
+    -------
+    dict
+        ``kind`` (:class:`ModelKind`), ``width``, ``in_channels``, ``n_classes``. The cell/nucleus
+        U-Net is recognised by its names; the mito and ISG U-Nets share one layout, so a
+        3-channel one is taken for ``MITO`` and any other for ``ISG`` (sxtdask checkpoints
+        record their kind, which :func:`load_unet` prefers).
+
+    Raises
+    ------
+    CheckpointError
+        The keys are not those of an iPA U-Net.
+    """
+    return infer_config(strip_module_prefix(state_dict), "the state dict").as_dict()
+
+
+def infer_config(state: Mapping[str, torch.Tensor], source: str,
+                 kind: ModelKind | None = None) -> UNetConfig:
+    """:func:`infer_unet_config` as a :class:`UNetConfig`; ``kind`` settles mito vs ISG."""
+    family: tuple[ModelKind, ...]
+    if _CELL_KEYS[0] in state and _CELL_KEYS[1] in state:
+        keys, family = _CELL_KEYS, (ModelKind.CELL_NUCLEUS,)
+    elif _UNET_KEYS[0] in state and _UNET_KEYS[1] in state:
+        keys, family = _UNET_KEYS, (ModelKind.MITO, ModelKind.ISG)
+        if "up1.up.weight" not in state:
+            raise CheckpointError(f"{source} holds a U-Net with bilinear upsampling (no "
+                                  "up1.up.weight); only the transposed-conv variant is supported")
+    else:
+        first = ", ".join(list(state)[:3])
+        raise CheckpointError(
+            f"{source} is not an iPA U-Net state dict: it has neither {_CELL_KEYS[0]} + "
+            f"{_CELL_KEYS[1]} (cell/nucleus) nor {_UNET_KEYS[0]} + {_UNET_KEYS[1]} (mito/ISG); "
+            f"first keys: {first}")
+    head, tail, deep = (state.get(k) for k in keys)
+    if head is None or tail is None or head.ndim != 4 or tail.ndim != 4:
+        raise CheckpointError(f"{source}: {keys[0]} and {keys[1]} must be 4-d conv weights")
+    width, in_channels, n_classes = int(head.shape[0]), int(head.shape[1]), int(tail.shape[0])
+    if deep is None or deep.ndim != 4 or int(deep.shape[0]) != 16 * width:
+        found = "missing" if deep is None else f"{int(deep.shape[0])} channels"
+        raise CheckpointError(f"{source}: the deepest block {keys[2]} is {found}; a U-Net of "
+                              f"width {width} has {16 * width} there")
+    if kind is not None and kind not in family:
+        raise CheckpointError(f"{source} holds a {family[0].value} U-Net, not a {kind.value} one")
+    if kind is None:
+        kind = family[0] if len(family) == 1 else (
+            ModelKind.MITO if in_channels == 3 else ModelKind.ISG)
+    return UNetConfig(kind, width, in_channels, n_classes)
+
+
+def load_unet(path: str | os.PathLike[str], *, kind: ModelKind | str | None = None,
+              device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a U-Net from a checkpoint (iPA's or sxtdask's) and load its weights.
+
+    The width, channels and classes come from the file's shapes; no random initialisation is
+    spent (the network is built on the ``meta`` device, then takes the file's tensors).
+
+    Parameters
+    ----------
+    path : str or path-like
+    kind : ModelKind or str, optional
+        Needed only to tell a 3-channel ISG U-Net from a mito one in a file without sxtdask
+        metadata; otherwise the file's metadata, then the input channels decide.
+    device : str or torch.device
+
+    Returns
+    -------
+    torch.nn.Module
+        In eval mode, float32, on ``device``.
+
+    Raises
+    ------
+    CheckpointError
+        The file cannot be read weights-only, is not an iPA U-Net, or does not fit it.
+    """
+    source = str(path)
+    state, meta = read_checkpoint(path)
+    hint = _as_kind(kind) if kind is not None else _meta_kind(meta)
+    config = infer_config(state, source, hint)
+    _check_meta(meta, config, source)
+    with torch.device("meta"):
+        model = _build_from_config(config)
+    check_fit(model, state, source, strict=True)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise CheckpointError(f"{source} leaves {', '.join(left[:3])} unset")
+    logger.info("loaded %s U-Net (width %d) from %s", config.kind.value, config.width, source)
+    return model.to(device).eval()
+
+
+def _meta_kind(meta: Mapping[str, Any] | None) -> ModelKind | None:
+    if not meta:
+        return None
+    for key in ("kind", "task"):
+        value = meta.get(key)
+        if value in {k.value for k in ModelKind}:
+            return ModelKind(value)
+    return None
+
+
+def _check_meta(meta: Mapping[str, Any] | None, config: UNetConfig, source: str) -> None:
+    if not meta:
+        return
+    for key in ("width", "in_channels", "n_classes"):
+        if key in meta and meta[key] != getattr(config, key):
+            raise CheckpointError(f"{source}: its metadata says {key}={meta[key]!r} but its "
+                                  f"weights have {key}={getattr(config, key)}")
