@@ -26,7 +26,7 @@ logger = logging.getLogger("sxtdask.cli")
 
 TASKS = ("cell", "mito", "isg", "isg-instances")
 METHODS = {"cell": ("unet",), "mito": ("unet",), "isg": ("unet",),
-           "isg-instances": ("classical", "unet")}
+           "isg-instances": ("classical", "unet", "maskrcnn")}
 DEFAULT_METHOD = {"cell": "unet", "mito": "unet", "isg": "unet", "isg-instances": "classical"}
 
 
@@ -260,7 +260,7 @@ def cmd_synth(args: argparse.Namespace, con: Console) -> dict[str, Any]:
 
 
 def _make_segmenter(args: argparse.Namespace) -> Any:
-    from .segmenters import ClassicalISG, Task, UNetISGInstances, UNetSegmenter
+    from .segmenters import ClassicalISG, MaskRCNNISG, Task, UNetISGInstances, UNetSegmenter
 
     task, method = args.task, args.method or DEFAULT_METHOD[args.task]
     if method not in METHODS[task]:
@@ -272,6 +272,9 @@ def _make_segmenter(args: argparse.Namespace) -> Any:
         if args.model is not None:
             raise ConfigError("--model is for network methods; the classical method has no model")
         return ClassicalISG() if args.halo is None else ClassicalISG(halo=args.halo)
+    if method == "maskrcnn":
+        seg = MaskRCNNISG(device=args.device, batch_size=args.batch_size).load_model(args.model)
+        return seg if args.halo is None else dataclasses.replace(seg, halo=args.halo)
     unet_task = Task.ISG if task == "isg-instances" else Task(task)
     unet = UNetSegmenter(task=unet_task, device=args.device, batch_size=args.batch_size)
     unet = unet.load_model(args.model)
@@ -311,6 +314,7 @@ def run_segment(
         "task": segmenter.task.value,
         "method": type(segmenter).__name__,
         "model": getattr(getattr(segmenter, "unet", segmenter), "model_path", None),
+        "device": getattr(getattr(segmenter, "unet", segmenter), "device", None),
         "chunk_count": run.n_chunks,
         "chunk_shape": [c[0] for c in run.grid.chunks],
         "halo": list(run.grid.halo),

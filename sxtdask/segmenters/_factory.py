@@ -12,6 +12,7 @@ from ..errors import ConfigError
 from ..stats import IntensityStats
 from ._base import OutputKind, OutputSpec, Segmenter, Task
 from ._classical import ClassicalISG, split_granules
+from ._maskrcnn import MaskRCNNISG
 from ._unet import UNetSegmenter
 
 __all__ = ["UNetISGInstances", "create_segmenter"]
@@ -48,12 +49,13 @@ class UNetISGInstances(Segmenter):
         return {"isg": labels}
 
 
-_TASKS = ("cell", "mito", "isg", "isg_instances", "isg_classical")
+_TASKS = ("cell", "mito", "isg", "isg_instances", "isg_maskrcnn", "isg_classical")
 
 
 def create_segmenter(modality: str = "sxt", task: str = "cell", **options: Any) -> Segmenter:
     """A segmenter for ``task``: ``cell``, ``mito``, ``isg`` (U-Nets), ``isg_instances`` (U-Net
-    probability + watershed) or ``isg_classical`` (no model).
+    probability + watershed), ``isg_maskrcnn`` (tiled Mask R-CNN linked across slices) or
+    ``isg_classical`` (no model).
 
     ``options`` go to the segmenter (``device``, ``batch_size``, ``threshold``, ...). Call
     ``.load_model(path)`` on the result before ``.predict(volume)`` for the network tasks.
@@ -68,6 +70,8 @@ def create_segmenter(modality: str = "sxt", task: str = "cell", **options: Any) 
         raise ConfigError(f"modality {modality!r} is not supported (only 'sxt')")
     if task == "isg_classical":
         return ClassicalISG(**options)
+    if task == "isg_maskrcnn":
+        return MaskRCNNISG(**options)
     if task == "isg_instances":
         unet_opts = {k: options.pop(k) for k in ("device", "batch_size", "threshold", "model_path")
                      if k in options}
