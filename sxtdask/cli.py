@@ -329,7 +329,7 @@ def run_segment(
 
 
 def cmd_segment(args: argparse.Namespace, con: Console) -> dict[str, Any]:
-    from .engine import connect
+    from .engine import connect, uses_gpu
     from .io import labels_complete, open_image
 
     open_image(args.data)  # clear errors before any cluster starts or any statistics run
@@ -342,7 +342,10 @@ def cmd_segment(args: argparse.Namespace, con: Console) -> dict[str, Any]:
                 f"{args.data}: label image {spec.name!r} exists; pass --overwrite to replace it"
             )
     t0 = time.perf_counter()
-    with connect(_cluster_config(args)) as client:
+    config = _cluster_config(args)
+    if uses_gpu(segmenter) and not args.scheduler:
+        config = dataclasses.replace(config, gpu=True)  # dask-cuda: one worker per GPU
+    with connect(config) as client:
         con.say(f"dashboard: {client.dashboard_link}")
         report = run_segment(args.data, segmenter, client, con, chunks=args.chunks,
                              overwrite=args.overwrite)

@@ -208,3 +208,25 @@ def test_models_load_once_per_worker_not_per_chunk(tmp_path, small_phantom, clie
     assert all(n <= 1 for n in per_worker) and sum(per_worker) >= 1
     mask = open_labels(path, "mask").compute()
     assert mask.any() and set(np.unique(mask)) <= {0, 1}
+
+
+def test_inference_tasks_need_a_gpu_resource_when_the_network_runs_on_cuda(tmp_path, small_phantom):
+    """Pinning: a worker without a GPU resource never runs them; one with it does."""
+    from unittest import mock
+
+    from distributed import Client, LocalCluster
+
+    path = write_image(small_phantom.image[:16], tmp_path / "g.zarr", chunks=(8, 96, 96))
+    stats = global_stats(da.from_zarr(str(path / "0"))).compute(scheduler="sync")
+    with mock.patch("sxtdask.engine._run.uses_gpu", lambda seg: True):
+        run = segment_store(path, ClassicalISG(), stats)
+    for resources, should_run in ((None, False), ({"GPU": 1}, True)):
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                          dashboard_address=":0", resources=resources) as cluster, \
+                Client(cluster) as c:
+            future = c.compute(run.graph)
+            if should_run:
+                assert future.result(timeout=60)["isg"] >= 0
+            else:
+                with pytest.raises(TimeoutError):
+                    future.result(timeout=3)

@@ -32,6 +32,11 @@ class ClusterConfig:
         Per local worker (Dask syntax: ``"4GiB"``, ``"auto"``).
     dashboard_address : str
         Where the local dashboard listens (localhost unless told otherwise; ``:0`` picks a port).
+    gpu : bool
+        Start a dask-cuda ``LocalCUDACluster`` (one worker per visible GPU, each with a ``GPU``
+        resource that inference tasks require) instead of a ``LocalCluster``.
+    device_memory_limit : str or float
+        dask-cuda's per-GPU spill threshold (``"0.8"`` of the device by default).
     """
 
     scheduler: str | None = None
@@ -39,12 +44,31 @@ class ClusterConfig:
     threads_per_worker: int = 1
     memory_limit: str = "auto"
     dashboard_address: str = "127.0.0.1:8787"
+    gpu: bool = False
+    device_memory_limit: str | float = 0.8
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"workers ({self.workers}) must be at least 1")
         if self.threads_per_worker < 1:
             raise ConfigError(f"threads per worker ({self.threads_per_worker}) must be at least 1")
+
+
+def _local_cuda_cluster(config: ClusterConfig) -> LocalCluster:
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError as err:
+        raise SxtdaskError(
+            "GPU workers need dask-cuda: pip install 'sxtdask[cuda]' (or run with --device cpu)"
+        ) from err
+    return LocalCUDACluster(
+        threads_per_worker=config.threads_per_worker,
+        memory_limit=config.memory_limit,
+        device_memory_limit=config.device_memory_limit,
+        dashboard_address=config.dashboard_address,
+        resources={"GPU": 1},
+        silence_logs=logging.WARNING,
+    )
 
 
 def _default_workers() -> int:
@@ -68,7 +92,7 @@ def connect(config: ClusterConfig = ClusterConfig()) -> Iterator[Client]:
             logger.info("connected to %s; dashboard: %s", config.scheduler, client.dashboard_link)
             yield client
         return
-    cluster = LocalCluster(
+    cluster = _local_cuda_cluster(config) if config.gpu else LocalCluster(
         n_workers=config.workers or _default_workers(),
         threads_per_worker=config.threads_per_worker,
         memory_limit=config.memory_limit,

@@ -22,7 +22,7 @@ import zarr
 from skimage import measure
 from dask.base import tokenize
 from dask.delayed import Delayed
-from dask.highlevelgraph import HighLevelGraph
+from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 from ..errors import ConfigError
 from ..io import create_labels, finalize_labels, open_image
@@ -341,11 +341,12 @@ def _store_graph(
     token = tokenize(str(path), segmenter, stats, grid, sorted(targets.items()))
     seg = f"sxtdask-segment-{segmenter.task.value}-{token}"
     image_path = str(path / "0")
+    seg_tasks = {
+        (seg, *i): (_segment_and_write, image_path, targets, segmenter, stats, voxel_size_nm,
+                    grid, i)
+        for i in grid.indices()
+    }
     dsk: dict[Any, Any] = {}
-    for i in grid.indices():
-        dsk[(seg, *i)] = (
-            _segment_and_write, image_path, targets, segmenter, stats, voxel_size_nm, grid, i
-        )
     counts: list[Any] = []
     done = f"sxtdask-written-{token}"  # tiny markers, so no segment result is held to the end
     for i in grid.indices():
@@ -369,4 +370,19 @@ def _store_graph(
         counts.append((keys.count,))
     name = f"sxtdask-finish-{token}"
     dsk[name] = (_summary, counts, [s.name for s in segmenter.outputs], written)
-    return Delayed(name, HighLevelGraph.from_collections(name, dsk, dependencies=[]))
+    # Inference runs where the accelerator is; reading, relabelling and writing run anywhere.
+    resources = {"resources": {"GPU": 1}} if uses_gpu(segmenter) else None
+    layers = {seg: MaterializedLayer(seg_tasks, annotations=resources),
+              name: MaterializedLayer(dsk)}
+    return Delayed(name, HighLevelGraph(layers, {seg: set(), name: {seg}}))
+
+
+def uses_gpu(segmenter: Segmenter) -> bool:
+    """True when the segmenter's network is to run on CUDA (its tasks need a ``GPU`` resource)."""
+    net = getattr(segmenter, "unet", segmenter)
+    device = getattr(net, "device", None)
+    if device is None:
+        return False
+    from ..segmenters._unet import resolve_device
+
+    return resolve_device(device).startswith("cuda")
