@@ -43,6 +43,29 @@ def _triple(text: str) -> tuple[int, int, int]:
     return values  # type: ignore[return-value]
 
 
+def _tasks(text: str) -> tuple[str, ...]:
+    tasks = tuple(t.strip() for t in text.split(",") if t.strip())
+    bad = [t for t in tasks if t not in TASKS]
+    if bad or not tasks or len(set(tasks)) != len(tasks):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: tasks must be distinct values of {', '.join(TASKS)}")
+    return tasks
+
+
+def _models(values: list[str] | None, tasks: tuple[str, ...]) -> dict[str, Path | None]:
+    """``--model`` values → a checkpoint per task (a bare PATH when there is one task)."""
+    out: dict[str, Path | None] = dict.fromkeys(tasks)
+    for value in values or []:
+        task, sep, path = value.partition("=")
+        if not sep and len(tasks) == 1:
+            task, path = tasks[0], value
+        elif task not in tasks:
+            raise ConfigError(f"--model {value!r}: say which task it is for, as TASK=PATH "
+                              f"(tasks: {', '.join(tasks)})")
+        out[task] = Path(path)
+    return out
+
+
 def _add_cluster_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("workers")
     g.add_argument("--workers", type=int, default=None, help="local worker processes (default: cores, at most 4)")
@@ -80,11 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("segment", help="segment an OME-Zarr image chunk by chunk; writes labels/<name>")
     p.add_argument("data", type=Path)
-    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--task", required=True, type=_tasks, metavar="{cell,mito,isg,isg-instances}[,...]",
+                   help="what to segment; several, comma-separated, share one read of each chunk")
     p.add_argument("--method", default=None, metavar="{unet,maskrcnn,classical}",
                    help="method (default: unet for cell/mito/isg, classical for isg-instances)")
-    p.add_argument("--model", type=Path, default=None, metavar="PATH",
-                   help="network checkpoint (a reference *_best.pth or sxtdask's own)")
+    p.add_argument("--model", action="append", default=None, metavar="[TASK=]PATH",
+                   help="network checkpoint (a reference *_best.pth or sxtdask's own); with "
+                        "several tasks, one TASK=PATH each")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="where networks run (default: cuda when a GPU is visible)")
     p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
@@ -260,24 +285,35 @@ def cmd_synth(args: argparse.Namespace, con: Console) -> dict[str, Any]:
 
 
 def _make_segmenter(args: argparse.Namespace) -> Any:
+    from .segmenters import CombinedSegmenter
+
+    models = _models(args.model, args.task)
+    if args.method is not None and len(args.task) > 1:
+        raise ConfigError("--method applies to one task; with several, each uses its default")
+    parts = [_one_segmenter(args, task, args.method, models[task]) for task in args.task]
+    return parts[0] if len(parts) == 1 else CombinedSegmenter(tuple(parts))
+
+
+def _one_segmenter(args: argparse.Namespace, task: str, method: str | None,
+                   model: Path | None) -> Any:
     from .segmenters import ClassicalISG, MaskRCNNISG, Task, UNetISGInstances, UNetSegmenter
 
-    task, method = args.task, args.method or DEFAULT_METHOD[args.task]
+    method = method or DEFAULT_METHOD[task]
     if method not in METHODS[task]:
         raise ConfigError(
             f"method {method!r} is not available for task {task!r} (available: "
             f"{', '.join(METHODS[task])})"
         )
     if method == "classical":
-        if args.model is not None:
+        if model is not None:
             raise ConfigError("--model is for network methods; the classical method has no model")
         return ClassicalISG() if args.halo is None else ClassicalISG(halo=args.halo)
     if method == "maskrcnn":
-        seg = MaskRCNNISG(device=args.device, batch_size=args.batch_size).load_model(args.model)
+        seg = MaskRCNNISG(device=args.device, batch_size=args.batch_size).load_model(model)
         return seg if args.halo is None else dataclasses.replace(seg, halo=args.halo)
     unet_task = Task.ISG if task == "isg-instances" else Task(task)
     unet = UNetSegmenter(task=unet_task, device=args.device, batch_size=args.batch_size)
-    unet = unet.load_model(args.model)
+    unet = unet.load_model(model)
     if task != "isg-instances":
         return unet
     seg = UNetISGInstances(unet=unet)
@@ -311,10 +347,10 @@ def run_segment(
     return {
         "sxtdask_version": __version__,
         "input": str(data),
-        "task": segmenter.task.value,
-        "method": type(segmenter).__name__,
-        "model": getattr(getattr(segmenter, "unet", segmenter), "model_path", None),
-        "device": getattr(getattr(segmenter, "unet", segmenter), "device", None),
+        "tasks": [p.task.value for p in getattr(segmenter, "parts", (segmenter,))],
+        "methods": [type(p).__name__ for p in getattr(segmenter, "parts", (segmenter,))],
+        "models": [getattr(getattr(p, "unet", p), "model_path", None)
+                   for p in getattr(segmenter, "parts", (segmenter,))],
         "chunk_count": run.n_chunks,
         "chunk_shape": [c[0] for c in run.grid.chunks],
         "halo": list(run.grid.halo),

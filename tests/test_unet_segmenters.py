@@ -61,8 +61,8 @@ def test_batch_size_does_not_change_the_answer(tmp_path, volume, task, kind):
                                   eight.segment_block(volume, stats, (30.0,) * 3)[name])
 
 
-@pytest.mark.parametrize("task,kind", [(Task.CELL, ModelKind.CELL_NUCLEUS), (Task.ISG, ModelKind.ISG)],
-                         ids=["cell", "isg"])
+@pytest.mark.parametrize("task,kind", [(Task.CELL, ModelKind.CELL_NUCLEUS), (Task.MITO, ModelKind.MITO),
+                                       (Task.ISG, ModelKind.ISG)], ids=["cell", "mito", "isg"])
 @pytest.mark.parametrize("cz", [3, 5], ids=["slabs-of-3", "slabs-of-5"])
 def test_chunked_equals_whole(tmp_path, volume, task, kind, cz):
     seg = UNetSegmenter(task=task, device="cpu", batch_size=4).load_model(_checkpoint(tmp_path, kind))
@@ -132,6 +132,36 @@ def test_cli_segment_cell_with_a_checkpoint(tmp_path, volume):
     labels = open_labels(data, "cell").compute()
     assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1, 2}
     rep = json.loads(report.read_text())
-    assert rep["chunk_count"] == 3 and rep["model"] == str(path)
+    assert rep["chunk_count"] == 3 and rep["models"] == [str(path)]
     loads = [sum(v.values()) for v in rep["model_loads_per_worker"].values()]
     assert loads == [1]
+
+
+def test_cli_several_tasks_share_one_read_of_each_chunk(tmp_path, volume):
+    cell = _checkpoint(tmp_path, ModelKind.CELL_NUCLEUS)
+    isg = _checkpoint(tmp_path, ModelKind.ISG)
+    data = write_image(volume, tmp_path / "m.zarr", chunks=(6, 64, 80))
+    report = tmp_path / "run.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sxtdask.cli", "-q", "segment", str(data), "--task",
+         "cell,isg,isg-instances", "--model", f"cell={cell}", "--model", f"isg={isg}",
+         "--device", "cpu", "--workers", "1", "--dashboard-address", ":0", "--report", str(report)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads(report.read_text())
+    assert rep["tasks"] == ["cell", "isg", "isg-instances"]
+    assert rep["methods"] == ["UNetSegmenter", "UNetSegmenter", "ClassicalISG"]
+    for name in ("cell", "isg-mask", "isg"):
+        assert open_labels(data, name).shape == volume.shape
+    # The ISG mask equals the single-task run's: sharing the read changes nothing.
+    alone = UNetSegmenter(task=Task.ISG, device="cpu").load_model(isg).predict(volume)
+    np.testing.assert_array_equal(open_labels(data, "isg-mask").compute(), alone)
+
+
+def test_cli_model_needs_a_task_when_several(tmp_path, volume):
+    data = write_image(volume, tmp_path / "n.zarr", chunks=(6, 64, 80))
+    proc = subprocess.run(
+        [sys.executable, "-m", "sxtdask.cli", "segment", str(data), "--task", "cell,mito",
+         "--model", str(tmp_path / "x.pth")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "TASK=PATH" in proc.stderr and "Traceback" not in proc.stderr

@@ -379,6 +379,9 @@ def _store_graph(
 
 def uses_gpu(segmenter: Segmenter) -> bool:
     """True when the segmenter's network is to run on CUDA (its tasks need a ``GPU`` resource)."""
+    parts = getattr(segmenter, "parts", None)
+    if parts:
+        return any(uses_gpu(p) for p in parts)
     net = getattr(segmenter, "unet", segmenter)
     device = getattr(net, "device", None)
     if device is None:

@@ -2,7 +2,7 @@
 
 from ._base import OutputKind, OutputSpec, Segmenter, Task
 from ._classical import ClassicalISG, split_granules
-from ._factory import UNetISGInstances, create_segmenter
+from ._factory import CombinedSegmenter, UNetISGInstances, create_segmenter
 from ._linking import link_slices
 from ._maskrcnn import MaskRCNNISG
 from ._tiles import Detections, Tile, segment_slice_tiled, stitch_tile_detections, tile_grid
@@ -10,6 +10,7 @@ from ._unet import UNetSegmenter
 
 __all__ = [
     "ClassicalISG",
+    "CombinedSegmenter",
     "Detections",
     "MaskRCNNISG",
     "Tile",

@@ -15,7 +15,7 @@ from ._classical import ClassicalISG, split_granules
 from ._maskrcnn import MaskRCNNISG
 from ._unet import UNetSegmenter
 
-__all__ = ["UNetISGInstances", "create_segmenter"]
+__all__ = ["CombinedSegmenter", "UNetISGInstances", "create_segmenter"]
 
 
 @dataclass(frozen=True)
@@ -79,3 +79,42 @@ def create_segmenter(modality: str = "sxt", task: str = "cell", **options: Any) 
     if task in ("cell", "mito", "isg"):
         return UNetSegmenter(task=Task(task), **options)
     raise ConfigError(f"task {task!r} is not one of {', '.join(_TASKS)}")
+
+
+@dataclass(frozen=True)
+class CombinedSegmenter(Segmenter):
+    """Several segmenters over one read of each chunk (their output names must differ).
+
+    The halo is the largest of theirs; each sees the same extended block.
+    """
+
+    parts: tuple[Segmenter, ...] = ()
+
+    def __post_init__(self) -> None:
+        names = [o.name for p in self.parts for o in p.outputs]
+        if not self.parts or len(names) != len(set(names)):
+            raise ConfigError(f"combined segmenters need distinct outputs, got {names}")
+
+    @property
+    def task(self) -> Task:  # type: ignore[override]
+        return self.parts[0].task
+
+    @property
+    def outputs(self) -> tuple[OutputSpec, ...]:  # type: ignore[override]
+        return tuple(o for p in self.parts for o in p.outputs)
+
+    @property
+    def halo(self) -> tuple[int, int, int]:  # type: ignore[override]
+        return tuple(max(h) for h in zip(*(p.halo for p in self.parts)))  # type: ignore[return-value]
+
+    @property
+    def full_plane(self) -> bool:  # type: ignore[override]
+        return any(p.full_plane for p in self.parts)
+
+    def segment_block(
+        self, block: np.ndarray, stats: IntensityStats, voxel_size_nm: tuple[float, float, float]
+    ) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for part in self.parts:
+            out.update(part.segment_block(block, stats, voxel_size_nm))
+        return out
