@@ -165,3 +165,23 @@ def test_cli_model_needs_a_task_when_several(tmp_path, volume):
         [sys.executable, "-m", "sxtdask.cli", "segment", str(data), "--task", "cell,mito",
          "--model", str(tmp_path / "x.pth")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "TASK=PATH" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_agrees_with_cpu(tmp_path, volume):
+    path = _checkpoint(tmp_path, ModelKind.CELL_NUCLEUS)
+    cpu = UNetSegmenter(task=Task.CELL, device="cpu").load_model(path).predict(volume)
+    gpu = UNetSegmenter(task=Task.CELL, device="cuda", batch_size=8).load_model(path).predict(volume)
+    agree = (cpu["cell_mask"] == gpu["cell_mask"]).mean()
+    assert agree > 0.99  # bf16 autocast may flip near-ties only
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_batch_size_invariance(tmp_path, volume):
+    path = _checkpoint(tmp_path, ModelKind.ISG)
+    stats = _stats(volume)
+    p1 = UNetSegmenter(task=Task.ISG, device="cuda", batch_size=1).load_model(path).probabilities(volume, stats)
+    p8 = UNetSegmenter(task=Task.ISG, device="cuda", batch_size=8).load_model(path).probabilities(volume, stats)
+    assert np.mean(np.abs(p1 - p8) < 1e-2) > 0.999
