@@ -296,7 +296,13 @@ def _make_segmenter(args: argparse.Namespace) -> Any:
 
 def _one_segmenter(args: argparse.Namespace, task: str, method: str | None,
                    model: Path | None) -> Any:
-    from .segmenters import ClassicalISG, MaskRCNNISG, Task, UNetISGInstances, UNetSegmenter
+    from .segmenters import (
+        ClassicalISG,
+        MaskRCNNISG,
+        Task,
+        UNetISGInstances,
+        UNetSegmenter,
+    )
 
     method = method or DEFAULT_METHOD[task]
     if method not in METHODS[task]:

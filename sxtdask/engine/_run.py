@@ -19,10 +19,10 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import zarr
-from skimage import measure
 from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+from skimage import measure
 
 from ..errors import ConfigError
 from ..io import create_labels, finalize_labels, open_image

@@ -45,7 +45,7 @@ def touching_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return la, lb
 
 
-def _best(keys: np.ndarray, partners: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def best_pairs(keys: np.ndarray, partners: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Boolean mask of pairs that are the best (largest count, then smallest partner) for their key."""
     order = np.lexsort((partners, -counts, keys))
     first = np.ones(order.size, dtype=bool)
@@ -67,7 +67,7 @@ def mutual_best_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndar
     bg_a = np.bincount(a[(a != 0) & (b == 0)].astype(np.int64), minlength=int(la.max()) + 1)
     bg_b = np.bincount(b[(b != 0) & (a == 0)].astype(np.int64), minlength=int(lb.max()) + 1)
     keep = (counts > bg_a[la]) | (counts > bg_b[lb])
-    mutual = _best(la, lb, counts) & _best(lb, la, counts) & keep
+    mutual = best_pairs(la, lb, counts) & best_pairs(lb, la, counts) & keep
     return la[mutual], lb[mutual]
 
 

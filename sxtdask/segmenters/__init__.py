@@ -5,7 +5,13 @@ from ._classical import ClassicalISG, split_granules
 from ._factory import CombinedSegmenter, UNetISGInstances, create_segmenter
 from ._linking import link_slices
 from ._maskrcnn import MaskRCNNISG
-from ._tiles import Detections, Tile, segment_slice_tiled, stitch_tile_detections, tile_grid
+from ._tiles import (
+    Detections,
+    Tile,
+    segment_slice_tiled,
+    stitch_tile_detections,
+    tile_grid,
+)
 from ._unet import UNetSegmenter
 
 __all__ = [

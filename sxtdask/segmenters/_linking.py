@@ -40,6 +40,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..errors import ConfigError, LabelOverflowError
+from ..relabel._edges import best_pairs as _best
 from ._tiles import raster_relabel
 
 __all__ = ["link_slices"]
@@ -100,16 +101,6 @@ def _pair_counts(
     all_codes = np.concatenate(codes) if codes else np.zeros(0, np.int64)
     keys, counts = np.unique(all_codes, return_counts=True)
     return keys // n, keys % n, counts
-
-
-def _best(keys: np.ndarray, partners: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Mask of pairs that are their key's best: largest count, then smallest partner."""
-    order = np.lexsort((partners, -counts, keys))
-    first = np.ones(order.size, dtype=bool)
-    first[1:] = keys[order][1:] != keys[order][:-1]
-    best = np.zeros(order.size, dtype=bool)
-    best[order[first]] = True
-    return best
 
 
 def _match(pa: np.ndarray, pb: np.ndarray, counts: np.ndarray, n: int) -> np.ndarray:

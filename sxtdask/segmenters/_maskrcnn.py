@@ -21,7 +21,7 @@ from ..stats import IntensityStats
 from ._base import OutputKind, OutputSpec, Segmenter, Task
 from ._linking import link_slices
 from ._tiles import Detections, stitch_tile_detections, tile_grid
-from ._unet import LAC_FACTOR, resolve_device
+from ._unet import LAC_FACTOR, checkpoint_model
 
 __all__ = ["MaskRCNNISG"]
 
@@ -88,14 +88,10 @@ class MaskRCNNISG(Segmenter):
     @property
     def model(self) -> Any:
         """The torchvision ``MaskRCNN`` in eval mode (cached per process)."""
-        from ..engine import cached_model
-
         if self.model_path is None:
             self.load_model(None)
-        device = resolve_device(self.device)
-        st = os.stat(self.model_path)  # type: ignore[arg-type]
-        key = ("maskrcnn", self.model_path, st.st_mtime_ns, st.st_size, device, self.image_min_size)
-        return cached_model(key, lambda: self._build(device))
+        return checkpoint_model(("maskrcnn", self.image_min_size), self.model_path, self.device,
+                                self._build)
 
     def _build(self, device: str) -> Any:
         from ..models import build_maskrcnn, load_weights

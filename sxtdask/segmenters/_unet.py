@@ -20,7 +20,7 @@ from ..errors import ConfigError, SxtdaskError
 from ..stats import IntensityStats
 from ._base import OutputKind, OutputSpec, Segmenter, Task
 
-__all__ = ["UNetSegmenter", "resolve_device"]
+__all__ = ["UNetSegmenter", "checkpoint_model", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,20 @@ logger = logging.getLogger(__name__)
 CELL_SIZE = (288, 480)
 IMAGENET_MEAN, IMAGENET_STD = 0.456, 0.224
 LAC_FACTOR = 33.33
+
+
+def checkpoint_model(kind: tuple[Any, ...], path: str | None, device: str, build: Any) -> Any:
+    """The network built by ``build(device)`` from the checkpoint at ``path``, once per process.
+
+    The cache key holds the file's modification time and size, so a rewritten checkpoint is
+    loaded afresh.
+    """
+    from ..engine import cached_model
+
+    resolved = resolve_device(device)
+    st = os.stat(path)  # type: ignore[arg-type]
+    key = (*kind, path, st.st_mtime_ns, st.st_size, resolved)
+    return cached_model(key, lambda: build(resolved))
 
 
 def resolve_device(device: str) -> str:
@@ -115,14 +129,10 @@ class UNetSegmenter(Segmenter):
     @property
     def model(self) -> Any:
         """The ``torch.nn.Module`` in eval mode on the resolved device (cached per process)."""
-        from ..engine import cached_model
-
         if self.model_path is None:
             self.load_model(None)
-        device = resolve_device(self.device)
-        stat = os.stat(self.model_path)  # type: ignore[arg-type]
-        key = ("unet", _KIND[self.task], self.model_path, stat.st_mtime_ns, stat.st_size, device)
-        return cached_model(key, lambda: self._build(device))
+        return checkpoint_model(("unet", _KIND[self.task]), self.model_path, self.device,
+                                self._build)
 
     def _build(self, device: str) -> Any:
         from ..models import load_unet
