@@ -6,6 +6,8 @@ The public API:
 - ``make_phantom``, ``write_phantom``: synthetic SXT cells with ground truth.
 - ``global_stats``: whole-volume intensity statistics (one reduction).
 - ``label``: connected components of a Dask array, equal to ``scipy.ndimage.label``.
+- ``create_segmenter``: the reference-style API (``.load_model(path)``, ``.predict(volume)``,
+  ``.model``) for cell, mito, isg, isg_instances, isg_maskrcnn and isg_classical.
 - ``ClassicalISG``: seeded-watershed ISG instances; ``segment_array`` / ``segment_store`` run any
   segmenter chunk by chunk with global instance IDs.
 - ``instance_table`` / ``regionprops_table``: per-instance statistics from chunked partials.
@@ -22,7 +24,7 @@ from .io import open_image, open_labels, open_volume, write_image, write_labels
 from .measure import instance_table, match_instances, regionprops_table
 from .phantoms import make_phantom, write_phantom
 from .relabel import label
-from .segmenters import ClassicalISG, Segmenter, Task
+from .segmenters import ClassicalISG, Segmenter, Task, create_segmenter
 from .stats import IntensityStats, global_stats
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "Task",
     "__version__",
     "connect",
+    "create_segmenter",
     "global_stats",
     "instance_table",
     "label",

@@ -100,6 +100,15 @@ def test_reference_api_shapes_and_model(tmp_path, volume):
     assert mask.shape == volume.shape and set(np.unique(mask)) <= {0, 1}
 
 
+def test_top_level_create_segmenter_is_the_reference_style_api():
+    import sxtdask
+
+    seg = sxtdask.create_segmenter(modality="sxt", task="isg")
+    assert isinstance(seg, UNetSegmenter) and seg.task is Task.ISG
+    with pytest.raises(ConfigError, match="not one of"):
+        sxtdask.create_segmenter(modality="sxt", task="golgi")
+
+
 def test_without_a_checkpoint_the_error_says_how_to_pass_one():
     with pytest.raises(SxtdaskError, match="--model PATH"):
         UNetSegmenter(task=Task.MITO).load_model()
