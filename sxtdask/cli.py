@@ -133,7 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", type=_triple, default=(128, 256, 256), metavar="Z,Y,X")
     p.add_argument("--seed", type=int, default=0)
     _add_cluster_options(p)
+    for module in _command_modules():
+        module.add_parser(sub)
     return parser
+
+
+def _command_modules() -> list[Any]:
+    """The commands defined in ``sxtdask.commands`` (one module each: ``NAME``, ``add_parser(sub)``
+    and ``run(args, console) -> dict``)."""
+    import importlib
+    import pkgutil
+
+    from . import commands
+
+    names = sorted(m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_"))
+    return [importlib.import_module(f"{commands.__name__}.{name}") for name in names]
 
 
 # --------------------------------------------------------------------------- output helpers
@@ -491,8 +505,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sxtdask`` console script."""
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
+    commands = dict(COMMANDS)
+    commands.update({m.NAME: m.run for m in _command_modules()})
     try:
-        COMMANDS[args.command](args, Console(args.quiet))
+        commands[args.command](args, Console(args.quiet))
     except SxtdaskError as err:
         print(f"sxtdask: error: {err}", file=sys.stderr)
         return 2
