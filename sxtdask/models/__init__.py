@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from ._build import build_maskrcnn, build_unet
+from ._bundled import bundled_weights
 from ._cell_unet import CellNucleusUNet
 from ._checkpoint import (
     CheckpointError,
@@ -32,6 +33,7 @@ __all__ = [
     "UNet",
     "build_maskrcnn",
     "build_unet",
+    "bundled_weights",
     "infer_unet_config",
     "load_state_dict_file",
     "load_unet",

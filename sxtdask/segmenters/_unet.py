@@ -20,7 +20,8 @@ from ..errors import ConfigError, SxtdaskError
 from ..stats import IntensityStats
 from ._base import OutputKind, OutputSpec, Segmenter, Task
 
-__all__ = ["UNetSegmenter", "checkpoint_model", "resolve_device"]
+__all__ = ["PREPROCESSING", "UNetSegmenter", "checkpoint_model", "prepare_slices",
+           "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,46 @@ logger = logging.getLogger(__name__)
 CELL_SIZE = (288, 480)
 IMAGENET_MEAN, IMAGENET_STD = 0.456, 0.224
 LAC_FACTOR = 33.33
+
+
+#: Input preprocessings: ``reference`` (iPA's, for its checkpoints) and ``percentile`` (sxtdask's
+#: own networks: the volume's 0.5/99.5 percentiles → -1/1, no resizing).
+PREPROCESSING = ("reference", "percentile")
+
+
+def prepare_slices(block: np.ndarray, stats: IntensityStats, *, task: Task, preprocessing: str,
+                   in_channels: int, isg_input_scale: float = 0.5) -> np.ndarray:
+    """(Z, Y, X) → (Z, C, Y, X) float32 network input (training and inference share it).
+
+    ``reference``: the iPA pipeline's documented scaling (cell/mito: global min/max → 8 bit →
+    ImageNet mean/std; ISG: LAC × 33.33 clipped → 8 bit, × ``isg_input_scale``). ``percentile``:
+    the volume's robust range (``stats.p_low`` → -1, ``stats.p_high`` → 1, clipped to [-2, 2]),
+    which neither saturates on dense granules nor depends on single outlier voxels.
+    """
+    if preprocessing == "percentile":
+        x = np.clip(stats.normalize(block) * 2.0 - 1.0, -2.0, 2.0).astype(np.float32)[:, None]
+    elif preprocessing == "reference":
+        if task is Task.ISG:
+            u8 = np.round(np.clip(block.astype(np.float32) * LAC_FACTOR, 0, 1) * 255)
+            x = (u8 / 255.0 * isg_input_scale).astype(np.float32)[:, None]
+        else:
+            span = stats.max - stats.min
+            scaled = (block.astype(np.float32) - stats.min) / (span if span > 0 else 1.0)
+            u8 = np.round(np.clip(scaled, 0, 1) * 255)
+            x = ((u8 / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)[:, None]
+    else:
+        raise ConfigError(f"preprocessing {preprocessing!r} is not one of {', '.join(PREPROCESSING)}")
+    return np.repeat(x, in_channels, axis=1) if in_channels > 1 else x
+
+
+def pad_reflect(t: Any, pad: tuple[int, int]) -> Any:
+    """Pad (N, C, H, W) at the bottom/right by ``pad`` = (dy, dx), reflecting (edge-replicating
+    where the image is too small to reflect)."""
+    import torch.nn.functional as F
+
+    dy, dx = pad
+    mode = "reflect" if dy < t.shape[-2] and dx < t.shape[-1] else "replicate"
+    return F.pad(t, (0, dx, 0, dy), mode=mode)
 
 
 def checkpoint_model(kind: tuple[Any, ...], path: str | None, device: str, build: Any) -> Any:
@@ -84,6 +125,10 @@ class UNetSegmenter(Segmenter):
         ISG probability threshold.
     isg_input_scale : float
         The reference ISG model's input scaling (applied to the 8-bit input divided by 255).
+    preprocessing : str
+        ``reference`` (iPA checkpoints: their scaling, slices resized to 288×480 for cell and
+        mito) or ``percentile`` (sxtdask-trained networks: see :func:`prepare_slices`; slices are
+        not resized). :meth:`load_model` sets it from an sxtdask checkpoint's metadata.
     """
 
     task: Task = Task.CELL  # type: ignore[misc]
@@ -93,6 +138,7 @@ class UNetSegmenter(Segmenter):
     threshold: float = 0.5
     isg_input_scale: float = 0.5
     halo: tuple[int, int, int] = (0, 0, 0)
+    preprocessing: str = "reference"
 
     def __post_init__(self) -> None:
         if self.task not in _OUTPUTS:
@@ -101,6 +147,9 @@ class UNetSegmenter(Segmenter):
             raise ConfigError(f"batch size ({self.batch_size}) must be at least 1")
         if not 0 < self.threshold < 1:
             raise ConfigError(f"threshold ({self.threshold}) must lie strictly between 0 and 1")
+        if self.preprocessing not in PREPROCESSING:
+            raise ConfigError(f"preprocessing {self.preprocessing!r} is not one of "
+                              f"{', '.join(PREPROCESSING)}")
         if self.model_path is not None and not os.path.isfile(self.model_path):
             raise SxtdaskError(f"{self.model_path}: no such checkpoint file")
 
@@ -115,14 +164,24 @@ class UNetSegmenter(Segmenter):
     def load_model(self, path: str | os.PathLike[str] | None = None) -> UNetSegmenter:
         """A segmenter bound to the checkpoint at ``path`` (the network loads on first use).
 
-        Without a path, sxtdask's bundled default weights would be used; none ship yet.
+        Without a path, sxtdask's bundled default weights for the task (narrow U-Nets trained
+        on synthetic phantoms, see :func:`sxtdask.models.bundled_weights`) are used. The
+        preprocessing is taken from an sxtdask checkpoint's metadata; files without it (iPA's)
+        get the reference preprocessing.
         """
+        from ..models import bundled_weights, read_checkpoint_meta
+
         if path is None:
-            raise SxtdaskError(
-                f"no bundled weights for task {self.task.value!r} yet: pass a checkpoint, "
-                f"load_model('path/to/{_KIND[self.task]}_unet_best.pth') or --model PATH"
-            )
-        seg = dataclasses.replace(self, model_path=str(path))
+            path = bundled_weights(_KIND[self.task])
+        meta = read_checkpoint_meta(path) or {}
+        prep = meta.get("preprocessing", {})
+        name = prep.get("name", "reference") if isinstance(prep, dict) else "reference"
+        if name not in PREPROCESSING:
+            raise SxtdaskError(f"{path}: unknown preprocessing {name!r} in its metadata")
+        task = meta.get("task")
+        if task is not None and task != _KIND[self.task]:
+            raise SxtdaskError(f"{path} was trained for task {task!r}, not {_KIND[self.task]!r}")
+        seg = dataclasses.replace(self, model_path=str(path), preprocessing=name)
         seg.model  # noqa: B018  (load now: errors surface here, not on a worker)
         return seg
 
@@ -130,7 +189,8 @@ class UNetSegmenter(Segmenter):
     def model(self) -> Any:
         """The ``torch.nn.Module`` in eval mode on the resolved device (cached per process)."""
         if self.model_path is None:
-            self.load_model(None)
+            raise ConfigError(f"no {_KIND[self.task]} U-Net loaded: call load_model() for the "
+                              "bundled weights or load_model(path) for a checkpoint")
         return checkpoint_model(("unet", _KIND[self.task]), self.model_path, self.device,
                                 self._build)
 
@@ -148,15 +208,10 @@ class UNetSegmenter(Segmenter):
     # ----------------------------------------------------------------- inference
 
     def _prepare(self, block: np.ndarray, stats: IntensityStats) -> np.ndarray:
-        """(Z, Y, X) → (Z, C, H, W) float32 network input, per the reference preprocessing."""
-        if self.task is Task.ISG:
-            u8 = np.round(np.clip(block.astype(np.float32) * LAC_FACTOR, 0, 1) * 255)
-            return (u8 / 255.0 * self.isg_input_scale).astype(np.float32)[:, None]
-        span = stats.max - stats.min
-        scaled = (block.astype(np.float32) - stats.min) / (span if span > 0 else 1.0)
-        u8 = np.round(np.clip(scaled, 0, 1) * 255)
-        x = ((u8 / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)[:, None]
-        return np.repeat(x, 3, axis=1) if self.task is Task.MITO else x
+        """(Z, Y, X) → (Z, C, H, W) float32 network input, per the model's preprocessing."""
+        return prepare_slices(block, stats, task=self.task, preprocessing=self.preprocessing,
+                              in_channels=3 if self.task is Task.MITO else 1,
+                              isg_input_scale=self.isg_input_scale)
 
     def _forward(self, x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """Class probabilities (Z, K, Y, X) for inputs (Z, C, Y, X), in batches."""
@@ -166,12 +221,15 @@ class UNetSegmenter(Segmenter):
         net = self.model
         device = next(net.parameters()).device
         out = []
-        resize = self.task is not Task.ISG
+        resize = self.task is not Task.ISG and self.preprocessing == "reference"
+        pad = (0, 0) if resize else tuple(-n % 16 for n in size)
         with torch.inference_mode():
             for start in range(0, x.shape[0], self.batch_size):
                 t = torch.from_numpy(x[start : start + self.batch_size]).to(device)
                 if resize:
                     t = F.interpolate(t, size=CELL_SIZE, mode="nearest")
+                elif any(pad):
+                    t = pad_reflect(t, pad)
                 if device.type == "cuda":
                     t = t.contiguous(memory_format=torch.channels_last)
                     with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -181,6 +239,8 @@ class UNetSegmenter(Segmenter):
                 prob = logits.float().softmax(dim=1)
                 if resize:
                     prob = F.interpolate(prob, size=size, mode="nearest")
+                elif any(pad):
+                    prob = prob[..., : size[0], : size[1]]
                 out.append(prob.cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 1, *size), np.float32)
 

@@ -1,0 +1,285 @@
+"""Training data: labelled tomograms opened lazily, and patch samplers that read only what they need.
+
+A training source is either an OME-Zarr store with an image and ``labels/`` (what ``sxtdask synth``
+writes, or a converted image to which labels were added) or a pair of files, an image and a label
+volume (MRC/REC/AmiraMesh/TIFF/npy), written ``IMAGE,LABELS`` on the command line. Samples are 2-D
+patches read from one slice at a time, never whole volumes; the whole-volume intensity statistics
+that the segmenters normalise with are computed once per tomogram, chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, InputError
+from ..stats import IntensityStats
+
+__all__ = [
+    "PatchSampler",
+    "TrainingVolume",
+    "open_training_data",
+    "split_by_tomogram",
+    "target_from_labels",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Label image each task learns from, in a store (``sxtdask synth`` names).
+TASK_LABELS = {"cell": "cell", "mito": "mito", "isg": "isg", "isg-maskrcnn": "isg"}
+
+
+@dataclass
+class TrainingVolume:
+    """One labelled tomogram, read lazily.
+
+    Attributes
+    ----------
+    name : str
+        Shown in logs and recorded in checkpoints.
+    image : array-like (Z, Y, X)
+        Supports basic slicing (a Zarr array or an ``sxtdask.io.Volume``).
+    labels : array-like (Z, Y, X)
+        The label volume of the task (classes or instance IDs), same shape.
+    stats : IntensityStats
+        Whole-volume statistics of ``image``.
+    voxel_size_nm : (z, y, x)
+    """
+
+    name: str
+    image: Any
+    labels: Any
+    stats: IntensityStats
+    voxel_size_nm: tuple[float, float, float]
+    _fg_per_slice: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(n) for n in self.image.shape)  # type: ignore[return-value]
+
+    def foreground_per_slice(self) -> np.ndarray:
+        """Labelled voxels per z slice (computed once, chunk by chunk)."""
+        if self._fg_per_slice is None:
+            import dask.array as da
+
+            lab = self.labels if isinstance(self.labels, da.Array) else da.from_array(
+                self.labels, chunks=(min(16, self.shape[0]), -1, -1))
+            self._fg_per_slice = np.asarray(
+                (lab > 0).sum(axis=(1, 2)).compute(scheduler="threads"), dtype=np.int64)
+        return self._fg_per_slice
+
+
+def open_training_data(sources: Sequence[str | os.PathLike[str]], task: str,
+                       *, label_name: str | None = None) -> list[TrainingVolume]:
+    """Open training tomograms for ``task`` (``cell``, ``mito``, ``isg``, ``isg-maskrcnn``).
+
+    Parameters
+    ----------
+    sources : sequence of str or path
+        OME-Zarr stores with ``labels/<name>``, or ``IMAGE,LABELS`` file pairs.
+    task : str
+    label_name : str, optional
+        Label image to read from stores; default the task's (``cell``, ``mito``, ``isg``).
+
+    Raises
+    ------
+    InputError
+        A source is missing, unreadable, lacks the label image, or its label and image shapes differ.
+    """
+    if task not in TASK_LABELS:
+        raise ConfigError(f"task {task!r} is not one of {', '.join(TASK_LABELS)}")
+    if not sources:
+        raise ConfigError("no training data given (--data PATH ...)")
+    name = label_name or TASK_LABELS[task]
+    volumes = [_open_one(str(src), name) for src in sources]
+    names = [v.name for v in volumes]
+    if len(set(names)) != len(names):
+        raise InputError(f"the same tomogram is given twice: {', '.join(names)}")
+    return volumes
+
+
+def _open_one(source: str, label_name: str) -> TrainingVolume:
+    import dask.array as da
+
+    from ..io import open_image, open_labels, open_volume
+    from ..stats import global_stats
+
+    if "," in source:
+        image_path, label_path = (Path(p) for p in source.split(",", 1))
+        image = open_volume(image_path)
+        labels = open_volume(label_path)
+        if labels.shape != image.shape:
+            raise InputError(f"{label_path}: labels {labels.shape} and image {image.shape} "
+                             "differ in shape")
+        chunks = (min(32, image.shape[0]), -1, -1)
+        data = da.from_array(image, chunks=chunks)
+        vs = image.voxel_size_nm
+        name = image_path.name
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise InputError(f"{path}: no such training store (give an OME-Zarr store with "
+                             "labels/, or IMAGE,LABELS files)")
+        img = open_image(path)
+        lab = open_labels(path, label_name)
+        if lab.shape != img.data.shape:
+            raise InputError(f"{path}: labels/{label_name} {lab.shape} and image "
+                             f"{img.data.shape} differ in shape")
+        image, labels, data = _zarr_of(img.data), _zarr_of(lab), img.data
+        vs = img.voxel_size_nm
+        name = path.name
+    stats = global_stats(data).compute(scheduler="threads")
+    if stats.is_constant:
+        raise InputError(f"{source}: the image is constant; it cannot train a network")
+    logger.info("training volume %s: shape %s, labels %r", name, tuple(data.shape), label_name)
+    return TrainingVolume(name, image, labels, stats, tuple(float(v) for v in vs))  # type: ignore[arg-type]
+
+
+def _zarr_of(arr: Any) -> Any:
+    """The Zarr array behind a ``da.from_zarr`` array (direct slicing is cheaper per sample)."""
+    import zarr
+
+    for value in arr.dask.values():
+        if isinstance(value, zarr.Array):
+            return value
+    return arr
+
+
+def split_by_tomogram(volumes: Sequence[TrainingVolume], val_fraction: float,
+                      seed: int) -> tuple[list[TrainingVolume], list[TrainingVolume]]:
+    """Train and validation tomograms (never slices of one tomogram on both sides).
+
+    With one tomogram there is nothing to validate on: all of it trains (logged).
+    """
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(f"validation fraction ({val_fraction}) must be in [0, 1)")
+    vols = list(volumes)
+    if len(vols) < 2 or val_fraction == 0:
+        if val_fraction > 0:
+            logger.warning("one training tomogram: no validation split (give two or more)")
+        return vols, []
+    order = np.random.default_rng(seed).permutation(len(vols))
+    n_val = min(len(vols) - 1, max(1, round(val_fraction * len(vols))))
+    val = [vols[i] for i in sorted(order[:n_val])]
+    train = [vols[i] for i in sorted(order[n_val:])]
+    return train, val
+
+
+def target_from_labels(task: str, labels: np.ndarray) -> np.ndarray:
+    """Class map a network learns from a label patch.
+
+    ``cell``: the classes as they are (0 background, 1 cytoplasm, 2 nucleus). ``mito``: 0/1.
+    ``isg``: 0/1 granule interiors, with the one-voxel rims where two granules touch set to
+    background, so the predicted mask keeps touching granules apart for the watershed split.
+    """
+    if task == "cell":
+        return np.clip(labels, 0, 2).astype(np.int64)
+    if task == "mito":
+        return (labels > 0).astype(np.int64)
+    if task == "isg":
+        return (labels > 0).astype(np.int64) & ~_touching_rims(labels)
+    raise ConfigError(f"no class target for task {task!r}")
+
+
+def _touching_rims(labels: np.ndarray) -> np.ndarray:
+    """Voxels of an instance with a 4-neighbour (in-plane) of another instance."""
+    from scipy import ndimage
+
+    lab = labels.astype(np.int64)
+    hi = ndimage.maximum_filter(lab, size=3, mode="nearest")
+    masked = np.where(lab > 0, lab, np.iinfo(np.int64).max)
+    lo = ndimage.minimum_filter(masked, size=3, mode="nearest")
+    return (lab > 0) & ((hi != lab) & (hi > 0) | (lo != lab) & (lo != np.iinfo(np.int64).max))
+
+
+class PatchSampler:
+    """Random 2-D patches (image, labels) from training volumes, read one slice at a time.
+
+    Half of the patches (``foreground_fraction``) are centred on a labelled voxel, chosen from a
+    slice drawn in proportion to its labelled voxels, so rare classes (granules, mitochondria) are
+    seen; the rest are uniform over the volumes. Patches that overhang the image are padded by
+    reflection.
+
+    Parameters
+    ----------
+    volumes : sequence of TrainingVolume
+    patch : int
+        Patch side (voxels).
+    rng : numpy.random.Generator
+    foreground_fraction : float
+    """
+
+    def __init__(self, volumes: Sequence[TrainingVolume], patch: int, rng: np.random.Generator,
+                 foreground_fraction: float = 0.5) -> None:
+        if not volumes:
+            raise ConfigError("no training volumes")
+        self.volumes = list(volumes)
+        self.patch = int(patch)
+        self.rng = rng
+        self.foreground_fraction = foreground_fraction
+        sizes = np.array([v.shape[0] for v in self.volumes], dtype=float)
+        self._vol_p = sizes / sizes.sum()
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray, IntensityStats]:
+        """One (image patch float32, label patch, stats of its volume)."""
+        v = self.volumes[int(self.rng.choice(len(self.volumes), p=self._vol_p))]
+        nz, ny, nx = v.shape
+        p = self.patch
+        fg = v.foreground_per_slice() if self.rng.random() < self.foreground_fraction else None
+        if fg is not None and fg.sum() > 0:
+            z = int(self.rng.choice(nz, p=fg / fg.sum()))
+            lab_slice = np.asarray(v.labels[z])
+            ys, xs = np.nonzero(lab_slice)
+            k = int(self.rng.integers(len(ys)))
+            cy, cx = int(ys[k]), int(xs[k])
+            y0 = cy - p // 2 + int(self.rng.integers(-p // 4, p // 4 + 1))
+            x0 = cx - p // 2 + int(self.rng.integers(-p // 4, p // 4 + 1))
+            y0, x0 = _clamp(y0, ny, p), _clamp(x0, nx, p)
+            image = np.asarray(v.image[z, max(y0, 0):y0 + p, max(x0, 0):x0 + p])
+            labels = lab_slice[max(y0, 0):y0 + p, max(x0, 0):x0 + p]
+        else:
+            z = int(self.rng.integers(nz))
+            y0 = int(self.rng.integers(0, max(ny - p, 0) + 1))
+            x0 = int(self.rng.integers(0, max(nx - p, 0) + 1))
+            image = np.asarray(v.image[z, y0:y0 + p, x0:x0 + p])
+            labels = np.asarray(v.labels[z, y0:y0 + p, x0:x0 + p])
+        return _pad_to(image.astype(np.float32), p), _pad_to(labels, p), v.stats
+
+    def batch(self, n: int) -> list[tuple[np.ndarray, np.ndarray, IntensityStats]]:
+        return [self.sample() for _ in range(n)]
+
+
+def _clamp(start: int, size: int, patch: int) -> int:
+    """A patch start inside the image when the image is at least a patch wide."""
+    if size >= patch:
+        return min(max(start, 0), size - patch)
+    return 0
+
+
+def _pad_to(a: np.ndarray, p: int) -> np.ndarray:
+    dy, dx = max(p - a.shape[0], 0), max(p - a.shape[1], 0)
+    if dy == 0 and dx == 0:
+        return a
+    mode = "reflect" if min(a.shape) > max(dy, dx) else "edge"
+    return np.pad(a, ((0, dy), (0, dx)), mode=mode)
+
+
+def validation_slices(volumes: Sequence[TrainingVolume], n_slices: int,
+                      ) -> list[tuple[np.ndarray, np.ndarray, IntensityStats]]:
+    """Whole slices spread evenly over the validation tomograms' labelled range (deterministic)."""
+    out = []
+    per = max(1, n_slices // max(len(volumes), 1))
+    for v in volumes:
+        fg = v.foreground_per_slice()
+        zs = np.nonzero(fg)[0]
+        lo, hi = (int(zs[0]), int(zs[-1])) if len(zs) else (0, v.shape[0] - 1)
+        for z in np.unique(np.linspace(lo, hi, per).round().astype(int)):
+            out.append((np.asarray(v.image[int(z)]).astype(np.float32),
+                        np.asarray(v.labels[int(z)]), v.stats))
+    return out
