@@ -12,12 +12,14 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from . import __version__
 from .errors import ConfigError, OutputError, SxtdaskError
@@ -72,9 +74,20 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads-per-worker", type=int, default=1, help="threads per local worker (default 1)")
     g.add_argument("--memory-limit", default="auto", help="memory per local worker, e.g. 4GiB (default auto)")
     g.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="use an existing Dask scheduler (tcp://host:8786) instead of a local cluster")
+                   help="use an existing Dask scheduler (tcp://HOST:8786, or tls://HOST:8786 with "
+                        "the --tls-* files) instead of a local cluster")
     g.add_argument("--dashboard-address", default="127.0.0.1:8787",
-                   help="local dashboard address (default 127.0.0.1:8787; a busy port picks another)")
+                   help="local dashboard address (default 127.0.0.1:8787, this machine only; a busy "
+                        "port picks another; 0.0.0.0:8787 opens it to the network)")
+    g.add_argument("--tls-ca-file", default=None, metavar="PEM",
+                   help="tls:// scheduler: the CA certificate that signed the cluster's certificates")
+    g.add_argument("--tls-cert", default=None, metavar="PEM",
+                   help="tls:// scheduler: this client's certificate")
+    g.add_argument("--tls-key", default=None, metavar="PEM",
+                   help="tls:// scheduler: this client's private key (default: in --tls-cert)")
+    g.add_argument("--performance-report", type=Path, default=None, metavar="FILE.html",
+                   help="save distributed's performance report of the run (task stream, worker "
+                        "profiles, bandwidth) as one HTML file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,51 +167,197 @@ def _command_modules() -> list[Any]:
 
 
 class Console:
-    """Prints summaries and draws progress bars unless ``quiet``."""
+    """What the command shows while it runs: rich progress bars and summaries (the default), JSON
+    lines for batch logs (``json_log``), or nothing (``quiet``).
 
-    def __init__(self, quiet: bool) -> None:
+    Progress bars opened while another is live share its display: an outer bar (for example one
+    over the tomograms of an archive) stays, and the bars of the stages inside it are drawn under it
+    and removed when they finish. Every method may be called from any thread.
+
+    With ``json_log`` every event is one JSON object per line on **stdout**: ``{"event": ...,
+    "time": ISO 8601 UTC, "elapsed": seconds, "command": ...}`` plus ``stage``, ``done``/``total``
+    or ``message``; events are ``start``, ``progress``, ``end`` (stages), ``message`` (summaries),
+    ``log`` (sxtdask's log records), ``summary`` (the command's result) and ``error``. With
+    ``quiet`` as well, only ``summary`` and ``error`` are written.
+
+    Parameters
+    ----------
+    quiet : bool
+        No bars, no summaries.
+    json_log : bool
+        JSON lines instead of bars and text.
+    command : str, optional
+        The command word, written into every JSON event.
+    stream : text stream, optional
+        Where JSON lines go (default: ``sys.stdout`` at the time of writing).
+    progress_interval : float
+        Seconds between two JSON ``progress`` events of one stage (a stage's every 10 % and its
+        end are always written).
+    """
+
+    def __init__(self, quiet: bool = False, json_log: bool = False, *, command: str | None = None,
+                 stream: TextIO | None = None, progress_interval: float = 5.0) -> None:
         self.quiet = quiet
+        self.json_log = json_log
+        self.command = command
+        self.progress_interval = progress_interval
+        self._stream = stream
+        self._t0 = time.monotonic()
+        self._lock = threading.RLock()
+        self._live: Any = None  # the rich Progress that open bars share
+        self._open = 0  # bars and spinners drawn in it
 
-    def say(self, text: str) -> None:
-        if not self.quiet:
-            print(text, flush=True)
+    # ---- JSON lines
+
+    def emit(self, event: str, **fields: Any) -> None:
+        """Write one JSON event line (only with ``json_log``)."""
+        if not self.json_log:
+            return
+        record = {"event": event,
+                  "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                  "elapsed": round(time.monotonic() - self._t0, 3)}
+        if self.command:
+            record["command"] = self.command
+        record.update(fields)
+        line = json.dumps(record, default=_json_default)
+        with self._lock:
+            stream = self._stream or sys.stdout
+            stream.write(line + "\n")
+            stream.flush()
+
+    def summary(self, result: dict[str, Any]) -> None:
+        """The command's result as the last JSON line (nothing without ``json_log``)."""
+        self.emit("summary", status="ok", **{k: v for k, v in result.items() if k not in _RESERVED})
+
+    def error(self, message: str) -> None:
+        """A user error as a JSON line (the CLI also prints it on stderr)."""
+        self.emit("error", status="error", message=message)
+
+    # ---- text and bars
+
+    def say(self, text: str, **fields: Any) -> None:
+        """A line of summary; ``fields`` go into its JSON event (e.g. ``dashboard=URL``)."""
+        if self.quiet:
+            return
+        if self.json_log:
+            self.emit("message", message=text, **fields)
+            return
+        with self._lock:
+            if self._live is not None:
+                self._live.console.print(text, markup=False, highlight=False, soft_wrap=True)
+                return
+        print(text, flush=True)
 
     @contextmanager
-    def steps(self, label: str, total: int) -> Iterator[Callable[[int, int], None]]:
-        """A progress bar fed by ``callback(done, total)``."""
+    def steps(self, label: str, total: int | None) -> Iterator[Callable[[int, int], None]]:
+        """A progress bar (or JSON progress events) fed by ``callback(done, total)``; ``total``
+        None until the first callback says it."""
         if self.quiet:
             yield lambda done, total: None
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TimeElapsedColumn,
-        )
-
-        with Progress(f"[bold]{label}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      transient=False) as bar:
-            task = bar.add_task(label, total=total)
-            yield lambda done, total: bar.update(task, completed=done, total=total)
+        elif self.json_log:
+            with self._json_stage(label, total) as update:
+                yield update
+        else:
+            with self._bar(label, total) as (bar, task):
+                yield lambda done, total: bar.update(task, completed=done, total=total)
 
     @contextmanager
     def busy(self, label: str) -> Iterator[None]:
         """A spinner for a step that reports no progress of its own."""
         if self.quiet:
             yield
-            return
-        from rich.console import Console as RichConsole
+        elif self.json_log:
+            with self._json_stage(label, None):
+                yield
+        else:
+            with self._lock:
+                nested = self._live is not None
+            if nested:
+                with self._bar(label, None):
+                    yield
+            else:
+                from rich.console import Console as RichConsole
 
-        with RichConsole(stderr=False).status(label):
-            yield
+                with RichConsole(stderr=False).status(label):
+                    yield
 
     def compute(self, client: Any, collection: Any, label: str) -> Any:
         """Compute a Dask collection on ``client`` with a progress bar over its tasks."""
         future = client.compute(collection)
         if not self.quiet:
-            with self.steps(label, 1) as update:
+            with self.steps(label, None) as update:
                 _TaskBar([future], update, scheduler=client.scheduler.address)
         return future.result()
+
+    @contextmanager
+    def _json_stage(self, label: str, total: int | None) -> Iterator[Callable[[int, int], None]]:
+        state = {"time": time.monotonic(), "tenth": 0, "done": 0, "total": total}
+
+        def update(done: int, total: int) -> None:
+            now = time.monotonic()
+            tenth = 10 * done // total if total else 0
+            with self._lock:
+                new = done != state["done"] or total != state["total"]
+                state["done"], state["total"] = done, total
+                if not new or (now - state["time"] < self.progress_interval
+                               and tenth == state["tenth"] and done != total):
+                    return
+                state["time"], state["tenth"] = now, tenth
+            self.emit("progress", stage=label, done=done, total=total)
+
+        t0 = time.monotonic()
+        self.emit("start", stage=label, done=0, total=total)
+        ok = False
+        try:
+            yield update
+            ok = True
+        finally:
+            self.emit("end", stage=label, done=state["done"], total=state["total"], ok=ok,
+                      seconds=round(time.monotonic() - t0, 3))
+
+    @contextmanager
+    def _bar(self, label: str, total: int | None) -> Iterator[tuple[Any, Any]]:
+        """A task in the shared live display (started by the first bar, stopped by the last)."""
+        from rich.markup import escape
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        with self._lock:
+            nested = self._live is not None
+            if not nested:
+                self._live = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                      MofNCompleteColumn(), TimeElapsedColumn(), transient=False)
+                self._live.start()
+            self._open += 1
+            live = self._live
+            task = live.add_task(escape(label), total=total)
+        try:
+            yield live, task
+        finally:
+            with self._lock:
+                if nested:  # an inner stage: its bar goes once it is done
+                    live.remove_task(task)
+                self._open -= 1
+                if self._open == 0:
+                    live.stop()
+                    self._live = None
+
+
+_RESERVED = frozenset({"event", "time", "elapsed", "command", "status"})
+
+
+def _json_default(value: Any) -> Any:
+    """JSON for what results hold besides plain types: paths, NumPy scalars and arrays, tuples."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
 
 
 def _task_bar_class() -> type:
@@ -210,7 +369,7 @@ def _task_bar_class() -> type:
             self._update = update
             super().__init__(keys, **kw)
 
-        def _draw_bar(self, remaining: int, all: int, **kwargs: Any) -> None:  # noqa: A002
+        def _draw_bar(self, remaining: int, all: int, **kwargs: Any) -> None:
             self._update(all - remaining, all)
 
         def _draw_stop(self, **kwargs: Any) -> None:
@@ -219,14 +378,35 @@ def _task_bar_class() -> type:
     return TaskBar
 
 
-def _TaskBar(keys: Any, update: Callable[[int, int], None], **kw: Any) -> Any:  # noqa: N802
+def _TaskBar(keys: Any, update: Callable[[int, int], None], **kw: Any) -> Any:
     return _task_bar_class()(keys, update, **kw)
 
 
-def _configure_logging(verbose: int) -> None:
+class _JsonLogHandler(logging.Handler):
+    """Log records as the console's JSON ``log`` events."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.console.emit("log", level=record.levelname, logger=record.name,
+                              message=record.getMessage())
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def _configure_logging(verbose: int, console: Console | None = None) -> None:
+    """sxtdask's log records: text on stderr, or JSON lines with the console's other events when it
+    writes JSON (``--json-log``)."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("sxtdask: %(levelname)s: %(message)s"))
+    handler: logging.Handler
+    if console is not None and console.json_log:
+        handler = _JsonLogHandler(console)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("sxtdask: %(levelname)s: %(message)s"))
     root = logging.getLogger("sxtdask")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -262,7 +442,47 @@ def _cluster_config(args: argparse.Namespace) -> Any:
     return ClusterConfig(
         scheduler=args.scheduler, workers=args.workers, threads_per_worker=args.threads_per_worker,
         memory_limit=args.memory_limit, dashboard_address=args.dashboard_address,
+        tls_ca_file=getattr(args, "tls_ca_file", None), tls_cert=getattr(args, "tls_cert", None),
+        tls_key=getattr(args, "tls_key", None),
     )
+
+
+@contextmanager
+def _open_cluster(args: argparse.Namespace, con: Console, config: Any = None) -> Iterator[Any]:
+    """The run's Dask client (``config``, default from the cluster options): its dashboard link is
+    said first, and the work inside is recorded into ``--performance-report`` when given."""
+    from .engine import connect
+
+    report = getattr(args, "performance_report", None)
+    if report is not None:
+        _check_new_file(report, overwrite=True)  # a clear error before any cluster starts
+    with connect(config if config is not None else _cluster_config(args)) as client:
+        con.say(f"dashboard: {client.dashboard_link}", dashboard=client.dashboard_link)
+        with _performance_report(report):
+            yield client
+
+
+@contextmanager
+def _performance_report(path: Path | None) -> Iterator[None]:
+    """distributed's performance report of the work inside (needs a current client), written under a
+    temporary name and renamed to ``path`` only when the work succeeded."""
+    if path is None:
+        yield
+        return
+    from distributed import performance_report
+
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        with performance_report(filename=str(tmp)):
+            yield
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _span_name(stage: str, data: Path) -> str:
+    """``"segment cell.zarr"``: the dashboard's name for one command's work on one store."""
+    return f"{stage} {data.resolve().name or data}"
 
 
 # --------------------------------------------------------------------------- commands
@@ -385,7 +605,9 @@ def run_segment(
 
 
 def cmd_segment(args: argparse.Namespace, con: Console) -> dict[str, Any]:
-    from .engine import connect, uses_gpu
+    from distributed import span
+
+    from .engine import uses_gpu
     from .io import labels_complete, open_image
 
     open_image(args.data)  # clear errors before any cluster starts or any statistics run
@@ -401,11 +623,12 @@ def cmd_segment(args: argparse.Namespace, con: Console) -> dict[str, Any]:
     config = _cluster_config(args)
     if uses_gpu(segmenter) and not args.scheduler:
         config = dataclasses.replace(config, gpu=True)  # dask-cuda: one worker per GPU
-    with connect(config) as client:
-        con.say(f"dashboard: {client.dashboard_link}")
+    with _open_cluster(args, con, config) as client, span(_span_name("segment", args.data)):
         report = run_segment(args.data, segmenter, client, con, chunks=args.chunks,
                              overwrite=args.overwrite)
     report["total_seconds"] = round(time.perf_counter() - t0, 3)
+    if args.performance_report is not None:
+        report["performance_report"] = str(args.performance_report)
     if args.report is not None:
         _write_json(args.report, report)
     n = ", ".join(f"{k}: {v}" for k, v in report["instance_count"].items())
@@ -428,18 +651,18 @@ def run_stats(data: Path, labels: str, out: Path, client: Any, con: Console, *,
 
 
 def cmd_stats(args: argparse.Namespace, con: Console) -> dict[str, Any]:
-    from .engine import connect
+    from distributed import span
+
     from .io import open_labels
 
     if args.out.suffix.lower() not in (".csv", ".parquet"):
         raise ConfigError(f"{args.out}: the table must end in .csv or .parquet")
     _check_new_file(args.out, args.overwrite)
     open_labels(args.data, args.labels)  # a clear error before any cluster starts
-    with connect(_cluster_config(args)) as client:
-        con.say(f"dashboard: {client.dashboard_link}")
+    with _open_cluster(args, con) as client, span(_span_name(f"stats {args.labels}", args.data)):
         table = run_stats(args.data, args.labels, args.out, client, con, overwrite=args.overwrite)
     con.say(f"wrote {args.out}: {len(table)} instances of {args.labels!r}")
-    return {"rows": len(table)}
+    return {"rows": len(table), "output": str(args.out)}
 
 
 def cmd_demo(args: argparse.Namespace, con: Console) -> dict[str, Any]:
@@ -501,21 +724,53 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Console], dict[str, Any]]] = {
 }
 
 
+_JSON_LOG_HELP = ("no bars: one JSON object per line on stdout (event, stage, done/total, time, "
+                  "message; the result as a final 'summary' line), for batch-system logs")
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    """``--json-log`` on the main parser, and ``-q/--quiet`` and ``--json-log`` on every command
+    too, so that they work before or after the command word."""
+    parser.add_argument("--json-log", action="store_true", help=_JSON_LOG_HELP)
+    options = ((("-q", "--quiet"), "no progress bars or summaries"), (("--json-log",), _JSON_LOG_HELP))
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for sub in {id(p): p for p in action.choices.values()}.values():
+            group = sub.add_argument_group("output")
+            for flags, text in options:
+                free = [f for f in flags if f not in sub._option_string_actions]
+                if free:  # SUPPRESS: an absent flag keeps the value given before the command
+                    group.add_argument(*free, action="store_true", default=argparse.SUPPRESS,
+                                       help=text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``sxtdask`` console script."""
-    args = build_parser().parse_args(argv)
-    _configure_logging(args.verbose)
+    """Entry point of the ``sxtdask`` console script.
+
+    Exit status: 0, or 2 after a user error (one line on stderr), 130 when interrupted, or the
+    ``exit_status`` a command puts in its result (e.g. 1 when some items of a batch failed).
+    """
+    parser = build_parser()
+    _add_output_options(parser)
+    args = parser.parse_args(argv)
+    con = Console(args.quiet, json_log=args.json_log, command=args.command)
+    _configure_logging(args.verbose, con)
     commands = dict(COMMANDS)
     commands.update({m.NAME: m.run for m in _command_modules()})
     try:
-        commands[args.command](args, Console(args.quiet))
+        result = commands[args.command](args, con) or {}
     except SxtdaskError as err:
+        con.error(str(err))
         print(f"sxtdask: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        con.error("interrupted")
         print("sxtdask: interrupted", file=sys.stderr)
         return 130
-    return 0
+    status = int(result.get("exit_status", 0) or 0)
+    con.summary(result)
+    return status
 
 
 if __name__ == "__main__":  # pragma: no cover

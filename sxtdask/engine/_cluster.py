@@ -1,4 +1,4 @@
-"""Where the work runs: a local cluster by default, or an existing scheduler."""
+"""Where the work runs: a local cluster by default, or an existing scheduler (TCP or TLS)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from distributed import Client, LocalCluster
+from distributed.security import Security
 
-from ..errors import ConfigError, SxtdaskError
+from ..errors import ConfigError, InputError, SxtdaskError
 
 __all__ = ["ClusterConfig", "connect"]
 
@@ -23,7 +25,8 @@ class ClusterConfig:
     Attributes
     ----------
     scheduler : str or None
-        Address of an existing scheduler (``tcp://host:8786``); None starts a ``LocalCluster``.
+        Address of an existing scheduler (``tcp://host:8786`` or ``tls://host:8786``); None starts
+        a ``LocalCluster``.
     workers : int or None
         Local worker processes (default: one per core, at most 4).
     threads_per_worker : int
@@ -37,6 +40,12 @@ class ClusterConfig:
         resource that inference tasks require) instead of a ``LocalCluster``.
     device_memory_limit : str or float
         dask-cuda's per-GPU spill threshold (``"0.8"`` of the device by default).
+    tls_ca_file, tls_cert, tls_key : str or None
+        PEM files for a ``tls://`` scheduler: the CA that signed the cluster's certificates, and
+        this client's certificate and key (the key may sit in the certificate file). Without
+        them a ``tls://`` scheduler uses Dask's configuration
+        (``distributed.comm.tls.ca-file``, ``distributed.comm.tls.client.cert``/``key``, e.g. from
+        ``DASK_DISTRIBUTED__COMM__TLS__CA_FILE``).
     """
 
     scheduler: str | None = None
@@ -46,12 +55,44 @@ class ClusterConfig:
     dashboard_address: str = "127.0.0.1:8787"
     gpu: bool = False
     device_memory_limit: str | float = 0.8
+    tls_ca_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"workers ({self.workers}) must be at least 1")
         if self.threads_per_worker < 1:
             raise ConfigError(f"threads per worker ({self.threads_per_worker}) must be at least 1")
+        files = {"CA file": self.tls_ca_file, "certificate": self.tls_cert, "key": self.tls_key}
+        if not any(files.values()):
+            return
+        if not (self.scheduler or "").startswith("tls://"):
+            raise ConfigError(f"TLS certificates are for a tls:// scheduler address, not "
+                              f"{self.scheduler or 'a local cluster'}")
+        if not (self.tls_ca_file and self.tls_cert):
+            raise ConfigError("TLS needs both a CA file and a client certificate "
+                              "(--tls-ca-file and --tls-cert)")
+        for what, path in files.items():
+            if path is not None and not Path(path).is_file():
+                raise InputError(f"{path}: TLS {what} not found")
+
+    def security(self) -> Security | None:
+        """The client's TLS settings: from the options, else Dask's configuration for a ``tls://``
+        scheduler, else None (plain TCP)."""
+        if self.tls_ca_file:
+            return Security(tls_ca_file=self.tls_ca_file, tls_client_cert=self.tls_cert,
+                            tls_client_key=self.tls_key, require_encryption=True)
+        if not (self.scheduler or "").startswith("tls://"):
+            return None
+        security = Security()
+        if not (security.tls_ca_file and security.tls_client_cert):
+            raise ConfigError(
+                f"{self.scheduler} needs TLS certificates: pass --tls-ca-file and --tls-cert "
+                "(and --tls-key), or set distributed.comm.tls.ca-file and "
+                "distributed.comm.tls.client.cert/key in Dask's configuration"
+            )
+        return security
 
 
 def _local_cuda_cluster(config: ClusterConfig) -> LocalCluster:
@@ -84,8 +125,9 @@ def connect(config: ClusterConfig = ClusterConfig()) -> Iterator[Client]:
     The dashboard link is logged at INFO (``client.dashboard_link``).
     """
     if config.scheduler:
+        security = config.security()
         try:
-            client = Client(config.scheduler, timeout="10s")
+            client = Client(config.scheduler, timeout="10s", security=security)
         except (OSError, TimeoutError) as err:
             raise SxtdaskError(f"cannot reach the scheduler at {config.scheduler}: {err}") from err
         with client:
