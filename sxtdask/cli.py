@@ -592,6 +592,9 @@ def run_segment(
         "models": [getattr(getattr(p, "unet", p), "model_path", None)
                    for p in getattr(segmenter, "parts", (segmenter,))],
         "chunk_count": run.n_chunks,
+        "chunks_total": run.chunks_total,
+        "chunks_recomputed": run.chunks_computed,  # an interrupted run's complete blocks are
+        "chunks_skipped": run.chunks_reused,  # skipped (their saved results are loaded)
         "chunk_shape": [c[0] for c in run.grid.chunks],
         "halo": list(run.grid.halo),
         "stage_seconds": {k: round(v, 3) for k, v in stages.items()},

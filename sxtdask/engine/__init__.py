@@ -2,7 +2,7 @@
 
 from ._cache import cached_model, clear_models, load_counts
 from ._cluster import ClusterConfig, connect
-from ._run import StoreRun, plan_grid, segment_array, segment_store, uses_gpu
+from ._run import StoreRun, plan_grid, segment_array, segment_store, task_prefix, uses_gpu
 
 __all__ = [
     "ClusterConfig",
@@ -14,5 +14,6 @@ __all__ = [
     "plan_grid",
     "segment_array",
     "segment_store",
+    "task_prefix",
     "uses_gpu",
 ]

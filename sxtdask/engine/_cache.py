@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Hashable
 from typing import Any
 
-__all__ = ["cached_model", "load_counts", "clear_models"]
+__all__ = ["cached_model", "clear_models", "load_counts"]
 
 logger = logging.getLogger(__name__)
 
