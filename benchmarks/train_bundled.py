@@ -1,0 +1,89 @@
+"""Reproduce sxtdask's bundled default weights (``sxtdask/weights/*_unet.pt``).
+
+Every step is an ``sxtdask`` command (printed as it runs), so the same can be typed by hand:
+
+1. ``sxtdask synth`` phantoms of training seeds (1000-1009 by default; never used for evaluation,
+   which uses seeds 9000+ in ``benchmarks/quality.py``);
+2. ``sxtdask train --task {isg,cell,mito}`` on them, with two tomograms held out for validation;
+3. the best checkpoint's weights are stored as float16 (half the size; they are loaded back into
+   float32 networks) beside its metadata, in ``sxtdask/weights/``.
+
+Usage::
+
+    python benchmarks/train_bundled.py --work /tmp/sxtdask-train [--tasks isg,cell,mito]
+
+On the 2-core CPU machine the whole run takes about an hour; on a GPU, minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPE = "128,256,256"
+SEEDS = range(1000, 1010)
+# Per task: options of `sxtdask train` (width 8: ~0.5 M parameters, ~1 MB as float16).
+TRAIN = {
+    "isg": ["--width", "8", "--patch", "128", "--batch-size", "8", "--epochs", "16",
+            "--steps-per-epoch", "125", "--lr", "4e-3"],
+    "cell": ["--width", "8", "--patch", "256", "--batch-size", "4", "--epochs", "12",
+             "--steps-per-epoch", "100", "--lr", "4e-3"],
+    "mito": ["--width", "8", "--patch", "128", "--batch-size", "8", "--epochs", "16",
+             "--steps-per-epoch", "125", "--lr", "4e-3"],
+}
+
+
+def sh(*cmd: str) -> None:
+    print("$", shlex.join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def to_half(src: Path, dst: Path) -> None:
+    """Copy an sxtdask checkpoint with its floating-point weights as float16."""
+    import torch
+
+    payload = torch.load(src, map_location="cpu", weights_only=True)
+    payload["state_dict"] = {k: v.half() if v.is_floating_point() else v
+                             for k, v in payload["state_dict"].items()}
+    payload["meta"]["stored_as"] = "float16"
+    tmp = dst.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(dst)
+    print(f"wrote {dst} ({dst.stat().st_size / 1e6:.2f} MB)", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/sxtdask-train"))
+    ap.add_argument("--tasks", default="isg,cell,mito")
+    ap.add_argument("--install", action="store_true",
+                    help="copy the float16 weights into sxtdask/weights/")
+    args = ap.parse_args()
+    exe = str(Path(sys.executable).with_name("sxtdask"))
+    args.work.mkdir(parents=True, exist_ok=True)
+    data = []
+    for seed in SEEDS:
+        mrc = args.work / f"train{seed}.mrc"
+        gt = args.work / f"train{seed}.gt.zarr"
+        if not gt.exists():
+            sh(exe, "-q", "synth", str(mrc), "--shape", SHAPE, "--seed", str(seed))
+        data.append(str(gt))
+    for task in args.tasks.split(","):
+        out = args.work / f"{task}_unet_fp32.pt"
+        sh(exe, "train", "--task", task, "--data", *data, "--val-fraction", "0.2",
+           "--seed", "0", "--out", str(out), "--overwrite", *TRAIN[task])
+        half = args.work / f"{task}_unet.pt"
+        to_half(out, half)
+        if args.install:
+            dst = ROOT / "sxtdask" / "weights" / half.name
+            dst.parent.mkdir(exist_ok=True)
+            dst.write_bytes(half.read_bytes())
+            print(f"installed {dst}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""``sxtdask train``: train a U-Net (cell, mito, isg) or Mask R-CNN (isg-maskrcnn) on labelled tomograms."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any, Self
+
+NAME = "train"
+TASKS = ("cell", "mito", "isg", "isg-maskrcnn")
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        NAME, help="train a network on labelled tomograms (OME-Zarr with labels/, or IMAGE,LABELS)",
+        description="Train the cell/nucleus, mitochondria or ISG U-Net, or the ISG Mask R-CNN. "
+                    "The checkpoint is read by `segment --model PATH` and load_model(path).")
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--data", required=True, nargs="+", metavar="PATH",
+                   help="OME-Zarr stores with labels/ (e.g. from `sxtdask synth`), or IMAGE,LABELS "
+                        "file pairs (MRC/TIFF/...); split into training and validation by tomogram")
+    p.add_argument("--out", required=True, type=Path, metavar="MODEL.pt", help="checkpoint to write")
+    p.add_argument("--labels", default=None, metavar="NAME",
+                   help="label image to learn from in the stores (default: cell, mito or isg)")
+    p.add_argument("--val-data", nargs="+", default=None, metavar="PATH",
+                   help="validation tomograms (default: --val-fraction of --data)")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of the --data tomograms held out for validation (default 0.2)")
+    p.add_argument("--epochs", type=int, default=None, help="default: U-Net 10, Mask R-CNN 20")
+    p.add_argument("--steps-per-epoch", type=int, default=None,
+                   help="optimiser steps per epoch (default: U-Net 100)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: U-Net 8, Mask R-CNN 4")
+    p.add_argument("--patch", type=int, default=None, help="patch side (default: U-Net 128, Mask R-CNN 256)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default: U-Net 3e-3 AdamW, Mask R-CNN 0.005 SGD)")
+    p.add_argument("--width", type=int, default=16, help="U-Net base width (default 16; reference 64)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (runs are repeatable)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run of --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+def _options(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Any]:
+    return {field: getattr(args, arg) for arg, field in names.items()
+            if getattr(args, arg) is not None}
+
+
+def run(args: argparse.Namespace, con: Any) -> dict[str, Any]:
+    from ..train import (
+        UNetTrainConfig,
+        open_training_data,
+        split_by_tomogram,
+        train_unet,
+    )
+    from ..train._common import check_out
+
+    check_out(args.out, args.resume, args.overwrite)  # before any data is read
+    t0 = time.perf_counter()
+    with con.busy("opening training data"):
+        volumes = open_training_data(args.data, args.task, label_name=args.labels)
+        if args.val_data:
+            train, val = volumes, open_training_data(args.val_data, args.task,
+                                                     label_name=args.labels)
+        else:
+            train, val = split_by_tomogram(volumes, args.val_fraction, args.seed)
+    con.say(f"training {args.task} on {len(train)} tomogram(s) ({', '.join(v.name for v in train)}), "
+            f"validating on {len(val)} ({', '.join(v.name for v in val) or 'none'})")
+    common = {"epochs": "epochs", "steps_per_epoch": "steps_per_epoch", "batch_size": "batch_size",
+              "patch": "patch", "lr": "lr", "seed": "seed", "device": "device"}
+    if args.task == "isg-maskrcnn":
+        from ..train import MaskRCNNTrainConfig, train_maskrcnn
+
+        config: Any = MaskRCNNTrainConfig(**_options(args, common))
+        trainer: Any = train_maskrcnn
+    else:
+        config = UNetTrainConfig(**_options(args, {**common, "width": "width"}))
+
+        def trainer(train: Any, val: Any, out: Any, config: Any, **kw: Any) -> Any:
+            return train_unet(args.task, train, val, out, config, **kw)
+
+    with _EpochBars(con, config.epochs) as progress:
+        result = trainer(train, val, args.out, config, resume=args.resume,
+                         overwrite=args.overwrite, progress=progress)
+    best = ", ".join(f"{k} {v:.4f}" for k, v in result.best.items()
+                     if k.startswith("val_") or k == "loss")
+    con.say(f"wrote {result.checkpoint} (best epoch {int(result.best.get('epoch', 0))}: {best}) "
+            f"in {time.perf_counter() - t0:.0f} s")
+    return {"checkpoint": str(result.checkpoint), "history": result.history, "best": result.best,
+            "files": [str(f) for f in result.files]}
+
+
+class _EpochBars:
+    """One bar per epoch over its optimiser steps; a line of loss and validation metrics after it."""
+
+    def __init__(self, con: Any, epochs: int) -> None:
+        self.con, self.epochs = con, epochs
+        self.epoch = 0
+        self.cm: Any = None
+        self.update: Any = None
+        self.losses: list[float] = []
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self.cm is not None:
+            self.cm.__exit__(None, None, None)
+            self.cm = None
+
+    def __call__(self, epoch: int, step: int, steps: int, info: dict[str, float]) -> None:
+        if epoch != self.epoch:
+            self._close()
+            self.epoch, self.losses = epoch, []
+            self.cm = self.con.steps(f"epoch {epoch}/{self.epochs}", steps)
+            self.update = self.cm.__enter__()
+        if "loss" in info:
+            self.losses.append(info["loss"])
+            self.update(step, steps)
+            return
+        self._close()
+        mean = sum(self.losses) / len(self.losses) if self.losses else float("nan")
+        metrics = ", ".join(f"{k[4:]} {v:.4f}" for k, v in info.items())
+        self.con.say(f"epoch {epoch}/{self.epochs}: loss {mean:.4f}"
+                     + (f"; validation {metrics}" if metrics else ""),
+                     epoch=epoch, loss=mean, **info)
