@@ -1,0 +1,101 @@
+"""``sxtdask evaluate PRED.zarr GT.zarr``: compare predicted label images with ground truth."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+from sxtdask.cli import (
+    Console,
+    _add_cluster_options,
+    _check_new_file,
+    _cluster_config,
+    _write_json,
+)
+
+NAME = "evaluate"
+
+
+def add_parser(sub: Any) -> None:
+    """Add the ``evaluate`` sub-command to ``sub`` (argparse sub-parsers)."""
+    p = sub.add_parser(NAME, help="score predicted label images against ground truth (Dice/IoU, "
+                                  "instance F1 and AP, 2-D COCO, morphometrics)")
+    p.add_argument("pred", type=Path, metavar="PRED.zarr", help="OME-Zarr image with predicted labels/")
+    p.add_argument("gt", type=Path, metavar="GT.zarr", help="OME-Zarr image with true labels/ (e.g. *.gt.zarr)")
+    p.add_argument("--labels", nargs="+", action="extend", default=None, metavar="NAME|PRED=GT",
+                   help="label images to compare (default: the names present in both), e.g. "
+                        "cell mito isg-mask=isg")
+    p.add_argument("--instances", action="append", default=[], metavar="NAME",
+                   help="evaluate this label image as instances whatever its dtype (repeatable)")
+    p.add_argument("--no-coco", action="store_true", help="skip the 2-D slice-wise COCO metrics")
+    p.add_argument("--out", type=Path, default=None, help="write all metrics to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _add_cluster_options(p)
+
+
+def _f(value: Any, percent: bool = False) -> str:
+    if value is None:
+        return "–"
+    return f"{100 * value:+.1f} %" if percent else f"{value:.3f}"
+
+
+def _rows(name: str, res: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Headline (label, metric, value) rows of one label image's result."""
+    if res["kind"] == "instances":
+        m, coco = res["match_50"], res["coco_2d"]
+        rows = [(name, "instances true / predicted", f"{res['gt_instances']} / {res['pred_instances']}"),
+                (name, "precision / recall / F1 @ IoU 0.5",
+                 " / ".join(_f(m[k]) for k in ("precision", "recall", "f1"))),
+                (name, "3-D AP @ IoU 0.5:0.95", _f(res["ap_3d"]["ap"]))]
+        if coco is not None:
+            rows.append((name, "2-D COCO mAP / mAP@.50 / AR@100",
+                         " / ".join(_f(coco[k]) for k in ("map", "map_50", "ar_100"))))
+        return rows
+    classes = res["classes"]
+    prefix = "class " if res["kind"] == "semantic" else ""
+    rows = [(name, f"{prefix}{c}: Dice / IoU", f"{_f(s['dice'])} / {_f(s['iou'])}") for c, s in classes.items()]
+    for part, m in res.get("morphometrics", {}).items():
+        errors = (_f(m["volume_um3_rel_error"], True), _f(m["surface_to_volume_per_um_rel_error"], True))
+        rows.append((name, f"{part}: volume / S/V error", " / ".join(errors)))
+    return rows
+
+
+def render_table(result: dict[str, Any]) -> str:
+    """The headline figures of an evaluation as a rich table (plain text)."""
+    from rich.console import Console as RichConsole
+    from rich.table import Table
+
+    table = Table(title=f"{result['prediction']} vs {result['ground_truth']}", title_justify="left")
+    for column in ("labels", "metric", "value"):
+        table.add_column(column)
+    for name, res in result["labels"].items():
+        for row in _rows(name, res):
+            table.add_row(*row)
+    out = io.StringIO()
+    RichConsole(file=out, width=100, color_system=None).print(table)
+    return out.getvalue().rstrip("\n")
+
+
+def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
+    """Evaluate ``args.pred`` against ``args.gt`` on a Dask cluster; print the headline table."""
+    from sxtdask.engine import connect
+    from sxtdask.metrics import evaluate_stores
+
+    if args.out is not None:
+        _check_new_file(args.out, args.overwrite)
+    t0 = time.perf_counter()
+    graph = evaluate_stores(args.pred, args.gt, args.labels, instances=args.instances,
+                            coco=not args.no_coco, compute=False)  # clear errors before a cluster starts
+    with connect(_cluster_config(args)) as client:
+        con.say(f"dashboard: {client.dashboard_link}")
+        result = con.compute(client, graph, "evaluating")
+    result["seconds"] = round(time.perf_counter() - t0, 3)
+    if args.out is not None:
+        _write_json(args.out, result)
+    con.say(render_table(result))
+    if args.out is not None:
+        con.say(f"wrote {args.out} ({result['seconds']:.1f} s)")
+    return result
