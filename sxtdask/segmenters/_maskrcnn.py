@@ -20,6 +20,7 @@ from ..errors import ConfigError, SxtdaskError
 from ..stats import IntensityStats
 from ._base import OutputKind, OutputSpec, Segmenter, Task
 from ._linking import link_slices
+from ._oom import forward_batches
 from ._tiles import Detections, stitch_tile_detections, tile_grid
 from ._unet import LAC_FACTOR, checkpoint_model
 
@@ -101,25 +102,34 @@ class MaskRCNNISG(Segmenter):
         return load_weights(net, self.model_path).eval().to(device)
 
     def _detect(self, images: list[np.ndarray]) -> list[Detections]:
-        """Run the detector on tiles (each (h, w) in [0, 1]) in batches."""
+        """Run the detector on tiles (each (h, w) in [0, 1]) in batches.
+
+        Out of GPU memory, batches are halved and, at one tile, the chunk runs on the CPU
+        (``forward_batches``; each step is logged as a warning).
+        """
         import torch
 
         net = self.model
-        device = next(net.parameters()).device
-        out: list[Detections] = []
-        with torch.inference_mode():
-            for start in range(0, len(images), self.batch_size):
-                batch = [torch.from_numpy(np.repeat(im[None], 3, axis=0)).to(device)
-                         for im in images[start : start + self.batch_size]]
-                if device.type == "cuda":
+        device = str(next(net.parameters()).device)
+
+        def run(tiles: list[np.ndarray], dev: str) -> list[Detections]:
+            model = net if dev == device else self._model_on(dev)
+            batch = [torch.from_numpy(np.repeat(im[None], 3, axis=0)).to(dev) for im in tiles]
+            with torch.inference_mode():
+                if dev.startswith("cuda"):
                     with torch.autocast("cuda", dtype=torch.bfloat16):
-                        results = net(batch)
+                        results = model(batch)
                 else:
-                    results = net(batch)
-                for r in results:
-                    out.append(Detections(masks=r["masks"][:, 0].float().cpu().numpy(),
-                                          scores=r["scores"].float().cpu().numpy()))
-        return out
+                    results = model(batch)
+            return [Detections(masks=r["masks"][:, 0].float().cpu().numpy(),
+                               scores=r["scores"].float().cpu().numpy()) for r in results]
+
+        return forward_batches(run, images, self.batch_size, device=device)
+
+    def _model_on(self, device: str) -> Any:
+        """The network on another device (the CPU fallback), cached per process like ``model``."""
+        return checkpoint_model(("maskrcnn", self.image_min_size), self.model_path, device,
+                                self._build)
 
     def segment_block(
         self, block: np.ndarray, stats: IntensityStats, voxel_size_nm: tuple[float, float, float]
