@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("sxtdask-demo"), help="folder (default ./sxtdask-demo)")
     p.add_argument("--shape", type=_triple, default=(128, 256, 256), metavar="Z,Y,X")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method", default="unet", choices=("unet", "classical"),
+                   help="unet: the bundled cell, mito and ISG U-Nets (default); classical: ISGs only")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     _add_cluster_options(p)
     for module in _command_modules():
         module.add_parser(sub)
@@ -626,8 +629,10 @@ def cmd_segment(args: argparse.Namespace, con: Console) -> dict[str, Any]:
     config = _cluster_config(args)
     if uses_gpu(segmenter) and not args.scheduler:
         config = dataclasses.replace(config, gpu=True)  # dask-cuda: one worker per GPU
-    with _open_cluster(args, con, config) as client, span(_span_name("segment", args.data)):
-        report = run_segment(args.data, segmenter, client, con, chunks=args.chunks,
+    # Workers open the store by path, in their own working folders (remote ones too).
+    data = args.data.absolute()
+    with _open_cluster(args, con, config) as client, span(_span_name("segment", data)):
+        report = run_segment(data, segmenter, client, con, chunks=args.chunks,
                              overwrite=args.overwrite)
     report["total_seconds"] = round(time.perf_counter() - t0, 3)
     if args.performance_report is not None:
@@ -662,10 +667,18 @@ def cmd_stats(args: argparse.Namespace, con: Console) -> dict[str, Any]:
         raise ConfigError(f"{args.out}: the table must end in .csv or .parquet")
     _check_new_file(args.out, args.overwrite)
     open_labels(args.data, args.labels)  # a clear error before any cluster starts
-    with _open_cluster(args, con) as client, span(_span_name(f"stats {args.labels}", args.data)):
-        table = run_stats(args.data, args.labels, args.out, client, con, overwrite=args.overwrite)
+    data = args.data.absolute()  # workers open the store by path, in their own working folders
+    with _open_cluster(args, con) as client, span(_span_name(f"stats {args.labels}", data)):
+        table = run_stats(data, args.labels, args.out, client, con, overwrite=args.overwrite)
     con.say(f"wrote {args.out}: {len(table)} instances of {args.labels!r}")
     return {"rows": len(table), "output": str(args.out)}
+
+
+def _dice(truth: Any, pred: Any) -> float:
+    import numpy as np
+
+    total = int(np.count_nonzero(truth)) + int(np.count_nonzero(pred))
+    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(truth & pred)) / total
 
 
 def cmd_demo(args: argparse.Namespace, con: Console) -> dict[str, Any]:
@@ -673,15 +686,19 @@ def cmd_demo(args: argparse.Namespace, con: Console) -> dict[str, Any]:
     import numpy as np
 
     from ._demo import save_figure
-    from .engine import connect
     from .io import open_image, open_labels, open_volume, write_image
     from .measure import match_instances
     from .phantoms import write_phantom
-    from .segmenters import ClassicalISG
+    from .segmenters import CombinedSegmenter
 
     t0 = time.perf_counter()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
+    unet = args.method == "unet"
+    tasks = ("cell", "mito", "isg-instances") if unet else ("isg-instances",)
+    opts = argparse.Namespace(device=args.device, batch_size=8, halo=None)
+    parts = [_one_segmenter(opts, task, args.method, None) for task in tasks]
+    segmenter = parts[0] if len(parts) == 1 else CombinedSegmenter(tuple(parts))
     with con.busy("synthesising a phantom"):
         mrc, gt = write_phantom(out / "phantom.mrc", shape=args.shape, seed=args.seed,
                                 overwrite=True)
@@ -690,10 +707,10 @@ def cmd_demo(args: argparse.Namespace, con: Console) -> dict[str, Any]:
     with open_volume(mrc) as vol, con.steps("converting", 1) as tick:
         write_image(vol, data, overwrite=True, progress=tick)
     con.say(f"2/5 converted to {data}")
-    with connect(_cluster_config(args)) as client:
-        con.say(f"dashboard: {client.dashboard_link}")
-        report = run_segment(data, ClassicalISG(), client, con, overwrite=True)
-        con.say(f"3/5 segmented {report['chunk_count']} chunks")
+    with _open_cluster(args, con) as client:
+        report = run_segment(data.absolute(), segmenter, client, con, overwrite=True)
+        con.say(f"3/5 segmented {', '.join(tasks)} in {report['chunk_count']} chunks "
+                f"({'bundled U-Nets' if unet else 'classical ISG method'})")
         table_path = out / "isg.csv"
         table = run_stats(data, "isg", table_path, client, con, overwrite=True)
         con.say(f"4/5 wrote the ISG table {table_path}")
@@ -702,20 +719,35 @@ def cmd_demo(args: argparse.Namespace, con: Console) -> dict[str, Any]:
     pred = np.asarray(open_labels(data, "isg"))
     image = open_image(data).data
     z = int(np.argmax(np.count_nonzero(pred, axis=(1, 2))))
-    png = save_figure(np.asarray(image[z]), pred[z], out / "demo.png",
-                      title=f"sxtdask demo, slice {z}")
+    layers: dict[str, Any] = {}
+    scores: dict[str, float] = {}
+    if unet:
+        cell, cell_gt = np.asarray(open_labels(data, "cell")), np.asarray(open_labels(gt, "cell"))
+        mito, mito_gt = np.asarray(open_labels(data, "mito")), np.asarray(open_labels(gt, "mito"))
+        scores = {"cell_dice": _dice(cell_gt > 0, cell > 0),
+                  "nucleus_dice": _dice(cell_gt == 2, cell == 2),
+                  "mito_dice": _dice(mito_gt > 0, mito > 0)}
+        layers = {"cell": cell[z], "mito": mito[z]}
+    png = save_figure(np.asarray(image[z]), out / "demo.png", isg=pred[z],
+                      title=f"sxtdask demo, slice {z}", **layers)
     con.say(f"5/5 saved {png}")
     m = match_instances(truth, pred)
     diam = table["equivalent_diameter_nm"]
+    dice = "".join(f"; {k.replace('_', ' ')} {v:.3f}" for k, v in scores.items())
     text = (
         f"\nsxtdask demo: {len(table)} ISGs found ({m.tp + m.fn} in the ground truth); "
-        f"F1@IoU0.5 {m.f1:.3f} (precision {m.precision:.3f}, recall {m.recall:.3f}); "
-        f"median diameter {float(diam.median()) if len(diam) else float('nan'):.0f} nm; "
-        f"{time.perf_counter() - t0:.0f} s in all.\nOutputs in {out}/: phantom.mrc, phantom.gt.zarr, "
-        f"phantom.zarr (labels/isg), isg.csv, run.json, demo.png"
+        f"F1@IoU0.5 {m.f1:.3f} (precision {m.precision:.3f}, recall {m.recall:.3f}){dice}; "
+        f"median ISG diameter "
+        f"{float(diam.median()) if len(diam) else float('nan'):.0f} nm; "
+        f"{time.perf_counter() - t0:.0f} s in all.\nOutputs in {out}/: phantom.mrc, "
+        f"phantom.gt.zarr, phantom.zarr (labels/{', labels/'.join(s.name for s in segmenter.outputs)}), "
+        f"isg.csv, run.json, demo.png"
     )
+    if unet:
+        text += ("\nThe bundled U-Nets were trained on sxtdask's synthetic phantoms only; for real "
+                 "tomograms train on your own labels (sxtdask train) or pass --model PATH.")
     con.say(text)
-    return {"f1": m.f1, "n": len(table), "png": str(png)}
+    return {"f1": m.f1, "n": len(table), "png": str(png), **scores}
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Console], dict[str, Any]]] = {
