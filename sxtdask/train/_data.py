@@ -188,14 +188,19 @@ def target_from_labels(task: str, labels: np.ndarray) -> np.ndarray:
 
 
 def _touching_rims(labels: np.ndarray) -> np.ndarray:
-    """Voxels of an instance with a 4-neighbour (in-plane) of another instance."""
+    """Voxels of an instance with an 8-neighbour (3×3, or 3×3×3 for a volume) of another instance.
+
+    Background is masked with ``labels.max() + 1`` for the minimum filter, not with the dtype's
+    maximum: scipy's filters overflow on ``int64`` extremes, which marked every granule's edge
+    against background as a rim.
+    """
     from scipy import ndimage
 
     lab = labels.astype(np.int64)
     hi = ndimage.maximum_filter(lab, size=3, mode="nearest")
-    masked = np.where(lab > 0, lab, np.iinfo(np.int64).max)
+    masked = np.where(lab > 0, lab, int(lab.max(initial=0)) + 1)
     lo = ndimage.minimum_filter(masked, size=3, mode="nearest")
-    return (lab > 0) & ((hi != lab) & (hi > 0) | (lo != lab) & (lo != np.iinfo(np.int64).max))
+    return (lab > 0) & ((hi != lab) | (lo != lab))
 
 
 class PatchSampler:
