@@ -28,12 +28,12 @@ SHAPE = "128,256,256"
 SEEDS = range(1000, 1010)
 # Per task: options of `sxtdask train` (width 8: ~0.5 M parameters, ~1 MB as float16).
 TRAIN = {
-    "isg": ["--width", "8", "--patch", "128", "--batch-size", "8", "--epochs", "16",
-            "--steps-per-epoch", "125", "--lr", "4e-3"],
-    "cell": ["--width", "8", "--patch", "256", "--batch-size", "4", "--epochs", "12",
+    "isg": ["--width", "8", "--patch", "64", "--batch-size", "8", "--epochs", "12",
+            "--steps-per-epoch", "100", "--lr", "4e-3"],
+    "cell": ["--width", "8", "--patch", "128", "--batch-size", "4", "--epochs", "12",
              "--steps-per-epoch", "100", "--lr", "4e-3"],
-    "mito": ["--width", "8", "--patch", "128", "--batch-size", "8", "--epochs", "16",
-             "--steps-per-epoch", "125", "--lr", "4e-3"],
+    "mito": ["--width", "8", "--patch", "64", "--batch-size", "8", "--epochs", "12",
+             "--steps-per-epoch", "100", "--lr", "4e-3"],
 }
 
 

@@ -131,7 +131,7 @@ def _open_one(source: str, label_name: str) -> TrainingVolume:
         if lab.shape != img.data.shape:
             raise InputError(f"{path}: labels/{label_name} {lab.shape} and image "
                              f"{img.data.shape} differ in shape")
-        image, labels, data = _zarr_of(img.data), _zarr_of(lab), img.data
+        image, labels, data = SlabCache(_zarr_of(img.data)), SlabCache(_zarr_of(lab)), img.data
         vs = img.voxel_size_nm
         name = path.name
     stats = global_stats(data).compute(scheduler="threads")
@@ -149,6 +149,45 @@ def _zarr_of(arr: Any) -> Any:
         if isinstance(value, zarr.Array):
             return value
     return arr
+
+
+class SlabCache:
+    """A Zarr array read one chunk-aligned z slab at a time, keeping the last few decoded slabs.
+
+    Training draws many patches from the same chunks; decoding a whole compressed chunk for every
+    patch would cost more than the network step. Memory is bounded by ``max_slabs`` slabs.
+    """
+
+    def __init__(self, array: Any, max_slabs: int = 4) -> None:
+        from collections import OrderedDict
+
+        self.array = array
+        self.shape = tuple(array.shape)
+        self.ndim = len(self.shape)
+        self.dtype = array.dtype
+        self.slab = int(array.chunks[0]) if hasattr(array, "chunks") else 16
+        self.max_slabs = max_slabs
+        self._slabs: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def _get(self, i: int) -> np.ndarray:
+        slab = self._slabs.pop(i, None)
+        if slab is None:
+            slab = np.asarray(self.array[i * self.slab:(i + 1) * self.slab])
+            while len(self._slabs) >= self.max_slabs:
+                self._slabs.popitem(last=False)
+        self._slabs[i] = slab
+        return slab
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        z = key[0]
+        if isinstance(z, (int, np.integer)):
+            z = int(z) + (self.shape[0] if z < 0 else 0)
+            return self._get(z // self.slab)[(z % self.slab, *key[1:])]
+        return np.asarray(self.array[key])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return np.asarray(self.array[...], dtype=dtype)
 
 
 def split_by_tomogram(volumes: Sequence[TrainingVolume], val_fraction: float,
