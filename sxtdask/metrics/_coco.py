@@ -2,7 +2,7 @@
 
 Every z-slice is a COCO image and every (slice, instance) cross-section an object of one category,
 as a Mask R-CNN trained on slices sees them. Cross-sections are run-length encoded block by block
-(a slab of whole slices at a time), so only the small RLE annotations are gathered into the one
+(a slab of whole slices, about one chunk's worth, at a time), so only the small RLE annotations are gathered into the one
 task that runs ``COCOeval``.
 """
 
@@ -101,9 +101,12 @@ def block_annotations(block: np.ndarray, z0: int) -> list[dict[str, Any]]:
 def coco_annotations(labels: da.Array, name: str) -> list[Delayed]:
     """One delayed :func:`block_annotations` per slab of whole slices of ``labels``.
 
-    ``labels`` is rechunked to whole slices, keeping its chunk depth along z.
+    ``labels`` is rechunked to slabs of whole slices holding about as many voxels as one of its
+    chunks (at least one slice, at most the chunk depth).
     """
-    slabs = labels.rechunk({1: -1, 2: -1})
+    cz, cy, cx = labels.chunksize
+    depth = max(1, min(cz, cz * cy * cx // (labels.shape[1] * labels.shape[2])))
+    slabs = labels.rechunk((depth, -1, -1))
     z0 = np.r_[0, np.cumsum(slabs.chunks[0])[:-1]]
     task = dask.delayed(block_annotations, pure=True)
     blocks = slabs.to_delayed()

@@ -254,12 +254,12 @@ def evaluate_stores(
     from sxtdask.io import open_image
 
     pred_img, gt_img = open_image(pred), open_image(gt)
+    pairs = resolve_labels(pred, gt, labels, instances=instances)
+    arrays = {pair.name: _open_pair(pred, gt, pair) for pair in pairs}
     spacing = gt_img.voxel_size_nm
     if not np.allclose(pred_img.voxel_size_nm, spacing):
         logger.warning("voxel sizes differ: %s %s nm, %s %s nm; using the ground truth's",
                        pred, pred_img.voxel_size_nm, gt, spacing)
-    pairs = resolve_labels(pred, gt, labels, instances=instances)
-    arrays = {pair.name: _open_pair(pred, gt, pair) for pair in pairs}
     results = {
         pair.name: evaluate_labels(
             *arrays[pair.name], pair.kind, spacing_nm=spacing, binarise_pred=pair.binarise_pred,

@@ -5,9 +5,9 @@ Surface area is the area of the marching-cubes mesh (``skimage.measure.marching_
 surface is closed, also where it meets the volume's edge. Marching cubes puts triangles in the
 cubes between 8 neighbouring voxel centres, and each cube's triangles depend on those 8 voxels
 only. Each block therefore takes its own voxels plus one voxel of the next block along each axis
-(the block before it handles the cube across their shared face), and the first block along an axis
-also takes one voxel of background before the volume: the blocks' cubes partition the cubes of the
-padded volume, and the blocks' areas add up to the whole volume's area exactly (up to rounding).
+(the block before it handles the cubes across their shared face), the first block along an axis
+also one voxel of background before the volume and the last one after it: the blocks' cubes
+partition the cubes of the padded volume, and the blocks' areas add up to the whole volume's area exactly (up to rounding).
 
 On a binary mask the mesh follows the voxel staircase with cut corners, which overestimates
 smooth surfaces: a voxelised sphere of radius r gives 4πr² × 1.09 at r of 10–30 voxels (× 1.12 at
@@ -37,17 +37,20 @@ _NM3_PER_UM3 = 1e9
 def block_surface_area(
     block: np.ndarray, spacing_nm: tuple[float, float, float], block_info: Any = None,
 ) -> np.ndarray:
-    """Marching-cubes area (nm²) of one block of a mask with a 1-voxel halo of ``map_overlap``.
+    """Marching-cubes area (nm²) of one block of a mask extended by one voxel of the next blocks.
 
-    The leading halo is dropped except along axes where the block is the first one, so the
-    blocks' cubes do not overlap (see the module docstring). Returns a (1, 1, 1) float64 array.
+    ``block`` holds the block's voxels plus one voxel of the following block along each axis
+    (``overlap`` with depth (0, 1)); background is added before the first and after the last block
+    along each axis, so the blocks' cubes partition those of the padded volume (see the module
+    docstring). Returns a (1, 1, 1) float64 array.
     """
-    loc = block_info[0]["chunk-location"] if block_info else (0, 0, 0)
-    view = block[tuple(slice(0 if i == 0 else 1, None) for i in loc)]
+    info = block_info[0] if block_info else {"chunk-location": (0, 0, 0), "num-chunks": (1, 1, 1)}
+    pad = [(int(i == 0), int(i == n - 1)) for i, n in zip(info["chunk-location"], info["num-chunks"])]
     area = 0.0
-    if view.any() and not view.all() and min(view.shape) >= 2:
-        verts, faces, _, _ = marching_cubes(view.astype(np.float32), level=0.5, spacing=spacing_nm,
-                                            method="lorensen", allow_degenerate=True)
+    view = np.pad(block.astype(np.float32), pad)
+    if view.min() < view.max():  # else no surface crosses the block
+        verts, faces, _, _ = marching_cubes(view, level=0.5, spacing=spacing_nm, method="lorensen",
+                                            allow_degenerate=True)
         area = float(mesh_surface_area(verts, faces))
     return np.full((1, 1, 1), area)
 
@@ -68,11 +71,10 @@ def surface_area(mask: Any, spacing_nm: tuple[float, float, float]) -> da.Array:
         0-d float64, the summed marching-cubes area of all surfaces in µm².
     """
     mask = as_dask(mask).astype(np.uint8)
-    padded = da.overlap.overlap(mask, depth=1, boundary=0)
-    parts = padded.map_blocks(block_surface_area, tuple(float(s) for s in spacing_nm),
-                              chunks=((1,) * padded.numblocks[0], (1,) * padded.numblocks[1],
-                                      (1,) * padded.numblocks[2]),
-                              dtype=np.float64, name=f"sxtdask-evaluate-surface-{tokenize(mask, spacing_nm)}")
+    ahead = da.overlap.overlap(mask, depth=dict.fromkeys(range(3), (0, 1)), boundary="none")
+    parts = ahead.map_blocks(block_surface_area, tuple(float(s) for s in spacing_nm),
+                             chunks=tuple((1,) * n for n in ahead.numblocks), dtype=np.float64,
+                             name=f"sxtdask-evaluate-surface-{tokenize(mask, spacing_nm)}")
     return parts.sum() / _NM2_PER_UM2
 
 
