@@ -2,7 +2,14 @@
 
 from ._cache import cached_model, clear_models, load_counts
 from ._cluster import ClusterConfig, connect
-from ._run import StoreRun, plan_grid, segment_array, segment_store, task_prefix, uses_gpu
+from ._run import (
+    StoreRun,
+    plan_grid,
+    segment_array,
+    segment_store,
+    task_prefix,
+    uses_gpu,
+)
 
 __all__ = [
     "ClusterConfig",
