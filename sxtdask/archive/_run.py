@@ -1,0 +1,712 @@
+"""Run an archive: many tomograms in flight on one Dask client, each in its own span.
+
+Each tomogram goes through the stages checksum → convert → statistics → segment → pyramids →
+measure (see :data:`~sxtdask.archive.STAGES`); every stage is a future (``client.submit`` for the
+one-task stages, ``client.compute`` for graphs), and the client keeps up to ``in_flight``
+tomograms going, advancing each when its future completes (``distributed.as_completed``). A
+failure ends only its own tomogram. The manifest is rewritten atomically whenever a tomogram
+finishes (and after each conversion, so that an interrupted run can reuse it).
+
+What a rerun reuses (so reruns are idempotent and interrupted tomograms resume):
+
+- the converted image, when the manifest's checksum equals the input's (and the chunks match);
+- a label image, when it is complete and the manifest records that it was made with the same
+  task configuration (method, parameters, model checksum; device and batch size do not count);
+  an unfinished one is resumed by :func:`sxtdask.engine.segment_store` (never deleted);
+- the whole tomogram (status ``skipped``), when every label image is reused, the earlier run
+  finished it and ran the same tasks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dask
+import distributed
+
+from sxtdask import __version__
+from sxtdask.errors import InputError, OutputError, SxtdaskError
+from sxtdask.io import labels_complete, open_image
+from sxtdask.io._omezarr import normalize_chunks
+
+from ._discover import Tomogram, assign_outputs, discover_tomograms
+from ._manifest import STAGES, read_manifest, write_manifest
+from ._summary import METRIC_COLUMNS, tomogram_metrics, write_summary
+from ._tasks import TaskError, convert_tomogram, finish_run, guarded, sha256_path
+
+__all__ = ["ArchivePlan", "ArchiveProgress", "ArchiveResult", "plan_archive", "run_archive"]
+
+logger = logging.getLogger(__name__)
+
+_POLL_S = 0.25
+_CHUNK_POLL_S = 1.0
+_IGNORED_FIELDS = frozenset({"device", "batch_size"})
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class ArchivePlan:
+    """What an archive run will process (from :func:`plan_archive`).
+
+    Attributes
+    ----------
+    input_dir, out_dir : Path
+    tomograms : list of Tomogram
+        Sorted by key (relative path).
+    outputs : dict of str → str
+        Output image per key, relative to ``out_dir``.
+    previous : dict of str → dict
+        Rows of the earlier manifest, by key.
+    """
+
+    input_dir: Path
+    out_dir: Path
+    tomograms: list[Tomogram]
+    outputs: dict[str, str]
+    previous: dict[str, dict[str, Any]]
+
+
+def _make_out_dir(out_dir: Path) -> None:
+    for parent in (out_dir, *out_dir.parents):
+        if parent.exists() and not parent.is_dir():
+            where = "is" if parent == out_dir else "would be inside"
+            raise OutputError(f"--out {out_dir}: {where} the file {parent}; give a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"--out {out_dir}: cannot create the folder ({err.strerror or err})") from err
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise OutputError(f"--out {out_dir}: the folder is not writable")
+
+
+def plan_archive(
+    input_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
+    exclude: Iterable[str] = (),
+) -> ArchivePlan:
+    """Check the folders, find the tomograms and read the earlier manifest (creates ``out_dir``).
+
+    Raises
+    ------
+    InputError
+        ``input_dir`` is missing or not a folder, holds no tomograms, or ``out_dir`` holds a
+        manifest that is not sxtdask's.
+    OutputError
+        ``out_dir`` is (or lies inside) a file, or cannot be created or written.
+    """
+    inp, out = Path(input_dir).absolute(), Path(out_dir).absolute()
+    if not inp.exists():
+        raise InputError(f"{input_dir}: no such folder")
+    if not inp.is_dir():
+        raise InputError(f"{input_dir}: not a folder; give the folder that holds the tomograms")
+    if out.exists() and out.resolve() == inp.resolve():
+        raise OutputError(f"--out {out_dir}: must differ from the input folder")
+    _make_out_dir(out)
+    tomograms = discover_tomograms(inp, exclude=exclude, skip=[out])
+    if not tomograms:
+        raise InputError(f"{input_dir}: no tomograms found (looked for .mrc, .rec, .map, .st, .am, "
+                         ".tif, .tiff, .npy files and OME-Zarr folders)")
+    previous = read_manifest(out)
+    claimed = {k: r["output"] for k, r in previous.items() if isinstance(r.get("output"), str)}
+    return ArchivePlan(inp, out, tomograms, assign_outputs(tomograms, claimed), previous)
+
+
+@contextmanager
+def _locked(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the archive folder (released when the process ends)."""
+    with open(out_dir / ".sxtdask-archive.lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise OutputError(f"{out_dir}: another sxtdask archive run is writing here") from err
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------- segmenter description
+
+
+def _file_sha256(path: str, cache: dict[str, str]) -> str:
+    if path not in cache:
+        cache[path] = sha256_path(path)
+    return cache[path]
+
+
+def _describe(obj: Any, cache: dict[str, str]) -> Any:
+    """A JSON-able description of a segmenter's settings, model files by checksum."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out: dict[str, Any] = {"class": type(obj).__name__}
+        for f in dataclasses.fields(obj):
+            if f.name in _IGNORED_FIELDS:
+                continue
+            value = getattr(obj, f.name)
+            if f.name == "model_path" and value is not None:
+                out["model_sha256"] = _file_sha256(str(value), cache)
+            else:
+                out[f.name] = _describe(value, cache)
+        return out
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, (list, tuple)):
+        return [_describe(v, cache) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return repr(obj)
+
+
+@dataclass(frozen=True)
+class _Part:
+    task: str
+    segmenter: Any
+    outputs: tuple[str, ...]
+    instances: tuple[str, ...]
+    method: str
+    model: str | None
+    model_sha256: str | None
+    config: str
+
+
+def _parts(segmenter: Any) -> tuple[_Part, ...]:
+    cache: dict[str, str] = {}
+    parts = []
+    for seg in getattr(segmenter, "parts", None) or (segmenter,):
+        model = getattr(getattr(seg, "unet", seg), "model_path", None)
+        desc = json.dumps(_describe(seg, cache), sort_keys=True)
+        parts.append(_Part(
+            task=seg.task.value, segmenter=seg, outputs=tuple(o.name for o in seg.outputs),
+            instances=tuple(o.name for o in seg.outputs if o.kind.value == "instances"),
+            method=type(seg).__name__, model=None if model is None else str(model),
+            model_sha256=None if model is None else _file_sha256(str(model), cache),
+            config=hashlib.sha256(desc.encode()).hexdigest(),
+        ))
+    return tuple(parts)
+
+
+def _combined(parts: list[_Part]) -> Any:
+    if len(parts) == 1:
+        return parts[0].segmenter
+    from sxtdask.segmenters import CombinedSegmenter
+
+    return CombinedSegmenter(tuple(p.segmenter for p in parts))
+
+
+# --------------------------------------------------------------------------- progress and result
+
+
+@dataclass(frozen=True)
+class ArchiveProgress:
+    """A snapshot for progress displays.
+
+    Attributes
+    ----------
+    total : int
+        Tomograms in this run.
+    counts : dict of str → int
+        Finished tomograms by status (``done``, ``skipped``, ``failed``).
+    stages : dict of str → (int, int)
+        Per stage: tomograms that finished it, tomograms that entered it.
+    chunks : (int, int)
+        Segmentation chunks done and planned so far (polled from the scheduler about once a second).
+    """
+
+    total: int
+    counts: dict[str, int]
+    stages: dict[str, tuple[int, int]]
+    chunks: tuple[int, int]
+
+    @property
+    def finished(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True)
+class ArchiveResult:
+    """What :func:`run_archive` did.
+
+    Attributes
+    ----------
+    rows : list of dict
+        This run's manifest rows (one per tomogram found), sorted by input.
+    manifest : Path
+        ``manifest.csv`` (``manifest.json`` beside it).
+    summary : list of Path
+        ``summary.csv``, ``summary.parquet``, ``summary.png``.
+    """
+
+    rows: list[dict[str, Any]]
+    manifest: Path
+    summary: list[Path]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.rows:
+            out[r["status"]] = out.get(r["status"], 0) + 1
+        return out
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["status"] == "failed"]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _one_line(err: BaseException) -> str:
+    text = (str(err).strip().splitlines() or [""])[0]
+    if isinstance(err, SxtdaskError):
+        return text or type(err).__name__
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", name).strip("_") or "tomogram"
+
+
+# --------------------------------------------------------------------------- one tomogram
+
+
+@dataclass(eq=False)
+class _Job:
+    tomo: Tomogram
+    out: Path
+    row: dict[str, Any]
+    prev: dict[str, Any] | None
+    span: dict[str, Any] | None = None
+    stage: str = ""
+    stage_open: bool = False
+    t_stage: float = 0.0
+    t_start: float = 0.0
+    parts: list[_Part] = field(default_factory=list)
+    overwrite: bool = False
+    config: dict[str, str] = field(default_factory=dict)
+    stats: Any = None
+    run: Any = None
+    chunk_group: str | None = None
+    chunk_seen: bool = False
+
+
+class _Driver:
+    """The client-side loop: submits each tomogram's next stage when its last one completes."""
+
+    def __init__(self, plan: ArchivePlan, segmenter: Any, client: Any, *,
+                 chunks: tuple[int, int, int] | None, in_flight: int,
+                 progress: Callable[[ArchiveProgress], None] | None,
+                 on_row: Callable[[dict[str, Any]], None] | None) -> None:
+        self.plan, self.client, self.chunks = plan, client, chunks
+        self.in_flight, self.progress, self.on_row = in_flight, progress, on_row
+        self.parts = _parts(segmenter)
+        self.tasks = [p.task for p in self.parts]
+        names = {n for p in self.parts for n in p.outputs}
+        self.metric_labels = {k: (k if k in names else None) for k in ("cell", "mito", "isg")}
+        self.rows: dict[str, dict[str, Any]] = {k: dict(v) for k, v in plan.previous.items()}
+        self.ac = distributed.as_completed()
+        self.waiting: dict[int, tuple[Any, _Job]] = {}
+        self.counts: dict[str, int] = {}
+        self.stage_counts = {s: [0, 0] for s in STAGES}
+        self.chunks_done = 0
+        self.chunks_planned = 0
+        self.nonce = uuid.uuid4().hex
+        self._polled = 0
+
+    # ----- bookkeeping
+
+    def _new_row(self, t: Tomogram) -> dict[str, Any]:
+        return {
+            "input": t.key, "input_sha256": None, "input_bytes": None, "status": "incomplete",
+            "stage": "checksum", "error": None, "output": self.plan.outputs[t.key],
+            "shape": None, "voxel_size_nm": None,
+            **{f"seconds_{s}": None for s in STAGES}, "seconds_total": None,
+            "chunks_total": None, "chunks_recomputed": None, "chunks_skipped": None,
+            "instance_counts": None, "started": _now(), "finished": None,
+            "sxtdask_version": __version__, "tasks": list(self.tasks),
+            "methods": {p.task: p.method for p in self.parts},
+            "models": {p.task: p.model for p in self.parts},
+            "model_sha256": {p.task: p.model_sha256 for p in self.parts},
+            "config": {},
+            **{k: float("nan") for k in METRIC_COLUMNS},
+        }
+
+    def _snapshot(self) -> ArchiveProgress:
+        return ArchiveProgress(
+            total=len(self.plan.tomograms), counts=dict(self.counts),
+            stages={s: (c[1], c[0]) for s, c in self.stage_counts.items()},
+            chunks=(self.chunks_done + self._running_chunks(), self.chunks_planned),
+        )
+
+    def _report(self) -> None:
+        if self.progress is not None:
+            self.progress(self._snapshot())
+
+    def _save(self) -> None:
+        write_manifest(self.rows.values(), self.plan.out_dir)
+
+    def _submit(self, job: _Job, stage: str, make: Callable[[], Any]) -> None:
+        """Run ``make`` (which builds the stage's graph and submits it) inside the tomogram's span:
+        graph layers keep the annotations current when they are built, so building counts too."""
+        job.stage, job.stage_open, job.t_stage = stage, True, time.perf_counter()
+        job.row["stage"] = stage
+        self.stage_counts[stage][0] += 1
+        if job.span is None:
+            with distributed.span(f"tomogram {job.tomo.key}"):
+                job.span = dask.get_annotations().get("span")
+                fut = make()
+        else:
+            with dask.annotate(span=job.span):
+                fut = make()
+        self.waiting[id(fut)] = (fut, job)
+        self.ac.add(fut)
+        self._report()
+
+    def _key(self, stage: str, job: _Job) -> str:
+        """``stage.tomogram-token``: one dash-free word before the token, so the dashboard
+        (``dask.utils.key_split``) shows stage and tomogram, as the engine's keys do."""
+        return f"{stage}.{_safe(job.tomo.key)}-{self.nonce[:8]}{uuid.uuid4().hex[:24]}"
+
+    def _end(self, job: _Job, status: str, error: str | None = None) -> None:
+        self._close_stage(job)
+        row = job.row
+        row["status"], row["error"] = status, error
+        if status != "failed":
+            row["stage"] = None
+        row["config"] = dict(job.config)
+        if status != "skipped":
+            row["finished"] = _now()
+            row["seconds_total"] = round(time.perf_counter() - job.t_start, 3)
+        self.rows[job.tomo.key] = row
+        self.counts[status] = self.counts.get(status, 0) + 1
+        self._save()
+        if status == "failed":
+            logger.info("%s: failed at %s: %s", job.tomo.key, job.stage, error)
+        else:
+            logger.info("%s: %s", job.tomo.key, status)
+        if self.on_row is not None:
+            self.on_row(dict(row))
+        self._report()
+
+    # ----- stages
+
+    def start(self, tomo: Tomogram) -> None:
+        prev = self.plan.previous.get(tomo.key)
+        out = self.plan.out_dir / self.plan.outputs[tomo.key]
+        job = _Job(tomo, out, self._new_row(tomo), prev, t_start=time.perf_counter())
+        self.rows[tomo.key] = job.row
+        self._submit(job, "checksum", lambda: self.client.submit(
+            guarded, sha256_path, str(tomo.path), key=self._key("checksum", job), pure=False))
+
+    def advance(self, job: _Job, result: Any) -> None:
+        self._close_stage(job)
+        getattr(self, f"_after_{job.stage}")(job, result)
+
+    def _close_stage(self, job: _Job) -> None:
+        if job.stage_open:
+            job.row[f"seconds_{job.stage}"] = round(time.perf_counter() - job.t_stage, 3)
+            self.stage_counts[job.stage][1] += 1
+            job.stage_open = False
+
+    def _after_checksum(self, job: _Job, sha: str) -> None:
+        job.row["input_sha256"] = sha
+        job.row["input_bytes"] = _size(job.tomo.path)
+        prev = job.prev
+        if not (prev and prev.get("input_sha256") == sha and self._image_ok(job.out)):
+            job.parts, job.overwrite, job.config = list(self.parts), False, {}
+            self._submit(job, "convert", lambda: self.client.submit(
+                guarded, convert_tomogram, str(job.tomo.path), job.tomo.kind, str(job.out), self.chunks,
+                key=self._key("convert", job), pure=False))
+            return
+        job.config = dict(prev.get("config") or {})
+        for k in ("shape", "voxel_size_nm", "instance_counts", "chunks_total"):  # of the reused image
+            job.row[k] = prev.get(k, job.row.get(k))
+        job.parts, job.overwrite = self._parts_to_run(job)
+        if job.parts:
+            self._start_statistics(job)
+        elif prev.get("status") in ("done", "skipped") and prev.get("tasks") == self.tasks:
+            job.row = {**prev, "input_sha256": sha}  # as it was made: timings, versions, metrics
+            self._end(job, "skipped")
+        else:
+            self._start_measure(job)
+
+    def _image_ok(self, out: Path) -> bool:
+        try:
+            img = open_image(out)
+        except InputError:
+            return False
+        if self.chunks is None:
+            return True
+        return tuple(normalize_chunks(self.chunks, img.data.shape)) == tuple(img.data.chunksize)
+
+    def _parts_to_run(self, job: _Job) -> tuple[list[_Part], bool]:
+        """Parts whose labels are missing, unfinished or made otherwise; overwrite if any of those
+        is complete (made with another configuration)."""
+        need, overwrite = [], False
+        for part in self.parts:
+            complete = [labels_complete(job.out, name) for name in part.outputs]
+            if all(complete) and job.config.get(part.task) == part.config:
+                continue
+            need.append(part)
+            overwrite = overwrite or any(complete)
+        return need, overwrite
+
+    def _after_convert(self, job: _Job, info: dict[str, Any]) -> None:
+        job.row["shape"], job.row["voxel_size_nm"] = info["shape"], info["voxel_size_nm"]
+        job.row["stage"] = "statistics"
+        job.row["config"] = {}
+        self._save()  # the checksum of the image now at job.out, for a rerun after an interruption
+        self._start_statistics(job)
+
+    def _start_statistics(self, job: _Job) -> None:
+        from sxtdask.stats import global_stats
+
+        self._submit(job, "statistics",
+                     lambda: self.client.compute(global_stats(open_image(job.out).data)))
+
+    def _after_statistics(self, job: _Job, stats: Any) -> None:
+        from sxtdask.engine import segment_store
+        from sxtdask.stats import check_stats
+
+        check_stats(stats, str(job.out))
+        job.stats = stats
+        for part in job.parts:
+            job.config.pop(part.task, None)
+
+        def make() -> Any:
+            run = segment_store(job.out, _combined(job.parts), stats, overwrite=job.overwrite)
+            job.run = run
+            job.row["chunks_total"] = run.n_chunks
+            for ours, theirs in (("chunks_recomputed", "chunks_computed"),
+                                 ("chunks_skipped", "chunks_reused")):
+                value = getattr(run, theirs, None)
+                job.row[ours] = int(value) if value is not None else None
+            job.chunk_group, total = _segment_group(run)
+            self.chunks_planned += total
+            return self.client.compute(run.graph)
+
+        self._submit(job, "segment", make)
+
+    def _after_segment(self, job: _Job, counts: dict[str, int]) -> None:
+        self._chunks_finished(job)
+        old = job.row.get("instance_counts") or {}
+        ours = {n for p in job.parts for n in p.instances}
+        job.row["instance_counts"] = {**old, **{k: int(v) for k, v in counts.items() if k in ours}}
+        run = dataclasses.replace(job.run, graph=None)
+        self._submit(job, "pyramids", lambda: self.client.submit(
+            finish_run, run, key=self._key("pyramids", job), pure=False))
+
+    def _after_pyramids(self, job: _Job, outputs: list[str]) -> None:
+        for part in job.parts:
+            job.config[part.task] = part.config
+        job.run = None
+        self._start_measure(job)
+
+    def _start_measure(self, job: _Job) -> None:
+        if not any(self.metric_labels.values()):
+            self._end(job, "done")
+            return
+        self._submit(job, "measure", lambda: self.client.compute(tomogram_metrics(
+            job.out, key_name=f"measure.{_safe(job.tomo.key)}", **self.metric_labels)))
+
+    def _after_measure(self, job: _Job, metrics: dict[str, float]) -> None:
+        job.row.update(metrics)
+        self._end(job, "done")
+
+    # ----- chunk progress
+
+    def _chunks_finished(self, job: _Job) -> None:
+        if job.chunk_group is not None and job.run is not None:
+            self.chunks_done += int(job.run.n_chunks)
+        job.chunk_group = None
+
+    def _running_chunks(self) -> int:
+        return self._polled
+
+    def poll_chunks(self) -> None:
+        jobs = [j for _, j in self.waiting.values() if j.stage == "segment" and j.chunk_group]
+        if not jobs or self.progress is None:
+            self._polled = 0
+            return
+        try:
+            done = self.client.run_on_scheduler(_group_done, [j.chunk_group for j in jobs])
+        except Exception as err:  # noqa: BLE001 - a progress display must never end the run
+            logger.debug("chunk progress unavailable: %s", err)
+            return
+        total = 0
+        for j in jobs:
+            n = done.get(j.chunk_group)
+            if n is None:
+                n = j.run.n_chunks if j.chunk_seen else 0
+            else:
+                j.chunk_seen = True
+            total += min(int(n), j.run.n_chunks)
+        self._polled = total
+        self._report()
+
+    # ----- loop
+
+    def fail(self, job: _Job, err: BaseException) -> None:
+        self._chunks_finished(job)
+        job.run = None
+        self._end(job, "failed", _one_line(err))
+
+    def step(self, fut: Any, job: _Job) -> None:
+        try:
+            result = fut.result()
+        except Exception as err:  # noqa: BLE001 - any error of its tasks ends only this tomogram
+            self.fail(job, err)
+            return
+        finally:
+            fut.release()
+        if isinstance(result, TaskError):
+            self._end(job, "failed", result.message)
+            return
+        try:
+            self.advance(job, result)
+        except Exception as err:  # noqa: BLE001 - client-side steps (planning, checks) alike
+            self.fail(job, err)
+
+    def run(self) -> None:
+        queue = list(self.plan.tomograms)
+        last_poll = 0.0
+        try:
+            while queue or self.waiting:
+                while queue and len(self.waiting) < self.in_flight:  # one future per tomogram
+                    tomo = queue.pop(0)
+                    try:
+                        self.start(tomo)
+                    except Exception as err:  # noqa: BLE001 - this tomogram only
+                        job = _Job(tomo, self.plan.out_dir, self._new_row(tomo), None,
+                                   t_start=time.perf_counter())
+                        self._end(job, "failed", _one_line(err))
+                ready = self.ac.next_batch(block=False) if self.ac.has_ready() else []
+                if not ready:
+                    if time.perf_counter() - last_poll > _CHUNK_POLL_S:
+                        self.poll_chunks()
+                        last_poll = time.perf_counter()
+                    time.sleep(_POLL_S / 5)
+                    continue
+                for fut in ready:
+                    _, job = self.waiting.pop(id(fut), (None, None))
+                    if job is not None:
+                        self.step(fut, job)
+        finally:
+            for fut, job in self.waiting.values():
+                fut.cancel()
+                job.row["status"], job.row["config"] = "incomplete", dict(job.config)
+                self.rows[job.tomo.key] = job.row
+            if self.waiting:
+                logger.warning("interrupted with %d tomogram(s) in flight; a rerun resumes them",
+                                              len(self.waiting))
+            self.waiting.clear()
+            self._save()
+
+
+def _size(path: Path) -> int | None:
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return None
+
+
+def _segment_group(run: Any) -> tuple[str | None, int]:
+    """The task group of the segment stage's per-chunk tasks (the largest layer named
+    ``*segment*``) and the number of chunks."""
+    layers = getattr(getattr(run.graph, "dask", None), "layers", None) if run is not None else None
+    if not layers:
+        return None, int(getattr(run, "n_chunks", 0) or 0)
+    named = [(len(layer), name) for name, layer in layers.items() if "segment" in str(name)]
+    name = max(named)[1] if named else None
+    return name, int(run.n_chunks)
+
+
+def _group_done(names: list[str], dask_scheduler: Any = None) -> dict[str, int | None]:
+    """On the scheduler: tasks of each task group that have finished (None if unknown)."""
+    out: dict[str, int | None] = {}
+    for name in names:
+        group = dask_scheduler.task_groups.get(name)
+        out[name] = None if group is None else sum(
+            group.states.get(s, 0) for s in ("memory", "released", "forgotten", "erred"))
+    return out
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _default_in_flight(client: Any) -> int:
+    try:
+        threads = sum(client.nthreads().values())
+    except Exception:  # noqa: BLE001 - an unusual client: fall back to a small number
+        threads = 2
+    return max(2, int(threads))
+
+
+def run_archive(
+    plan: ArchivePlan, segmenter: Any, client: Any, *, chunks: tuple[int, int, int] | None = None,
+    in_flight: int | None = None, progress: Callable[[ArchiveProgress], None] | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> ArchiveResult:
+    """Convert, segment and measure every tomogram of ``plan`` on ``client``.
+
+    Parameters
+    ----------
+    plan : ArchivePlan
+        From :func:`plan_archive`.
+    segmenter : Segmenter
+        One segmenter or a ``CombinedSegmenter`` (several tasks sharing each chunk read).
+    client : distributed.Client
+    chunks : (cz, cy, cx), optional
+        Chunk (and block) shape of the converted images; default 32 full slices.
+    in_flight : int, optional
+        Tomograms processed at once; default the workers' thread count (at least 2).
+    progress : callable, optional
+        Called with an :class:`ArchiveProgress` whenever something changes.
+    on_row : callable, optional
+        Called with each tomogram's manifest row when it finishes (done, skipped or failed).
+
+    Returns
+    -------
+    ArchiveResult
+        A failed tomogram is a row with status ``failed`` and a one-line ``error``; it raises
+        nothing. ``manifest.csv``/``.json`` and ``summary.csv``/``.parquet``/``.png`` are
+        written in ``plan.out_dir`` (also when interrupted).
+
+    Raises
+    ------
+    OutputError
+        Another archive run holds the output folder.
+    """
+    if in_flight is not None and in_flight < 1:
+        from sxtdask.errors import ConfigError
+
+        raise ConfigError(f"in-flight tomograms ({in_flight}) must be at least 1")
+    with _locked(plan.out_dir):
+        driver = _Driver(plan, segmenter, client, chunks=chunks,
+                         in_flight=in_flight or _default_in_flight(client),
+                         progress=progress, on_row=on_row)
+        try:
+            with distributed.span(f"archive {plan.input_dir.name}"):
+                driver.run()
+        finally:
+            done = [r for r in driver.rows.values() if r.get("status") in ("done", "skipped")]
+            summary = write_summary(sorted(done, key=lambda r: r["input"]), plan.out_dir)
+    keys = {t.key for t in plan.tomograms}
+    rows = sorted((r for k, r in driver.rows.items() if k in keys), key=lambda r: r["input"])
+    return ArchiveResult(rows, plan.out_dir / "manifest.csv", summary)

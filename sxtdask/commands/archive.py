@@ -1,0 +1,153 @@
+"""``sxtdask archive INPUT_DIR --out OUTPUT_DIR --tasks ...``: segment every tomogram of a folder.
+
+Draws an archive-level bar (tomograms finished) with one bar per stage under it (tomograms through
+each stage, segmentation chunks), says one line per finished tomogram, and exits with status 1
+when any tomogram failed (after writing everything else).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from sxtdask.cli import (
+    Console,
+    _add_cluster_options,
+    _cluster_config,
+    _make_segmenter,
+    _open_cluster,
+    _tasks,
+    _triple,
+)
+from sxtdask.errors import ConfigError
+
+NAME = "archive"
+
+_STAGE_LABELS = {
+    "checksum": "checksums", "convert": "conversions", "statistics": "statistics",
+    "segment": "segmentations", "chunks": "segmentation chunks", "pyramids": "label pyramids",
+    "measure": "measurements",
+}
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def add_parser(sub: Any) -> None:
+    """Add the ``archive`` sub-command to ``sub`` (argparse sub-parsers)."""
+    p = sub.add_parser(
+        NAME, help="convert, segment and measure every tomogram under a folder (resumable)",
+        description="Find tomograms (MRC/REC, AmiraMesh, TIFF, NumPy, OME-Zarr) under INPUT_DIR, "
+                    "write one OME-Zarr with labels per tomogram under OUTPUT_DIR/tomograms/, a "
+                    "manifest (manifest.csv/.json) and a summary (summary.csv/.parquet/.png). "
+                    "Rerunning skips finished tomograms and resumes interrupted ones.")
+    p.add_argument("input_dir", type=Path, metavar="INPUT_DIR")
+    p.add_argument("--out", required=True, type=Path, metavar="OUTPUT_DIR",
+                   help="archive folder (created; reruns reuse it)")
+    p.add_argument("--tasks", "--task", dest="task", required=True, type=_tasks,
+                   metavar="{cell,mito,isg,isg-instances}[,...]",
+                   help="what to segment in every tomogram; several share one read of each chunk")
+    p.add_argument("--method", default=None, metavar="{unet,maskrcnn,classical}",
+                   help="method of a single task (default: unet for cell/mito/isg, classical for "
+                        "isg-instances)")
+    p.add_argument("--model", action="append", default=None, metavar="[TASK=]PATH",
+                   help="network checkpoint; with several tasks, one TASK=PATH each")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where networks run (default: cuda when a GPU is visible)")
+    p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
+    p.add_argument("--chunks", type=_triple, default=None, metavar="Z,Y,X",
+                   help="chunk and block shape of the converted images (default: 32 full slices)")
+    p.add_argument("--halo", type=_triple, default=None, metavar="Z,Y,X",
+                   help="voxels read around each block (default: the method's)")
+    p.add_argument("--in-flight", type=_positive, default=None, metavar="N",
+                   help="tomograms processed at once (default: the workers' threads, at least 2)")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="skip inputs whose relative path or name matches (repeatable), e.g. "
+                        "'*.gt.zarr'")
+    _add_cluster_options(p)
+
+
+class _Bars:
+    """Feeds the console's bars from the archive's progress snapshots."""
+
+    def __init__(self, con: Console, stack: ExitStack, total: int) -> None:
+        self.con, self.stack, self.total = con, stack, total
+        self.archive = stack.enter_context(con.steps("tomograms", total))
+        self.stages: dict[str, Callable[[int, int], None]] = {}
+
+    def _update(self, stage: str, done: int, total: int) -> None:
+        """A stage's bar, opened when the first tomogram enters the stage (closed at the end)."""
+        if stage not in self.stages:
+            self.stages[stage] = self.stack.enter_context(self.con.steps(_STAGE_LABELS[stage], total))
+        self.stages[stage](done, total)
+
+    def __call__(self, snap: Any) -> None:
+        self.archive(snap.finished, self.total)
+        for stage, (done, started) in snap.stages.items():
+            if started:
+                self._update(stage, done, started)
+        done, planned = snap.chunks
+        if planned:
+            self._update("chunks", done, planned)
+
+
+def _say_row(con: Console, row: dict[str, Any]) -> None:
+    status = row["status"]
+    if status == "failed":
+        con.say(f"{row['input']}: failed at {row['stage']}: {row['error']}",
+                input=row["input"], status=status)
+        return
+    counts = ", ".join(f"{k} {v}" for k, v in (row.get("instance_counts") or {}).items())
+    took = row.get("seconds_total")
+    detail = "unchanged" if status == "skipped" else f"{took:.1f} s" if took is not None else ""
+    con.say(f"{row['input']}: {status} → {row['output']}{f' ({counts})' if counts else ''}"
+            f"{f', {detail}' if detail else ''}", input=row["input"], status=status)
+
+
+def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
+    from sxtdask.archive import plan_archive, run_archive
+    from sxtdask.engine import uses_gpu
+
+    t0 = time.perf_counter()
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size ({args.batch_size}) must be at least 1")
+    plan = plan_archive(args.input_dir, args.out, exclude=args.exclude)  # errors before any cluster
+    segmenter = _make_segmenter(args)
+    con.say(f"{len(plan.tomograms)} tomogram(s) under {args.input_dir}; archive in {args.out}")
+    config = _cluster_config(args)
+    if uses_gpu(segmenter) and not args.scheduler:
+        config = dataclasses.replace(config, gpu=True)  # dask-cuda: one worker per GPU
+    with _open_cluster(args, con, config) as client, ExitStack() as stack:
+        bars = None if con.quiet else _Bars(con, stack, len(plan.tomograms))
+        result = run_archive(plan, segmenter, client, chunks=args.chunks, in_flight=args.in_flight,
+                             progress=bars, on_row=lambda row: _say_row(con, row))
+    counts = result.counts
+    failed = result.failed
+    text = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    con.say(f"archive {args.out}: {text}; wrote {result.manifest.name}, "
+            f"{', '.join(p.name for p in result.summary)} ({time.perf_counter() - t0:.1f} s)")
+    if failed:
+        names = ", ".join(r["input"] for r in failed)
+        print(f"sxtdask: archive: {len(failed)} of {len(result.rows)} tomogram(s) failed: {names} "
+              f"(errors in {result.manifest})", file=sys.stderr)
+    return {
+        "exit_status": 1 if failed else 0,
+        "counts": counts,
+        "failed": [{"input": r["input"], "stage": r["stage"], "error": r["error"]} for r in failed],
+        "manifest": str(result.manifest),
+        "summary": [str(p) for p in result.summary],
+        "total_seconds": round(time.perf_counter() - t0, 3),
+    }
