@@ -48,7 +48,7 @@ Small = dict[str, tuple[BlockMeta, dict[int, np.ndarray]]]
 
 def _model_files(segmenter: Segmenter) -> list[tuple[str, int | None, int | None]]:
     """Checkpoint files the segmenter reads, with their modification time and size."""
-    found = []
+    found: list[tuple[str, int | None, int | None]] = []
     for part in getattr(segmenter, "parts", None) or (segmenter,):
         for obj in (part, getattr(part, "unet", None)):
             path = getattr(obj, "model_path", None)

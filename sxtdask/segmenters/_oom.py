@@ -16,6 +16,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 __all__ = ["DeviceMemoryWarning", "forward_batches", "is_out_of_memory"]
 
 logger = logging.getLogger(__name__)
@@ -61,8 +63,8 @@ def _degrade(message: str, *args: Any) -> None:
 
 
 def forward_batches(
-    run: Callable[[Sequence[Any], str], Sequence[Any]],
-    inputs: Sequence[Any],
+    run: Callable[[Any, str], Sequence[Any]],
+    inputs: Sequence[Any] | np.ndarray,
     batch_size: int,
     *,
     device: str,
@@ -143,7 +145,7 @@ def _check_count(results: Sequence[Any], expected: int) -> None:
 
 
 def _on_cpu(
-    run: Callable[[Sequence[Any], str], Sequence[Any]], inputs: Sequence[Any], batch_size: int
+    run: Callable[[Any, str], Sequence[Any]], inputs: Sequence[Any] | np.ndarray, batch_size: int
 ) -> list[Any]:
     out: list[Any] = []
     for start in range(0, len(inputs), batch_size):
