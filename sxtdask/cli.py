@@ -294,7 +294,7 @@ class Console:
 
     @contextmanager
     def _json_stage(self, label: str, total: int | None) -> Iterator[Callable[[int, int], None]]:
-        state = {"time": time.monotonic(), "tenth": 0, "done": 0, "total": total}
+        state: dict[str, Any] = {"time": time.monotonic(), "tenth": 0, "done": 0, "total": total}
 
         def update(done: int, total: int) -> None:
             now = time.monotonic()

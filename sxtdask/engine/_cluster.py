@@ -86,7 +86,8 @@ class ClusterConfig:
         if not (self.scheduler or "").startswith("tls://"):
             return None
         security = Security()
-        if not (security.tls_ca_file and security.tls_client_cert):
+        if not (getattr(security, "tls_ca_file", None)
+                and getattr(security, "tls_client_cert", None)):
             raise ConfigError(
                 f"{self.scheduler} needs TLS certificates: pass --tls-ca-file and --tls-cert "
                 "(and --tls-key), or set distributed.comm.tls.ca-file and "
