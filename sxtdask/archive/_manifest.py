@@ -70,8 +70,9 @@ def _replace(path: Path, write: Any) -> None:
 def write_manifest(rows: Iterable[dict[str, Any]], folder: str | os.PathLike[str]) -> Path:
     """Write ``manifest.json`` and ``manifest.csv`` (sorted by input) atomically; return the CSV.
 
-    The JSON rows keep every field (lists, per-task dicts, the per-task configuration of complete
-    labels under ``config``); the CSV has the columns :data:`MANIFEST_COLUMNS`.
+    The JSON rows keep every field (lists, per-task dicts, and what a rerun needs: ``config``, the
+    per-task configuration of the complete label images, and ``image_sha256``, the checksum of the
+    input the converted image was made from); the CSV has the columns :data:`MANIFEST_COLUMNS`.
     """
     folder = Path(folder)
     rows = sorted(rows, key=lambda r: r["input"])

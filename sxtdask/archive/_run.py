@@ -9,7 +9,9 @@ finishes (and after each conversion, so that an interrupted run can reuse it).
 
 What a rerun reuses (so reruns are idempotent and interrupted tomograms resume):
 
-- the converted image, when the manifest's checksum equals the input's (and the chunks match);
+- the converted image, when the manifest records that it was made from an input with the
+  input's current checksum (``image_sha256``, set only once a conversion finished) and the chunks
+  match;
 - a label image, when it is complete and the manifest records that it was made with the same
   task configuration (method, parameters, model checksum; device and batch size do not count);
   an unfinished one is resumed by :func:`sxtdask.engine.segment_store` (never deleted);
@@ -342,7 +344,7 @@ class _Driver:
             "methods": {p.task: p.method for p in self.parts},
             "models": {p.task: p.model for p in self.parts},
             "model_sha256": {p.task: p.model_sha256 for p in self.parts},
-            "config": {},
+            "image_sha256": None, "config": {},
             **{k: float("nan") for k in METRIC_COLUMNS},
         }
 
@@ -427,14 +429,15 @@ class _Driver:
         job.row["input_sha256"] = sha
         job.row["input_bytes"] = _size(job.tomo.path)
         prev = job.prev
-        if not (prev and prev.get("input_sha256") == sha and self._image_ok(job.out)):
+        if not (prev and prev.get("image_sha256") == sha and self._image_ok(job.out)):
             job.parts, job.overwrite, job.config = list(self.parts), False, {}
             self._submit(job, "convert", lambda: self.client.submit(
                 guarded, convert_tomogram, str(job.tomo.path), job.tomo.kind, str(job.out), self.chunks,
                 key=self._key("convert", job), pure=False))
             return
         job.config = dict(prev.get("config") or {})
-        for k in ("shape", "voxel_size_nm", "instance_counts", "chunks_total"):  # of the reused image
+        for k in ("image_sha256", "shape", "voxel_size_nm", "instance_counts",
+                  "chunks_total"):  # of the reused image
             job.row[k] = prev.get(k, job.row.get(k))
         job.parts, job.overwrite = self._parts_to_run(job)
         if job.parts:
@@ -468,6 +471,7 @@ class _Driver:
 
     def _after_convert(self, job: _Job, info: dict[str, Any]) -> None:
         job.row["shape"], job.row["voxel_size_nm"] = info["shape"], info["voxel_size_nm"]
+        job.row["image_sha256"] = job.row["input_sha256"]  # what the image at job.out was made from
         job.row["stage"] = "statistics"
         job.row["config"] = {}
         self._save()  # the checksum of the image now at job.out, for a rerun after an interruption
