@@ -24,9 +24,40 @@ from ._oom import forward_batches
 from ._tiles import Detections, stitch_tile_detections, tile_grid
 from ._unet import LAC_FACTOR, checkpoint_model
 
-__all__ = ["MaskRCNNISG"]
+__all__ = ["MaskRCNNISG", "maskrcnn_max_size", "prepare_maskrcnn_slices"]
 
 logger = logging.getLogger(__name__)
+
+#: The task name sxtdask's Mask R-CNN checkpoints record in their metadata.
+CHECKPOINT_TASK = "isg-maskrcnn"
+
+
+def prepare_maskrcnn_slices(block: np.ndarray) -> np.ndarray:
+    """(Z, Y, X) LAC (µm⁻¹) → (Z, Y, X) float32 in [0, 1], the detector's input.
+
+    LAC × 33.33 clipped to [0, 1] (the reference pipeline's scaling). Training
+    (``sxtdask.train``) and ``sxtdask export-coco`` prepare their patches with this function.
+    """
+    return np.clip(block.astype(np.float32) * LAC_FACTOR, 0, 1)
+
+
+def maskrcnn_max_size(min_size: int) -> int:
+    """torchvision's resize cap ``max_size`` for ``min_size`` (its 1333:800 ratio)."""
+    return max(min_size, 1333 * min_size // 800)
+
+
+def _resize_of(path: Any, meta: dict[str, Any], min_size: int) -> dict[str, int]:
+    """``min_size``/``max_size`` for the network of a checkpoint: those its metadata records
+    (sxtdask's trainer), else ``min_size`` and its default cap; other tasks are refused."""
+    task = meta.get("task")
+    if task is not None and task != CHECKPOINT_TASK:
+        raise SxtdaskError(f"{path} was trained for task {task!r}, not {CHECKPOINT_TASK!r}")
+    model = meta.get("model") or {}
+    if int(model.get("num_classes", 2)) != 2:
+        raise SxtdaskError(f"{path} has {model['num_classes']} classes; the ISG detector needs 2 "
+                           "(background and isg)")
+    size = int(model.get("min_size", min_size))
+    return {"min_size": size, "max_size": int(model.get("max_size") or maskrcnn_max_size(size))}
 
 
 @dataclass(frozen=True)
@@ -74,7 +105,12 @@ class MaskRCNNISG(Segmenter):
             raise SxtdaskError(f"{self.model_path}: no such checkpoint file")
 
     def load_model(self, path: str | os.PathLike[str] | None = None) -> MaskRCNNISG:
-        """A segmenter bound to the checkpoint at ``path`` (loaded now, to surface errors)."""
+        """A segmenter bound to the checkpoint at ``path`` (loaded now, to surface errors).
+
+        An sxtdask checkpoint (``sxtdask train``) records the resize it was trained at
+        (``meta["model"]``: ``min_size``, ``max_size``); the network is built with that, whatever
+        ``image_min_size`` says. A checkpoint trained for another task is refused.
+        """
         import dataclasses
 
         if path is None:
@@ -96,10 +132,11 @@ class MaskRCNNISG(Segmenter):
 
     def _build(self, device: str) -> Any:
         from ..models import build_maskrcnn, load_weights
+        from ..models._checkpoint import read_checkpoint
 
-        size = self.image_min_size
-        net = build_maskrcnn(2, min_size=size, max_size=max(size, 1333 * size // 800))
-        return load_weights(net, self.model_path).eval().to(device)
+        state, meta = read_checkpoint(self.model_path)  # type: ignore[arg-type]
+        net = build_maskrcnn(2, **_resize_of(self.model_path, meta or {}, self.image_min_size))
+        return load_weights(net, state).eval().to(device)
 
     def _detect(self, images: list[np.ndarray]) -> list[Detections]:
         """Run the detector on tiles (each (h, w) in [0, 1]) in batches.
@@ -134,7 +171,7 @@ class MaskRCNNISG(Segmenter):
     def segment_block(
         self, block: np.ndarray, stats: IntensityStats, voxel_size_nm: tuple[float, float, float]
     ) -> dict[str, np.ndarray]:
-        x = np.clip(block.astype(np.float32) * LAC_FACTOR, 0, 1)
+        x = prepare_maskrcnn_slices(block)
         tiles = tile_grid(block.shape[1:], self.tile, self.overlap)
         crops = [x[z][t.slices] for z in range(x.shape[0]) for t in tiles]
         dets = self._detect(crops)

@@ -3,10 +3,13 @@
 - :func:`open_training_data`, :func:`split_by_tomogram`: OME-Zarr stores with ``labels/`` or
   image/label file pairs, split into training and validation by tomogram.
 - :func:`train_unet` (:class:`UNetTrainConfig`): the cell/nucleus, mito and ISG U-Nets.
+- :func:`train_maskrcnn` (:class:`MaskRCNNTrainConfig`): the ISG Mask R-CNN, on COCO-style
+  patches; :func:`export_coco` writes those patches and their COCO JSON for other tools.
 """
 
 from __future__ import annotations
 
+from ._coco import export_coco
 from ._common import TrainResult
 from ._data import (
     PatchSampler,
@@ -15,15 +18,19 @@ from ._data import (
     split_by_tomogram,
     target_from_labels,
 )
+from ._maskrcnn import MaskRCNNTrainConfig, train_maskrcnn
 from ._unet import UNetTrainConfig, train_unet
 
 __all__ = [
+    "MaskRCNNTrainConfig",
     "PatchSampler",
     "TrainResult",
     "TrainingVolume",
     "UNetTrainConfig",
+    "export_coco",
     "open_training_data",
     "split_by_tomogram",
     "target_from_labels",
+    "train_maskrcnn",
     "train_unet",
 ]
