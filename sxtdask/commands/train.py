@@ -47,6 +47,7 @@ def _options(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, con: Any) -> dict[str, Any]:
+    from ..errors import InputError
     from ..train import (
         UNetTrainConfig,
         open_training_data,
@@ -54,8 +55,14 @@ def run(args: argparse.Namespace, con: Any) -> dict[str, Any]:
         train_unet,
     )
     from ..train._common import check_out
+    from ..train._data import source_key
 
     check_out(args.out, args.resume, args.overwrite)  # before any data is read
+    if args.val_data:
+        both = {source_key(s) for s in args.data} & {source_key(s) for s in args.val_data}
+        if both:
+            raise InputError(f"{min(both)} is given both as --data and as --val-data; a tomogram "
+                             "either trains or validates")
     t0 = time.perf_counter()
     with con.busy("opening training data"):
         volumes = open_training_data(args.data, args.task, label_name=args.labels)

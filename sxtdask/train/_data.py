@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,12 +97,34 @@ def open_training_data(sources: Sequence[str | os.PathLike[str]], task: str,
         raise ConfigError(f"task {task!r} is not one of {', '.join(TASK_LABELS)}")
     if not sources:
         raise ConfigError("no training data given (--data PATH ...)")
+    keys = [source_key(src) for src in sources]
+    for i, key in enumerate(keys):
+        if key in keys[:i]:
+            raise InputError(f"the same tomogram is given twice: {sources[keys.index(key)]} "
+                             f"and {sources[i]}")
     name = label_name or TASK_LABELS[task]
     volumes = [_open_one(str(src), name) for src in sources]
-    names = [v.name for v in volumes]
-    if len(set(names)) != len(names):
-        raise InputError(f"the same tomogram is given twice: {', '.join(names)}")
+    _name_apart(volumes, keys)
     return volumes
+
+
+def source_key(source: str | os.PathLike[str]) -> Path:
+    """What identifies a training tomogram: its store's (or image file's) resolved path."""
+    return Path(str(source).split(",", 1)[0]).resolve()
+
+
+def _name_apart(volumes: Sequence[TrainingVolume], keys: Sequence[Path]) -> None:
+    """Tomograms of one file name in different folders (``cell01/tomo.zarr``, ``cell02/tomo.zarr``)
+    are named ``folder/name``: names label checkpoints' data lists and exported files."""
+    counts = Counter(v.name for v in volumes)
+    for v, key in zip(volumes, keys, strict=True):
+        if counts[v.name] > 1:
+            v.name = f"{key.parent.name}/{v.name}"
+    names = [v.name for v in volumes]
+    for n in names:
+        if names.count(n) > 1:
+            raise InputError(f"two training tomograms are both called {n!r}; rename one (names "
+                             "identify tomograms in checkpoints and exports)")
 
 
 def _open_one(source: str, label_name: str) -> TrainingVolume:
