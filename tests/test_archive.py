@@ -8,6 +8,7 @@ metrics function against the phantom's ground truth.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -69,10 +70,12 @@ def segmenter(tmp_path_factory) -> CombinedSegmenter:
 
 @pytest.fixture(scope="module")
 def first(inputs, segmenter, client, tmp_path_factory):
-    """One archive run over the inputs: (output folder, result)."""
+    """One archive run over the inputs: (output folder, result, progress snapshots)."""
     out = tmp_path_factory.mktemp("archive-out") / "archive"
-    result = run_archive(plan_archive(inputs, out, exclude=EXCLUDE), segmenter, client, chunks=CHUNKS)
-    return out, result
+    snapshots = []
+    result = run_archive(plan_archive(inputs, out, exclude=EXCLUDE), segmenter, client, chunks=CHUNKS,
+                         progress=snapshots.append)
+    return out, result, snapshots
 
 
 def _rows(out: Path) -> dict[str, dict]:
@@ -110,7 +113,7 @@ def _expected_metrics(store: Path) -> dict[str, float]:
 
 
 def test_every_tomogram_is_processed_and_failures_are_recorded(first, inputs, segmenter):
-    out, result = first
+    out, result, _ = first
     assert result.counts == {"done": 3, "failed": 2}
     rows = _rows(out)
     assert set(rows) == set(GOOD) | set(BAD)  # notes.txt and a.gt.zarr are not tomograms here
@@ -157,7 +160,7 @@ def _source_image(path: Path) -> np.ndarray:
 
 
 def test_summary_equals_a_direct_computation_on_the_labels(first):
-    out, _ = first
+    out, _, _ = first
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary.columns) == list(SUMMARY_COLUMNS)
     assert sorted(summary["input"]) == sorted(GOOD)
@@ -168,6 +171,15 @@ def test_summary_equals_a_direct_computation_on_the_labels(first):
         for name, value in expected.items():
             assert row[name] == pytest.approx(value, rel=1e-9), (row["input"], name)
     assert (out / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_progress_reports_tomograms_stages_and_chunks(first):
+    last = first[2][-1]
+    assert (last.total, last.finished, last.counts) == (5, 5, {"done": 3, "failed": 2})
+    assert last.stages["convert"] == (5, 5) and last.stages["segment"] == (3, 3)
+    assert last.chunks == (6, 6)  # two blocks for each of three tomograms
+    done = [s.finished for s in first[2]]
+    assert done == sorted(done)
 
 
 def test_each_tomogram_runs_in_its_own_span(first, client):
@@ -205,7 +217,7 @@ def test_metrics_match_the_phantom_ground_truth(inputs):
 
 
 def test_rerun_skips_finished_tomograms_and_changes_no_byte(first, inputs, segmenter, client):
-    out, _ = first
+    out, _, _ = first
     before, rows_before = _label_files(out), _rows(out)
     summary_before = pd.read_csv(out / "summary.csv")
     result = run_archive(plan_archive(inputs, out, exclude=EXCLUDE), segmenter, client, chunks=CHUNKS)
@@ -219,7 +231,7 @@ def test_rerun_skips_finished_tomograms_and_changes_no_byte(first, inputs, segme
 
 
 def test_modified_input_is_redone_and_the_rest_skipped(first, inputs, segmenter, client, tmp_path):
-    src, _ = first
+    src, _, _ = first
     inp, out = tmp_path / "in", tmp_path / "out"
     shutil.copytree(inputs, inp)
     shutil.copytree(src, out)  # the manifest holds relative paths: a moved archive still resumes
@@ -228,7 +240,7 @@ def test_modified_input_is_redone_and_the_rest_skipped(first, inputs, segmenter,
     result = run_archive(plan_archive(inp, out, exclude=EXCLUDE), segmenter, client, chunks=CHUNKS)
     assert result.counts == {"done": 1, "skipped": 2, "failed": 2}
     rows = _rows(out)
-    assert rows["sub/b.tif"]["status"] == "done"
+    assert rows["sub/b.tif"]["status"] == "done" and rows["sub/b.tif"]["seconds_convert"] is not None
     assert rows["sub/b.tif"]["input_sha256"] == hashlib.sha256((inp / "sub" / "b.tif").read_bytes()).hexdigest()
     after = _label_files(out)
     assert {k: v for k, v in after.items() if "/b.ome.zarr/" not in k} == \
@@ -237,6 +249,32 @@ def test_modified_input_is_redone_and_the_rest_skipped(first, inputs, segmenter,
     assert np.array_equal(np.asarray(open_image(store).data), tifffile.imread(inp / "sub" / "b.tif"))
     summary = pd.read_csv(out / "summary.csv").set_index("input")
     assert summary.loc["sub/b.tif", "isg_count"] == _expected_metrics(store)["isg_count"]
+
+
+def test_changed_model_redoes_only_its_task(first, inputs, segmenter, client, tmp_path):
+    src, _, _ = first
+    inp, out = tmp_path / "in", tmp_path / "out"
+    shutil.copytree(inputs, inp)
+    shutil.copytree(src, out)
+    (tmp_path / "cell2.pt").write_bytes(b"other cell weights")
+    cell, mito, isg = segmenter.parts
+    changed = CombinedSegmenter((dataclasses.replace(cell, model_path=str(tmp_path / "cell2.pt"), high=0.5),
+                                 mito, isg))
+    before = _label_files(out)
+    result = run_archive(plan_archive(inp, out, exclude=EXCLUDE), changed, client, chunks=CHUNKS)
+    assert result.counts == {"done": 3, "failed": 2}
+    after = _label_files(out)
+    for name, value in before.items():
+        if "/labels/mito/" in name or "/labels/isg/" in name or "/labels/" not in name:
+            assert after.get(name) == value, name  # untouched: the same bytes, not rewritten
+    cell_chunks = [n for n in before if "/labels/cell/0/" in n]
+    assert cell_chunks and all(after[n][1] != before[n][1] for n in cell_chunks)  # rewritten
+    for row in pd.read_csv(out / "summary.csv").to_dict("records"):
+        store = out / row["output"]
+        assert row["nucleus_volume_um3"] == pytest.approx(_expected_metrics(store)["nucleus_volume_um3"])
+        assert row["isg_count"] == _expected_metrics(store)["isg_count"]
+    rows = _rows(out)
+    assert rows["a.mrc"]["model_sha256"]["cell"] == hashlib.sha256(b"other cell weights").hexdigest()
 
 
 def test_interrupted_tomogram_is_completed_from_its_missing_chunks(first, inputs, client, tmp_path):

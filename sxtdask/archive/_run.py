@@ -305,6 +305,7 @@ class _Job:
     run: Any = None
     chunk_group: str | None = None
     chunk_seen: bool = False
+    chunks_polled: int = 0
 
 
 class _Driver:
@@ -328,7 +329,6 @@ class _Driver:
         self.chunks_done = 0
         self.chunks_planned = 0
         self.nonce = uuid.uuid4().hex
-        self._polled = 0
 
     # ----- bookkeeping
 
@@ -539,28 +539,28 @@ class _Driver:
             self.chunks_done += int(job.run.n_chunks)
         job.chunk_group = None
 
+    def _segmenting(self) -> list[_Job]:
+        return [j for _, j in self.waiting.values() if j.stage == "segment" and j.chunk_group]
+
     def _running_chunks(self) -> int:
-        return self._polled
+        return sum(j.chunks_polled for j in self._segmenting())
 
     def poll_chunks(self) -> None:
-        jobs = [j for _, j in self.waiting.values() if j.stage == "segment" and j.chunk_group]
+        jobs = self._segmenting()
         if not jobs or self.progress is None:
-            self._polled = 0
             return
         try:
             done = self.client.run_on_scheduler(_group_done, [j.chunk_group for j in jobs])
         except Exception as err:  # noqa: BLE001 - a progress display must never end the run
             logger.debug("chunk progress unavailable: %s", err)
             return
-        total = 0
         for j in jobs:
             n = done.get(j.chunk_group)
             if n is None:
                 n = j.run.n_chunks if j.chunk_seen else 0
             else:
                 j.chunk_seen = True
-            total += min(int(n), j.run.n_chunks)
-        self._polled = total
+            j.chunks_polled = min(int(n), j.run.n_chunks)
         self._report()
 
     # ----- loop
