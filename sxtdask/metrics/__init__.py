@@ -13,7 +13,8 @@ from __future__ import annotations
 from sxtdask.metrics._coco import (
     COCO_STATS,
     block_annotations,
-    coco_evaluate,
+    block_coco,
+    coco_accumulate,
     coco_metrics,
     slice_rles,
 )
@@ -44,9 +45,10 @@ __all__ = [
     "LabelPair",
     "average_precision",
     "block_annotations",
+    "block_coco",
     "block_contingency",
     "class_scores",
-    "coco_evaluate",
+    "coco_accumulate",
     "coco_metrics",
     "combine_contingency",
     "confusion_matrix",

@@ -1,14 +1,15 @@
 """2-D slice-wise COCO segmentation metrics (pycocotools ``COCOeval``) of 3-D instance images.
 
 Every z-slice is a COCO image and every (slice, instance) cross-section an object of one category,
-as a Mask R-CNN trained on slices sees them. Cross-sections are run-length encoded block by block
-(a slab of whole slices, about one chunk's worth, at a time), so only the small RLE annotations are gathered into the one
-task that runs ``COCOeval``.
+as a Mask R-CNN trained on slices sees them. Each slab of whole slices (about one chunk's worth of
+voxels) is run-length encoded and evaluated image by image (``COCOeval.evaluate``) in its own task;
+only the small per-image results are gathered into the task that accumulates and summarises them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 from collections.abc import Mapping
@@ -25,8 +26,7 @@ from pycocotools.cocoeval import COCOeval
 
 from sxtdask.metrics._reduce import align
 
-__all__ = ["COCO_STATS", "block_annotations", "coco_annotations", "coco_evaluate", "coco_metrics",
-           "slice_rles"]
+__all__ = ["COCO_STATS", "block_annotations", "block_coco", "coco_accumulate", "coco_metrics", "slice_rles"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,66 +98,76 @@ def block_annotations(block: np.ndarray, z0: int) -> list[dict[str, Any]]:
     return anns
 
 
-def coco_annotations(labels: da.Array, name: str) -> list[Delayed]:
-    """One delayed :func:`block_annotations` per slab of whole slices of ``labels``.
-
-    ``labels`` is rechunked to slabs of whole slices holding about as many voxels as one of its
-    chunks (at least one slice, at most the chunk depth).
-    """
+def _slabs(labels: da.Array) -> da.Array:
+    """``labels`` rechunked to slabs of whole slices holding about as many voxels as one of its
+    chunks (at least one slice, at most the chunk depth)."""
     cz, cy, cx = labels.chunksize
     depth = max(1, min(cz, cz * cy * cx // (labels.shape[1] * labels.shape[2])))
-    slabs = labels.rechunk((depth, -1, -1))
-    z0 = np.r_[0, np.cumsum(slabs.chunks[0])[:-1]]
-    task = dask.delayed(block_annotations, pure=True)
-    blocks = slabs.to_delayed()
-    return [task(blocks[i, 0, 0], int(z0[i]), dask_key_name=(name, i)) for i in range(blocks.shape[0])]
+    return labels.rechunk((depth, -1, -1))
 
 
-def _dataset(anns: list[dict[str, Any]], n_slices: int, shape: tuple[int, int]) -> dict[str, Any]:
-    images = [{"id": z, "height": shape[0], "width": shape[1]} for z in range(n_slices)]
-    return {"images": images, "categories": [{"id": _CATEGORY, "name": "object"}],
-            "annotations": anns}
+def _dataset(anns: list[dict[str, Any]], image_ids: range, shape: tuple[int, int]) -> dict[str, Any]:
+    images = [{"id": z, "height": shape[0], "width": shape[1]} for z in image_ids]
+    return {"images": images, "categories": [{"id": _CATEGORY, "name": "object"}], "annotations": anns}
 
 
-def _run_cocoeval(gt: list[dict[str, Any]], dt: list[dict[str, Any]], n_slices: int,
-                  shape: tuple[int, int]) -> np.ndarray:
-    """``COCOeval(iouType="segm").stats`` for prepared annotation lists (pycocotools' prints logged)."""
-    text = io.StringIO()
-    with contextlib.redirect_stdout(text):
-        coco_gt = COCO()
-        coco_gt.dataset = _dataset(gt, n_slices, shape)
-        coco_gt.createIndex()
-        if dt:
-            coco_dt = coco_gt.loadRes(dt)
-        else:  # loadRes refuses an empty list
-            coco_dt = COCO()
-            coco_dt.dataset = _dataset([], n_slices, shape)
-            coco_dt.createIndex()
-        ev = COCOeval(coco_gt, coco_dt, iouType="segm")
-        ev.params.imgIds = list(range(n_slices))
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    logger.debug("pycocotools:\n%s", text.getvalue())
-    return np.asarray(ev.stats, dtype=np.float64)
+def _cocoeval(gt: list[dict[str, Any]], dt: list[dict[str, Any]], image_ids: range,
+              shape: tuple[int, int]) -> COCOeval:
+    """A ``COCOeval(iouType="segm")`` of prepared annotations (ids from 1, gt bboxes set)."""
+    coco_gt = COCO()
+    coco_gt.dataset = _dataset(gt, image_ids, shape)
+    coco_gt.createIndex()
+    if dt:
+        coco_dt = coco_gt.loadRes(dt)
+    else:  # loadRes refuses an empty list
+        coco_dt = COCO()
+        coco_dt.dataset = _dataset([], image_ids, shape)
+        coco_dt.createIndex()
+    ev = COCOeval(coco_gt, coco_dt, iouType="segm")
+    ev.params.imgIds, ev.params.catIds = list(image_ids), [_CATEGORY]
+    return ev
 
 
-def coco_evaluate(
-    gt_parts: list[list[dict[str, Any]]], pred_parts: list[list[dict[str, Any]]], n_slices: int,
-    shape: tuple[int, int], scores: Mapping[int, float] | None = None,
+def block_coco(
+    pred: np.ndarray, gt: np.ndarray, z0: int, scores: Mapping[int, float] | None = None,
 ) -> dict[str, Any]:
-    """Run ``COCOeval`` (segm) on gathered block annotations.
+    """Per-image COCO evaluation (``COCOeval.evaluate``) of one slab of whole slices.
 
     Parameters
     ----------
-    gt_parts, pred_parts : list of lists of dict
-        :func:`block_annotations` of the ground truth and the prediction.
-    n_slices : int
-        Number of z-slices (COCO images ``0 .. n_slices - 1``).
-    shape : (H, W)
-        Slice shape.
+    pred, gt : (z, H, W) integer ndarray
+        Slices ``z0 .. z0 + z - 1`` of the predicted and the true instance image.
+    z0 : int
+        Global index of the first slice (COCO image ids are slice indices).
     scores : mapping of int to float, optional
-        Score of each predicted instance (by label); 1.0 for every cross-section when None.
+        Score per predicted label (0 for a label it lacks); 1.0 for all when None.
+
+    Returns
+    -------
+    dict
+        ``eval_imgs``: per COCO area range, the slab's ``evalImgs`` in slice order (what
+        :func:`coco_accumulate` needs), and ``gt_objects`` / ``pred_objects`` counts.
+    """
+    gt_anns = [dict(a, id=i, bbox=mask_utils.toBbox(a["segmentation"]).tolist())
+               for i, a in enumerate(block_annotations(gt, z0), start=1)]
+    dt_anns = [dict(a, score=1.0 if scores is None else float(scores.get(a["label"], 0.0)))
+               for a in block_annotations(pred, z0)]
+    images = range(z0, z0 + gt.shape[0])
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):  # pycocotools prints
+        ev = _cocoeval(gt_anns, dt_anns, images, tuple(gt.shape[1:]))  # type: ignore[arg-type]
+        ev.evaluate()
+    n = len(images)
+    per_area = [ev.evalImgs[a * n:(a + 1) * n] for a in range(len(ev.params.areaRng))]
+    return {"eval_imgs": per_area, "gt_objects": len(gt_anns), "pred_objects": len(dt_anns)}
+
+
+def coco_accumulate(parts: list[dict[str, Any]], n_slices: int) -> dict[str, Any]:
+    """``COCOeval.accumulate`` and ``summarize`` over the slabs' per-image evaluations.
+
+    ``parts`` are :func:`block_coco` results of consecutive slabs covering slices
+    ``0 .. n_slices - 1`` in order; their ``evalImgs`` are joined in COCOeval's (area range, image)
+    order, so the result equals one ``COCOeval`` over all slices.
 
     Returns
     -------
@@ -165,20 +175,29 @@ def coco_evaluate(
         Each :data:`COCO_STATS` name (None where COCO reports -1: nothing to score), plus
         ``gt_objects``, ``pred_objects`` and ``slices``.
     """
-    gt = [dict(a, id=i, bbox=mask_utils.toBbox(a["segmentation"]).tolist())
-          for i, a in enumerate((a for part in gt_parts for a in part), start=1)]
-    dt = [{"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": a["segmentation"],
-           "score": 1.0 if scores is None else float(scores.get(a["label"], 0.0))}
-          for part in pred_parts for a in part]
-    n_dt = len(dt)
-    stats = _run_cocoeval(gt, dt, n_slices, shape)
-    out: dict[str, Any] = {k: (None if v < 0 else float(v)) for k, v in zip(COCO_STATS, stats)}
-    out.update(gt_objects=len(gt), pred_objects=n_dt, slices=n_slices)
+    ev = COCOeval(iouType="segm")
+    ev.params.imgIds, ev.params.catIds = list(range(n_slices)), [_CATEGORY]
+    ev._paramsEval = copy.deepcopy(ev.params)
+    n_areas = len(ev.params.areaRng)
+    ev.evalImgs = [e for a in range(n_areas) for part in parts for e in part["eval_imgs"][a]]
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        ev.accumulate()
+        ev.summarize()
+    logger.debug("pycocotools:\n%s", text.getvalue())
+    out: dict[str, Any] = {k: (None if v < 0 else float(v)) for k, v in zip(COCO_STATS, ev.stats)}
+    out.update(gt_objects=sum(p["gt_objects"] for p in parts),
+               pred_objects=sum(p["pred_objects"] for p in parts), slices=n_slices)
     return out
 
 
 def coco_metrics(pred: Any, gt: Any, *, scores: Mapping[int, float] | None = None) -> Delayed:
     """2-D slice-wise COCO segmentation metrics of two instance images (lazy).
+
+    Each slab of whole slices (about one chunk of voxels) is run-length encoded and evaluated
+    image by image (``COCOeval.evaluate``) in its own task; one final task accumulates the small
+    per-image results (``COCOeval.accumulate``, ``summarize``), so the figures equal a single
+    ``COCOeval`` over all slices.
 
     Parameters
     ----------
@@ -186,18 +205,26 @@ def coco_metrics(pred: Any, gt: Any, *, scores: Mapping[int, float] | None = Non
         Predicted and true instance labels, 0 background.
     scores : mapping of int to float, optional
         Confidence of each predicted instance (label → score); every cross-section of an instance
-        gets its score. Default 1.0 for all (COCOeval then keeps the predictions' raster order).
+        gets its score, and a label missing from the mapping scores 0. Default 1.0 for all
+        (COCOeval then ranks predictions in raster order: slice, then label).
 
     Returns
     -------
     dask.delayed.Delayed
-        Computes to the dict of :func:`coco_evaluate`: ``map`` is mAP@[.50:.95], ``map_50``
-        mAP@.50 and ``ar_100`` recall@100, comparable with the figures a 2-D Mask R-CNN reports.
+        Computes to the dict of :func:`coco_accumulate`: ``map`` is mAP@[.50:.95], ``map_50``
+        mAP@.50 and ``ar_100`` recall@100 (at most 100 objects per slice), comparable with the
+        figures a 2-D Mask R-CNN reports.
     """
     pred, gt = align(pred, gt)
     token = tokenize(pred, gt, None if scores is None else sorted(scores.items()))
-    gt_parts = coco_annotations(gt, f"sxtdask-evaluate-coco-rle-gt-{token}")
-    pred_parts = coco_annotations(pred, f"sxtdask-evaluate-coco-rle-pred-{token}")
-    task = dask.delayed(coco_evaluate, pure=True)
-    return task(gt_parts, pred_parts, gt.shape[0], tuple(gt.shape[1:]), scores,
-                dask_key_name=f"sxtdask-evaluate-cocoeval-{token}")
+    gt_slabs = _slabs(gt)
+    pred_slabs = pred.rechunk(gt_slabs.chunks)
+    z0 = np.r_[0, np.cumsum(gt_slabs.chunks[0])[:-1]]
+    shared = None if scores is None else dask.delayed(dict(scores), traverse=False,
+                                                      name=f"sxtdask-evaluate-coco-scores-{token}")
+    task = dask.delayed(block_coco, pure=True)
+    g, p = gt_slabs.to_delayed(), pred_slabs.to_delayed()
+    parts = [task(p[i, 0, 0], g[i, 0, 0], int(z0[i]), shared, dask_key_name=(f"sxtdask-evaluate-coco-{token}", i))
+             for i in range(g.shape[0])]
+    return dask.delayed(coco_accumulate, pure=True)(parts, gt.shape[0],
+                                                    dask_key_name=f"sxtdask-evaluate-coco-summary-{token}")

@@ -77,7 +77,7 @@ def _kind(pred: str, gt: str, dtypes: tuple[np.dtype, np.dtype], instances: Sequ
     if gt == "cell" or pred == "cell":
         return LabelPair(pred, gt, LabelKind.CELL)
     wide = tuple(_is_instance_dtype(d) for d in dtypes)
-    if pred in instances or gt in instances or all(wide):
+    if pred in instances or gt in instances or pred == gt == "isg" or all(wide):
         return LabelPair(pred, gt, LabelKind.INSTANCES)
     return LabelPair(pred, gt, LabelKind.SEMANTIC, binarise_pred=wide[0], binarise_gt=wide[1])
 
@@ -96,8 +96,9 @@ def resolve_labels(
         ``NAME`` (the same name in both) or ``PRED=GT``; default every name present in both.
     instances : sequence of str
         Names (of either side) to evaluate as instances whatever their dtype. Otherwise ``cell``
-        is a cell image (0/1/2), two 32/64-bit integer images are instances, and anything else is
-        semantic (a 32/64-bit side against a narrower one is binarised).
+        is a cell image (0/1/2), ``isg`` against ``isg`` and any two 32/64-bit integer images are
+        instances, and anything else is semantic (a 32/64-bit side against a narrower one is
+        binarised, e.g. ``isg-mask=isg``).
 
     Raises
     ------
@@ -190,9 +191,14 @@ def evaluate_labels(
     dask.delayed.Delayed
         Computes to a JSON-able dict whose ``kind`` names the evaluation.
     """
-    kind = LabelKind(kind)
+    try:
+        kind = LabelKind(kind)
+    except ValueError:
+        raise ConfigError(f"kind {kind!r} must be one of {', '.join(k.value for k in LabelKind)}") from None
     pred, gt = align(pred, gt)
-    name = f"sxtdask-evaluate-{kind.value}-{tokenize(pred, gt, kind, spacing_nm, coco, binarise_pred, binarise_gt)}"
+    token = tokenize(pred, gt, kind, spacing_nm, coco, binarise_pred, binarise_gt,
+                     None if scores is None else sorted(scores.items()))
+    name = f"sxtdask-evaluate-{kind.value}-{token}"
     if kind is LabelKind.INSTANCES:
         table = contingency_table(pred, gt)
         c = coco_metrics(pred, gt, scores=scores) if coco else None
