@@ -214,35 +214,44 @@ class UNetSegmenter(Segmenter):
                               isg_input_scale=self.isg_input_scale)
 
     def _forward(self, x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        """Class probabilities (Z, K, Y, X) for inputs (Z, C, Y, X), in batches."""
+        """Class probabilities (Z, K, Y, X) for inputs (Z, C, Y, X), in batches.
+
+        Out of GPU memory, batches are halved and retried, and a chunk whose single slices do not
+        fit runs on the CPU, with a warning (:func:`forward_batches`); the answer is the same.
+        """
         import torch
         import torch.nn.functional as F
 
+        from ._oom import forward_batches
+
         net = self.model
-        device = next(net.parameters()).device
-        out = []
+        first = str(next(net.parameters()).device)
         resize = self.task is not Task.ISG and self.preprocessing == "reference"
         pad = (0, 0) if resize else tuple(-n % 16 for n in size)
-        with torch.inference_mode():
-            for start in range(0, x.shape[0], self.batch_size):
-                t = torch.from_numpy(x[start : start + self.batch_size]).to(device)
+
+        def run(batch: np.ndarray, device: str) -> list[np.ndarray]:
+            model = net if device == first else dataclasses.replace(self, device=device).model
+            with torch.inference_mode():
+                t = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
                 if resize:
                     t = F.interpolate(t, size=CELL_SIZE, mode="nearest")
                 elif any(pad):
                     t = pad_reflect(t, pad)
-                if device.type == "cuda":
+                if device.startswith("cuda"):
                     t = t.contiguous(memory_format=torch.channels_last)
                     with torch.autocast("cuda", dtype=torch.bfloat16):
-                        logits = net(t)
+                        logits = model(t)
                 else:
-                    logits = net(t)
+                    logits = model(t)
                 prob = logits.float().softmax(dim=1)
                 if resize:
                     prob = F.interpolate(prob, size=size, mode="nearest")
                 elif any(pad):
                     prob = prob[..., : size[0], : size[1]]
-                out.append(prob.cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, 1, *size), np.float32)
+                return list(prob.cpu().numpy())
+
+        out = forward_batches(run, x, self.batch_size, device=first)
+        return np.stack(out) if out else np.zeros((0, 1, *size), np.float32)
 
     def probabilities(self, block: np.ndarray, stats: IntensityStats) -> np.ndarray:
         """Per-class probabilities (Z, K, Y, X) of a block (the reference's softmax output)."""
