@@ -61,6 +61,13 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _plain(value: Any) -> Any:
+    """JSON for NumPy scalars and arrays, and paths."""
+    if hasattr(value, "tolist"):
+        return _json_safe(value.tolist())
+    return str(value)
+
+
 def _replace(path: Path, write: Any) -> None:
     partial = path.with_name(f".{path.name}.partial")
     write(partial)
@@ -78,7 +85,7 @@ def write_manifest(rows: Iterable[dict[str, Any]], folder: str | os.PathLike[str
     rows = sorted(rows, key=lambda r: r["input"])
     doc = {"format": FORMAT, "version": VERSION, "rows": [_json_safe(r) for r in rows]}
     _replace(folder / "manifest.json",
-             lambda p: p.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n"))
+             lambda p: p.write_text(json.dumps(doc, indent=1, allow_nan=False, default=_plain) + "\n"))
     flat = pd.DataFrame([{c: _flat(r.get(c)) for c in MANIFEST_COLUMNS} for r in rows],
                         columns=list(MANIFEST_COLUMNS))
     csv = folder / "manifest.csv"

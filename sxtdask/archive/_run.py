@@ -607,9 +607,9 @@ class _Driver:
                     time.sleep(_POLL_S / 5)
                     continue
                 for fut in ready:
-                    _, job = self.waiting.pop(id(fut), (None, None))
-                    if job is not None:
-                        self.step(fut, job)
+                    entry = self.waiting.pop(id(fut), None)
+                    if entry is not None:
+                        self.step(fut, entry[1])
         finally:
             for fut, job in self.waiting.values():
                 fut.cancel()

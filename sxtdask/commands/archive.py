@@ -16,15 +16,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from sxtdask.cli import (
-    Console,
-    _add_cluster_options,
-    _cluster_config,
-    _make_segmenter,
-    _open_cluster,
-    _tasks,
-    _triple,
-)
+from sxtdask.cli import Console, _add_cluster_options, _tasks, _triple
 from sxtdask.errors import ConfigError
 
 NAME = "archive"
@@ -61,8 +53,7 @@ def add_parser(sub: Any) -> None:
                    metavar="{cell,mito,isg,isg-instances}[,...]",
                    help="what to segment in every tomogram; several share one read of each chunk")
     p.add_argument("--method", default=None, metavar="{unet,maskrcnn,classical}",
-                   help="method of a single task (default: unet for cell/mito/isg, classical for "
-                        "isg-instances)")
+                   help="method of a single task (default: as for `sxtdask segment`)")
     p.add_argument("--model", action="append", default=None, metavar="[TASK=]PATH",
                    help="network checkpoint; with several tasks, one TASK=PATH each")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -119,13 +110,14 @@ def _say_row(con: Console, row: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
     from sxtdask.archive import plan_archive, run_archive
+    from sxtdask.cli import _cluster_config, _make_segmenter, _open_cluster
     from sxtdask.engine import uses_gpu
 
     t0 = time.perf_counter()
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size ({args.batch_size}) must be at least 1")
-    plan = plan_archive(args.input_dir, args.out, exclude=args.exclude)  # errors before any cluster
     segmenter = _make_segmenter(args)
+    plan = plan_archive(args.input_dir, args.out, exclude=args.exclude)  # errors before any cluster
     con.say(f"{len(plan.tomograms)} tomogram(s) under {args.input_dir}; archive in {args.out}")
     config = _cluster_config(args)
     if uses_gpu(segmenter) and not args.scheduler:
