@@ -634,7 +634,7 @@ def test_segment_overwrite_is_idempotent(pipeline: dict, scheduler: str, tmp_pat
     data = tmp_path / "again.zarr"
     shutil.copytree(pipeline["data"], data)
     before = tree(data / "labels")
-    proc = sxtdask("segment", data, "--task", "isg-instances", "--overwrite", "--scheduler", scheduler,
+    proc = sxtdask("segment", data, "--task", "isg-instances", "--method", "classical", "--overwrite", "--scheduler", scheduler,
                    cwd=tmp_path)
     assert_ok(proc)
     assert tree(data / "labels") == before, "a second run changed the labels"
@@ -646,7 +646,7 @@ def test_segment_is_nearly_invariant_to_chunking(pipeline: dict, tmp_path: Path)
     data = tmp_path / "rechunked.zarr"
     shutil.copytree(pipeline["unsegmented"], data)
     report = tmp_path / "run.json"
-    proc = sxtdask("segment", data, "--task", "isg-instances", "--chunks", "16,32,32", "--report", report,
+    proc = sxtdask("segment", data, "--task", "isg-instances", "--method", "classical", "--chunks", "16,32,32", "--report", report,
                    "--workers", "2", "--dashboard-address", "127.0.0.1:0", cwd=tmp_path)
     assert_ok(proc)
     rep = json.loads(report.read_text())
@@ -684,7 +684,7 @@ def test_stats_table(pipeline: dict, scheduler: str, tmp_path: Path, suffix: str
 def test_segment_on_a_file_that_is_not_ome_zarr(tmp_path: Path) -> None:
     np.save(tmp_path / "volume.npy", rand(GOOD))
     before = tree(tmp_path)
-    proc = sxtdask("segment", tmp_path / "volume.npy", "--task", "isg-instances", *CLUSTER, cwd=tmp_path)
+    proc = sxtdask("segment", tmp_path / "volume.npy", "--task", "isg-instances", "--method", "classical", *CLUSTER, cwd=tmp_path)
     assert_user_error(proc, "volume.npy", ("not an ome-zarr",))
     assert tree(tmp_path) == before
 
@@ -696,7 +696,7 @@ def test_segment_on_a_folder_that_is_not_ome_zarr(tmp_path: Path, kind: str) -> 
         data.mkdir()
         (data / "readme.txt").write_text("not zarr\n")
     before = tree(tmp_path)
-    proc = sxtdask("segment", data, "--task", "isg-instances", "--report", tmp_path / "r.json", *CLUSTER,
+    proc = sxtdask("segment", data, "--task", "isg-instances", "--method", "classical", "--report", tmp_path / "r.json", *CLUSTER,
                    cwd=tmp_path)
     assert_user_error(proc, "cell.zarr", ("not an ome-zarr", "no such"))
     assert tree(tmp_path) == before
@@ -710,7 +710,7 @@ def existing_labels_run(pipeline: dict, scheduler: str, tmp_path_factory: pytest
     shutil.copytree(pipeline["data"], data)
     before = tree(data)
     report = d / "run.json"
-    proc = sxtdask("segment", data, "--task", "isg-instances", "--report", report, "--scheduler", scheduler,
+    proc = sxtdask("segment", data, "--task", "isg-instances", "--method", "classical", "--report", report, "--scheduler", scheduler,
                    cwd=d)
     return {"data": data, "before": before, "report": report, "proc": proc}
 
@@ -734,7 +734,7 @@ def test_segment_refuses_non_finite_voxels_in_the_zarr(good_zarr: Path, schedule
     data = tmp_path / "cell.zarr"
     shutil.copytree(good_zarr, data)
     zarr.open_array(data / "0", mode="r+")[9, 4, 4] = np.nan
-    proc = sxtdask("segment", data, "--task", "isg-instances", "--report", tmp_path / "r.json",
+    proc = sxtdask("segment", data, "--task", "isg-instances", "--method", "classical", "--report", tmp_path / "r.json",
                    "--scheduler", scheduler, cwd=tmp_path)
     assert_user_error(proc, "cell.zarr", ("nan", "non-finite", "infinite"))
     assert listed_labels(data) == []
@@ -747,7 +747,7 @@ def test_segment_report_in_a_missing_folder(pipeline: dict, tmp_path: Path) -> N
     shutil.copytree(pipeline["unsegmented"], data)
     before = tree(data)
     report = tmp_path / "nowhere" / "run.json"
-    proc = sxtdask("segment", data, "--task", "isg-instances", "--report", report, *CLUSTER, cwd=tmp_path)
+    proc = sxtdask("segment", data, "--task", "isg-instances", "--method", "classical", "--report", report, *CLUSTER, cwd=tmp_path)
     assert_user_error(proc, "run.json", ("does not exist", "cannot write", "not writable"))
     assert tree(data) == before
 
@@ -818,7 +818,7 @@ def test_constant_volume_gives_empty_labels_and_a_warning(request: pytest.Fixtur
     data = tmp_path / "flat.zarr"
     assert_ok(sxtdask("convert", tmp_path / "flat.npy", data, "--chunks", "8,40,40", cwd=tmp_path))
     report = tmp_path / "run.json"
-    proc = sxtdask("segment", data, "--task", "isg-instances", "--report", report, *cluster, cwd=tmp_path)
+    proc = sxtdask("segment", data, "--task", "isg-instances", "--method", "classical", "--report", report, *cluster, cwd=tmp_path)
     assert_ok(proc)
     warning = [line for line in stderr_lines(proc) if "constant" in line.lower()]
     assert len(warning) == 1, describe(proc)
@@ -844,7 +844,7 @@ def test_segment_rerun_with_other_chunks_on_a_long_lived_scheduler(pipeline: dic
                                                                     tmp_path: Path) -> None:
     data = tmp_path / "cell.zarr"
     shutil.copytree(pipeline["unsegmented"], data)
-    common = ("segment", data, "--task", "isg-instances", "--scheduler", scheduler)
+    common = ("segment", data, "--task", "isg-instances", "--method", "classical", "--scheduler", scheduler)
     assert_ok(sxtdask(*common, "--chunks", "8,64,64", cwd=tmp_path))
     proc = sxtdask(*common, "--chunks", "16,32,32", "--overwrite", cwd=tmp_path)
     assert_ok(proc)

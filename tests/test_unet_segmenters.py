@@ -109,9 +109,14 @@ def test_top_level_create_segmenter_is_the_reference_style_api():
         sxtdask.create_segmenter(modality="sxt", task="golgi")
 
 
-def test_without_a_checkpoint_the_error_says_how_to_pass_one():
+def test_without_a_checkpoint_the_error_says_how_to_pass_one(tmp_path, monkeypatch):
+    import sxtdask.models._bundled as bundled
+
+    monkeypatch.setattr(bundled, "BUNDLED_DIR", tmp_path)  # an installation without the weights
     with pytest.raises(SxtdaskError, match="--model PATH"):
         UNetSegmenter(task=Task.MITO).load_model()
+    with pytest.raises(ConfigError, match="load_model"):
+        UNetSegmenter(task=Task.MITO).model  # noqa: B018 (no silent fallback to any weights)
     with pytest.raises(SxtdaskError, match="no such checkpoint"):
         UNetSegmenter(task=Task.MITO, model_path="/nonexistent/mito.pth")
 

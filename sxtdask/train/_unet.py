@@ -264,7 +264,9 @@ def _loss(logits: Any, target: Any, dice_weight: float) -> Any:
 
 def _validate(net: Any, val_set: list[tuple[np.ndarray, np.ndarray, Any]], task: str,
               in_channels: int, device: str) -> dict[str, float]:
-    """Dice per foreground class (and cell = any foreground, for ``cell``) over whole slices."""
+    """Dice per foreground class (and cell = any foreground, for ``cell``) over whole slices,
+    against the training target (for ISGs: interiors with touching rims removed, so the best
+    epoch is the one that separates granules, not the one that merges them least wrongly)."""
     import torch
 
     from ..segmenters import Task
@@ -282,8 +284,7 @@ def _validate(net: Any, val_set: list[tuple[np.ndarray, np.ndarray, Any]], task:
             size = image.shape
             xt = pad_reflect(torch.from_numpy(x).to(device), tuple(-n % 16 for n in size))
             pred = net(xt).argmax(dim=1)[0, : size[0], : size[1]].cpu().numpy()
-            truth = target_from_labels(task, labels) if task != "isg" else (labels > 0)
-            truth = truth.astype(np.int64)
+            truth = target_from_labels(task, labels)  # what the network is trained to output
             for c in range(1, n_classes):
                 inter[c] += np.sum((pred == c) & (truth == c))
                 total[c] += np.sum(pred == c) + np.sum(truth == c)
