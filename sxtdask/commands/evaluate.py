@@ -12,7 +12,7 @@ from sxtdask.cli import (
     Console,
     _add_cluster_options,
     _check_new_file,
-    _cluster_config,
+    _open_cluster,
     _write_json,
 )
 
@@ -81,21 +81,23 @@ def render_table(result: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
     """Evaluate ``args.pred`` against ``args.gt`` on a Dask cluster; print the headline table."""
-    from sxtdask.engine import connect
+    from distributed import span
+
     from sxtdask.metrics import evaluate_stores
 
     if args.out is not None:
         _check_new_file(args.out, args.overwrite)
     t0 = time.perf_counter()
-    graph = evaluate_stores(args.pred, args.gt, args.labels, instances=args.instances,
-                            coco=not args.no_coco, compute=False)  # clear errors before a cluster starts
-    with connect(_cluster_config(args)) as client:
-        con.say(f"dashboard: {client.dashboard_link}")
+    # workers open the stores by path, in their own working folders; errors come before a cluster
+    graph = evaluate_stores(args.pred.absolute(), args.gt.absolute(), args.labels,
+                            instances=args.instances, coco=not args.no_coco, compute=False)
+    with _open_cluster(args, con) as client, span(f"evaluate {args.pred.absolute().name}"):
         result = con.compute(client, graph, "evaluating")
     result["seconds"] = round(time.perf_counter() - t0, 3)
     if args.out is not None:
         _write_json(args.out, result)
-    con.say(render_table(result))
+    if not con.json_log:  # JSON lines get the whole result as the summary event
+        con.say(render_table(result))
     if args.out is not None:
         con.say(f"wrote {args.out} ({result['seconds']:.1f} s)")
     return result
