@@ -17,6 +17,9 @@ from sxtdask.segmenters import tile_grid
 from sxtdask.segmenters._unet import LAC_FACTOR
 from sxtdask.train._coco import patch_objects
 
+# pycocotools (annToMask) warns under NumPy 2 on every mask it decodes
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 PATCH, STRIDE, MIN_AREA = 64, 48, 16
 EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -178,3 +181,22 @@ def test_missing_store_is_a_clear_error(tmp_path, capsys):
     assert main(["-q", "export-coco", str(tmp_path / "none.zarr"), "--out",
                  str(tmp_path / "o")]) == 2
     assert "none.zarr: no such training store" in capsys.readouterr().err
+
+
+def test_image_and_label_files_export_like_the_store(stores, tmp_path):
+    import tifffile
+
+    gt = stores[0]
+    mrc = gt.with_name(gt.name.removesuffix(".gt.zarr") + ".mrc")
+    tif = tmp_path / "isg.tif"
+    tifffile.imwrite(tif, open_labels(gt, "isg").compute())
+    common = ["--patch", str(PATCH), "--stride", str(STRIDE)]
+    assert main(["-q", "export-coco", f"{mrc},{tif}", "--out", str(tmp_path / "pair"), *common]) == 0
+    assert main(["-q", "export-coco", str(gt), "--out", str(tmp_path / "store"), *common]) == 0
+    pair, store = (json.loads((tmp_path / n / "train.json").read_text()) for n in ("pair", "store"))
+    assert len(store["annotations"]) > 0
+    assert pair["annotations"] == store["annotations"]
+    assert [i["z"] for i in pair["images"]] == [i["z"] for i in store["images"]]
+    for a, b in zip(pair["images"], store["images"], strict=True):
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "pair/train" / a["file_name"])),
+                                      np.asarray(Image.open(tmp_path / "store/train" / b["file_name"])))

@@ -34,6 +34,9 @@ from sxtdask.train import _maskrcnn as trainer
 from sxtdask.train._coco import patch_grid, read_patch
 from sxtdask.train._common import state_path
 
+# pycocotools (annToMask) warns under NumPy 2 on every mask it decodes
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 CFG = MaskRCNNTrainConfig(
     patch=64, batch_size=2, steps_per_epoch=2, epochs=3, eval_every=1, patience=1, save_every=2,
     val_patches=2, min_size=64, rpn_batch_size_per_image=32, box_batch_size_per_image=8,
