@@ -14,8 +14,9 @@ and have fewer than ``min_area`` pixels — slivers of a granule that lies mostl
 label image's cross-sections minus those slivers.
 
 Images are prepared as the Mask R-CNN sees them at inference
-(:func:`sxtdask.segmenters._maskrcnn.prepare_maskrcnn_slices`: LAC × 33.33 clipped to [0, 1]); exported
-files hold that scaled to 8 bit (``round(x * 255)``).
+(:func:`sxtdask.segmenters._maskrcnn.prepare_maskrcnn_slices`: LAC × 33.33 clipped to [0, 1]);
+exported files hold that scaled to 8 bit (``round(x * 255)``). The validation split's patches
+(``val.json``) are the ones the trainer validates on (at most ``val_patches`` of them).
 """
 
 from __future__ import annotations
