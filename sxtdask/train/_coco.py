@@ -163,7 +163,7 @@ def patch_grid(volumes: Sequence[TrainingVolume], patch: int, stride: int | None
                min_area: int = 16) -> list[PatchRef]:
     """Every patch with objects of ``volumes``, in order (volume, z, y, x)."""
     stride = check_patching(patch, stride, min_area)
-    refs = []
+    refs: list[PatchRef] = []
     for i, v in enumerate(volumes):
         for z, patches in iter_patches(v, patch, stride, min_area):
             refs.extend(PatchRef(i, z, t.y0, t.x0, t.y1, t.x1) for t, _ in patches)

@@ -453,7 +453,8 @@ def _augment(x: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
 def _val_dataset(volumes: Sequence[TrainingVolume], refs: list[PatchRef],
                  min_area: int) -> dict[str, Any]:
     """The validation patches' ground truth as a COCO dataset (image ids 1, 2, ...)."""
-    images, anns = [], []
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
     for image_id, ref in enumerate(refs, start=1):
         labels = np.asarray(volumes[ref.volume].labels[ref.z, ref.y0:ref.y1, ref.x0:ref.x1])
         images.append({"id": image_id, "height": labels.shape[0], "width": labels.shape[1]})
@@ -470,7 +471,7 @@ def predict_patches(net: Any, images: list[np.ndarray], device: str,
 
     was_training = net.training
     net.eval()
-    out = []
+    out: list[dict[str, np.ndarray]] = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
             batch = [torch.from_numpy(np.repeat(im[None], 3, axis=0)).to(device)
