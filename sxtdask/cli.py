@@ -785,10 +785,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Exit status: 0, or 2 after a user error (one line on stderr), 130 when interrupted, or the
     ``exit_status`` a command puts in its result (e.g. 1 when some items of a batch failed).
+    Called in a process that goes on (tests, notebooks), it leaves the ``sxtdask`` logger and the
+    warning filters as it found them.
     """
     parser = build_parser()
     _add_output_options(parser)
     args = parser.parse_args(argv)
+    log = logging.getLogger("sxtdask")
+    saved = (log.handlers[:], log.level, log.propagate)
+    try:
+        with warnings.catch_warnings():
+            return _run_command(args)
+    finally:
+        log.handlers[:], log.level, log.propagate = saved
+
+
+def _run_command(args: argparse.Namespace) -> int:
     con = Console(args.quiet, json_log=args.json_log, command=args.command)
     _configure_logging(args.verbose, con)
     commands = dict(COMMANDS)
