@@ -219,24 +219,45 @@ def test_performance_report_is_saved_with_the_task_names(json_run: dict) -> None
     assert not list(folder.glob(".perf.html*")), "a partial report was left behind"
 
 
-def test_quiet_after_the_command_prints_nothing(json_run: dict, tmp_path: Path) -> None:
-    folder = json_run["folder"]
-    proc = sxtdask("stats", "cell.zarr", "--labels", "isg", "--out", tmp_path / "t.csv",
-                   "--workers", "1", "--dashboard-address", "127.0.0.1:0", "--quiet", cwd=folder)
-    assert proc.returncode == 0, describe(proc)
-    assert proc.stdout == "", describe(proc)
-    rows = (tmp_path / "t.csv").read_text().strip().splitlines()
-    assert len(rows) - 1 == sum(json_run["report"]["instance_count"].values())
+@pytest.mark.parametrize(("argv", "quiet", "json_log"), [
+    pytest.param(["segment", "d.zarr", "--task", "isg"], False, False, id="neither"),
+    pytest.param(["-q", "segment", "d.zarr", "--task", "isg"], True, False, id="quiet-before"),
+    pytest.param(["segment", "d.zarr", "--task", "isg", "--quiet"], True, False, id="quiet-after"),
+    pytest.param(["--json-log", "stats", "d.zarr", "--labels", "isg", "--out", "t.csv"], False, True,
+                 id="json-before"),
+    pytest.param(["stats", "d.zarr", "--labels", "isg", "--out", "t.csv", "-q", "--json-log"],
+                 True, True, id="both-after"),
+    pytest.param(["convert", "a.mrc", "b.zarr", "--json-log"], False, True, id="json-convert"),
+])
+def test_quiet_and_json_log_before_or_after_the_command(argv: list[str], quiet: bool,
+                                                        json_log: bool) -> None:
+    from sxtdask.cli import _add_output_options, build_parser
+
+    parser = build_parser()
+    _add_output_options(parser)
+    args = parser.parse_args(argv)
+    assert (args.quiet, args.json_log) == (quiet, json_log)
 
 
-def test_quiet_json_log_error_is_one_json_line_and_one_stderr_line(json_run: dict) -> None:
+def test_quiet_json_log_error_is_one_json_line_and_one_stderr_line(
+    json_run: dict, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Labels exist and --overwrite is missing: refused before any cluster starts."""
-    proc = sxtdask(*SEGMENT[:1], "cell.zarr", *SEGMENT[1:], "--quiet", "--json-log",
-                   cwd=json_run["folder"])
-    assert proc.returncode == 2, describe(proc)
-    (event,) = _events(proc.stdout)
+    import logging
+
+    from sxtdask.cli import main
+
+    monkeypatch.chdir(json_run["folder"])
+    log = logging.getLogger("sxtdask")
+    before = (log.handlers[:], log.level, log.propagate)
+    status = main([*SEGMENT[:1], "cell.zarr", *SEGMENT[1:], "--quiet", "--json-log"])
+    out, err = capsys.readouterr()
+    assert status == 2, (out, err)
+    # main() configured logging for the run only: later tests' caplog still sees sxtdask records.
+    assert (log.handlers, log.level, log.propagate) == before
+    (event,) = _events(out)
     assert event["event"] == "error" and "--overwrite" in event["message"]
-    assert proc.stderr.strip() == f"sxtdask: error: {event['message']}"
+    assert err.strip() == f"sxtdask: error: {event['message']}"
 
 
 # --------------------------------------------------------------------------- console, in process
