@@ -151,6 +151,23 @@ def test_live_dashboard_task_stream_shows_the_segment_tasks(tmp_path: Path) -> N
                                                  "message": "interrupted"}
 
 
+def test_default_dashboard_listens_on_loopback_only() -> None:
+    """Checked without a browser too: the default local cluster's dashboard is this machine's."""
+    import psutil
+
+    from sxtdask.engine import ClusterConfig, connect
+
+    config = ClusterConfig(workers=1, memory_limit="1GiB")
+    assert config.dashboard_address.startswith("127.0.0.1:")
+    with connect(config) as client:
+        url = client.dashboard_link
+        port = int(url.split(":")[2].split("/")[0])
+        listening = [c.laddr for c in psutil.Process().net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    assert url.startswith("http://127.0.0.1:"), url
+    assert listening and all(a.ip == "127.0.0.1" for a in listening), listening
+
+
 def _dashboard_url(proc: subprocess.Popen[str], lines: queue.Queue[str], seen: list[str]) -> str:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
