@@ -163,9 +163,10 @@ def test_smallest_shape_works() -> None:
 @pytest.mark.parametrize("seed", [0, 11, 12, 13])
 def test_contrast_isg_above_cytoplasm_above_ice(seed: int) -> None:
     p = make_phantom(SMALL, seed=seed)
+    lac = p.image / p.lac_scale  # µm⁻¹, the unit of the drawn material values
     cytoplasm = (p.cell == 1) & (p.isg == 0) & (p.mito == 0)
-    isg, ice = p.image[p.isg > 0].mean(), p.image[p.cell == 0].mean()
-    cyto = p.image[cytoplasm].mean()
+    isg, ice = lac[p.isg > 0].mean(), lac[p.cell == 0].mean()
+    cyto = lac[cytoplasm].mean()
     assert isg > cyto + 0.05 > ice + 0.1
     assert 0.09 < ice < 0.13 and 0.18 < cyto < 0.3
 
@@ -174,8 +175,9 @@ def test_noise_is_present_at_the_drawn_level() -> None:
     noisy = make_phantom(SMALL, seed=2)
     clean = make_phantom(SMALL, seed=2, noise_sigma=0.0)
     diff = (noisy.image - clean.image).astype(np.float64)
-    assert diff.std() == pytest.approx(noisy.params.noise_sigma, rel=0.05)
-    assert abs(diff.mean()) < 0.01 * noisy.params.noise_sigma + 1e-4
+    sigma = noisy.params.noise_sigma * noisy.lac_scale  # drawn in µm⁻¹, imaged per voxel
+    assert diff.std() == pytest.approx(sigma, rel=0.05)
+    assert abs(diff.mean()) < 0.01 * sigma + 1e-4 * noisy.lac_scale
 
 
 def test_psf_blurs_edges_and_keeps_the_mean() -> None:
@@ -184,6 +186,49 @@ def test_psf_blurs_edges_and_keeps_the_mean() -> None:
     assert np.array_equal(blurred.cell, sharp.cell)
     assert mean_gradient(blurred.image) < 0.8 * mean_gradient(sharp.image)
     assert blurred.image.mean() == pytest.approx(sharp.image.mean(), rel=1e-3)
+
+
+def test_image_is_lac_per_voxel_and_only_its_scale_follows_the_voxel_size() -> None:
+    at30 = make_phantom(SMALL, seed=8)
+    at15 = make_phantom(SMALL, seed=8, voxel_size_nm=15.0)
+    assert at30.lac_scale == pytest.approx(0.03) and at15.lac_scale == pytest.approx(0.015)
+    for name in ("cell", "mito", "isg"):
+        assert np.array_equal(getattr(at30, name), getattr(at15, name)), name
+    assert at30.params == at15.params
+    np.testing.assert_allclose(at30.image, 2.0 * at15.image, rtol=1e-6, atol=1e-9)
+    # the drawn cytoplasm LAC (µm⁻¹) × 0.03 µm, within texture, blur and noise
+    cytoplasm = (at30.cell == 1) & (at30.isg == 0) & (at30.mito == 0)
+    expected = at30.params.lac_cytoplasm * 0.03
+    assert np.median(at30.image[cytoplasm]) == pytest.approx(expected, rel=0.15)
+
+
+def test_intensities_are_on_the_scale_of_a_real_tomogram(fixtures_dir) -> None:
+    from sxtdask.io import open_volume
+
+    real = np.asarray(open_volume(fixtures_dir / "real_sxt" / "sample_12.rec")[:])
+    real_cell = np.median(real[np.asarray(open_volume(fixtures_dir / "real_sxt" / "sample_12.labels")[:]) == 1])
+    for seed in (0, 1):
+        p = make_phantom(SMALL, seed=seed)
+        cyto = np.median(p.image[(p.cell == 1) & (p.isg == 0) & (p.mito == 0)])
+        assert real_cell / 2 < cyto < real_cell * 2, (seed, cyto, real_cell)
+        assert np.percentile(p.image, 99.5) < 4 * np.percentile(real, 99.5)
+
+
+def test_reference_preprocessing_does_not_saturate_phantoms() -> None:
+    from sxtdask.segmenters import Task
+    from sxtdask.segmenters._maskrcnn import prepare_maskrcnn_slices
+    from sxtdask.segmenters._unet import prepare_slices
+
+    p = make_phantom(SMALL, seed=0)
+    cytoplasm = (p.cell == 1) & (p.isg == 0) & (p.mito == 0)
+    core = ndimage.binary_erosion(p.isg > 0)  # granule interiors, away from the blurred rims
+    detector = prepare_maskrcnn_slices(p.image)
+    unet = prepare_slices(p.image, None, task=Task.ISG, preprocessing="reference",
+                          in_channels=1, isg_input_scale=1.0)[:, 0]
+    for x in (detector, unet):
+        assert np.mean(x == 1.0) < 0.01  # (× 33.33 saturated every voxel of µm⁻¹ phantoms)
+        granule, cyto, ice = (float(np.median(x[m])) for m in (core, cytoplasm, p.cell == 0))
+        assert granule < 0.8 and granule > cyto + 0.1 and cyto > ice + 0.05, (granule, cyto, ice)
 
 
 def test_psf_is_longer_along_z() -> None:

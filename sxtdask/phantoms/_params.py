@@ -1,6 +1,7 @@
 """Phantom parameters: what varies from seed to seed, and the rules every value must follow.
 
-Lengths are in voxels, linear absorption coefficients (LAC) in µm⁻¹ (water window, ~520 eV).
+Lengths are in voxels, linear absorption coefficients (LAC) in µm⁻¹ (water window, ~520 eV);
+``noise_sigma`` and ``texture`` too. The phantom's image is these × the voxel size in µm.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ OVERRIDABLE: tuple[str, ...] = tuple(_RULES)
 
 @dataclass(frozen=True)
 class PhantomParams:
-    """The values one phantom was drawn with (lengths in voxels, LAC in µm⁻¹).
+    """The values one phantom was drawn with (lengths in voxels; LAC, noise, texture in µm⁻¹).
 
     Every field can be set through ``make_phantom(**overrides)``; values are checked here, and a
     value outside its rule raises :class:`~sxtdask.errors.ConfigError` naming the field.

@@ -19,7 +19,7 @@ from ._organelles import add_nucleolus, place_distractors, place_mitos
 from ._params import PhantomParams, apply_overrides, check_shape, draw_params
 from ._stamp import CELL_LABEL, CHROMATIN, MITO, N_CODES
 
-__all__ = ["Phantom", "make_phantom"]
+__all__ = ["Phantom", "lac_scale", "make_phantom"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,9 @@ _GEOMETRY, _PARAMS, _NUCLEUS, _DISTRACTORS, _MITO, _ISG, _TEXTURE, _NOISE = rang
 class Phantom:
     """A synthetic tomogram with its ground truth; every array is (Z, Y, X).
 
-    image : float32, linear absorption coefficient in µm⁻¹ after the PSF and noise
+    image : float32, linear absorption coefficient per voxel after the PSF and noise: µm⁻¹ × the
+        voxel size in µm (dimensionless, as real SXT reconstructions store it; ≈0.007 for
+        cytoplasm at 30 nm). ``image / lac_scale`` is in µm⁻¹, the unit of ``params``.
     cell : uint8, 0 ice, 1 cytoplasm (with membrane, mitochondria, granules...), 2 nucleus
     mito : uint8, 1 inside mitochondria
     isg : uint32, granule instances 1..N, 0 elsewhere
@@ -48,6 +50,11 @@ class Phantom:
     seed: int
     params: PhantomParams | None = None
 
+    @property
+    def lac_scale(self) -> float:
+        """µm⁻¹ → image units: the voxel size in µm (``image = LAC[µm⁻¹] × lac_scale``)."""
+        return lac_scale(self.voxel_size_nm)
+
     @cached_property
     def n_isg(self) -> int:
         """Number of granule instances (labels are 1..n_isg)."""
@@ -63,11 +70,17 @@ def make_phantom(
 ) -> Phantom:
     """Make a synthetic SXT tomogram of a cell in ice with its ground truth.
 
+    Materials, texture and noise are drawn in µm⁻¹ (``params``); the image is then written as
+    per-voxel LAC, µm⁻¹ × ``voxel_size_nm / 1000``, the scale of real reconstructions (and of the
+    reference pipeline's ``× 33.33`` preprocessing). Geometry, labels and the relative size of
+    noise and blur do not depend on ``voxel_size_nm``.
+
     Parameters
     ----------
     shape : (Z, Y, X) ints, each >= 16
     seed : non-negative int; the same seed, shape and overrides give bit-identical arrays
-    voxel_size_nm : float, nanometres (stored only: sizes are drawn in voxels)
+    voxel_size_nm : float, nanometres: sizes are drawn in voxels, and it only sets the image
+        scale (per-voxel LAC) and the metadata
     **overrides : any field of :class:`PhantomParams` (``n_isg``, ``isg_radius=(lo, hi)``,
         ``touching_fraction``, ``n_mito``, ``noise_sigma``, ``psf_sigma``, ``n_cells``, ...);
         an unknown name or a value outside its rule raises ConfigError.
@@ -91,8 +104,18 @@ def make_phantom(
     image = blur(lac, params.psf_sigma)
     del lac
     add_noise(streams[_NOISE], image, params.noise_sigma)
+    image *= np.float32(lac_scale(voxel_size_nm))
     return Phantom(image=image, cell=CELL_LABEL[region], mito=(region == MITO).view(np.uint8),
                    isg=isg, voxel_size_nm=float(voxel_size_nm), seed=seed, params=params)
+
+
+def lac_scale(voxel_size_nm: float) -> float:
+    """The factor from LAC in µm⁻¹ to LAC per voxel: the voxel size in µm.
+
+    Phantoms are isotropic. For anisotropic voxels the in-plane (y, x) size is the one to use:
+    a reconstruction's values are attenuation per detector pixel, the in-plane voxel length.
+    """
+    return float(voxel_size_nm) / 1000.0
 
 
 def _check_seed(seed: Any) -> int:

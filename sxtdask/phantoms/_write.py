@@ -36,7 +36,8 @@ def write_phantom(
     """Make a phantom and write it as ``out`` (MRC, float32) and ``out.gt.zarr`` (OME-Zarr).
 
     The OME-Zarr holds the image and the label images ``labels/cell``, ``labels/mito`` and
-    ``labels/isg``; the MRC's voxel size is ``voxel_size_nm * 10`` Å. ``overrides`` go to
+    ``labels/isg``; the MRC's voxel size is ``voxel_size_nm * 10`` Å. Both images hold per-voxel
+    LAC (µm⁻¹ × ``voxel_size_nm / 1000``), like real reconstructions. ``overrides`` go to
     :func:`make_phantom`.
 
     Returns
@@ -76,6 +77,8 @@ def _write_mrc(path: Path, image: np.ndarray, voxel_size_nm: float) -> None:
         with mrcfile.new(partial, overwrite=True) as mrc:
             mrc.set_data(np.ascontiguousarray(image, dtype=np.float32))
             mrc.voxel_size = voxel_size_nm * 10.0
+            mrc.header.label[0] = f"sxtdask phantom: LAC per voxel ({voxel_size_nm:g} nm)".encode()
+            mrc.header.nlabl = 1
         os.replace(partial, path)
     except OSError as err:
         partial.unlink(missing_ok=True)
