@@ -107,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="chunk shape (default: 32 slices of the full plane)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
-    p = sub.add_parser("synth", help="write a synthetic SXT cell (MRC) and its ground truth (.gt.zarr)")
+    p = sub.add_parser("synth", help="write a synthetic SXT cell (MRC, LAC per voxel: µm⁻¹ × voxel "
+                                     "size in µm, like real reconstructions) and its ground truth "
+                                     "(.gt.zarr)")
     p.add_argument("output", type=Path)
     p.add_argument("--shape", type=_triple, default=(128, 256, 256), metavar="Z,Y,X")
     p.add_argument("--seed", type=int, default=0)
