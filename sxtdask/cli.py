@@ -29,7 +29,7 @@ logger = logging.getLogger("sxtdask.cli")
 TASKS = ("cell", "mito", "isg", "isg-instances")
 METHODS = {"cell": ("unet",), "mito": ("unet",), "isg": ("unet",),
            "isg-instances": ("classical", "unet", "maskrcnn")}
-DEFAULT_METHOD = {"cell": "unet", "mito": "unet", "isg": "unet", "isg-instances": "classical"}
+DEFAULT_METHOD = {"cell": "unet", "mito": "unet", "isg": "unet", "isg-instances": "unet"}
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, type=_tasks, metavar="{cell,mito,isg,isg-instances}[,...]",
                    help="what to segment; several, comma-separated, share one read of each chunk")
     p.add_argument("--method", default=None, metavar="{unet,maskrcnn,classical}",
-                   help="method (default: unet for cell/mito/isg, classical for isg-instances)")
+                   help="method (default: unet, with the bundled weights unless --model is given)")
     p.add_argument("--model", action="append", default=None, metavar="[TASK=]PATH",
                    help="network checkpoint (a reference *_best.pth or sxtdask's own); with "
                         "several tasks, one TASK=PATH each")

@@ -864,13 +864,24 @@ def test_demo(tmp_path: Path) -> None:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = out / "phantom.zarr"
-    assert listed_labels(data) == ["isg"]
+    assert sorted(listed_labels(data)) == ["cell", "isg", "mito"]  # the bundled U-Nets' route
     labels = read_labels(data)
     assert labels.shape == (64, 128, 128) and labels.dtype == np.uint32 and labels.max() > 0
     table = pd.read_csv(out / "isg.csv")
     assert list(table.columns) == TABLE_COLUMNS and len(table) == labels.max()
     report = json.loads((out / "run.json").read_text())
     assert report["instance_count"]["isg"] == labels.max()
+    assert report["methods"] == ["UNetSegmenter", "UNetSegmenter", "UNetISGInstances"]
+    assert "F1@IoU0.5" in proc.stdout and "nucleus dice" in proc.stdout
+
+
+def test_demo_classical_route(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    proc = sxtdask("demo", "--out", out, "--shape", "48,96,96", "--method", "classical", *CLUSTER,
+                   cwd=tmp_path)
+    assert_ok(proc)
+    assert listed_labels(out / "phantom.zarr") == ["isg"]
+    assert json.loads((out / "run.json").read_text())["methods"] == ["ClassicalISG"]
 
 
 @needs_fixtures

@@ -165,7 +165,7 @@ def test_cli_several_tasks_share_one_read_of_each_chunk(tmp_path, volume):
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(report.read_text())
     assert rep["tasks"] == ["cell", "isg", "isg-instances"]
-    assert rep["methods"] == ["UNetSegmenter", "UNetSegmenter", "ClassicalISG"]
+    assert rep["methods"] == ["UNetSegmenter", "UNetSegmenter", "UNetISGInstances"]  # default: U-Net
     for name in ("cell", "isg-mask", "isg"):
         assert open_labels(data, name).shape == volume.shape
     # The ISG mask equals the single-task run's: sharing the read changes nothing.

@@ -35,6 +35,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--lr", type=float, default=None,
                    help="peak learning rate (default: U-Net 3e-3 AdamW, Mask R-CNN 0.005 SGD)")
     p.add_argument("--width", type=int, default=16, help="U-Net base width (default 16; reference 64)")
+    p.add_argument("--context", type=int, default=None, choices=(0, 1),
+                   help="mito: neighbouring slices on each side as input channels (default 1; 0 "
+                        "repeats the slice, as the reference)")
     p.add_argument("--min-size", type=int, default=None,
                    help="Mask R-CNN: the image size its transform resizes to (default 800, the "
                         "reference; 256 keeps patches at their size and trains far faster on a CPU)")
@@ -80,7 +83,10 @@ def run(args: argparse.Namespace, con: Any) -> dict[str, Any]:
         for flag in ("min_size", "patience"):
             if getattr(args, flag) is not None:
                 raise ConfigError(f"--{flag.replace('_', '-')} is a Mask R-CNN option")
-        config = UNetTrainConfig(**_options(args, {**common, "width": "width"}))
+        if args.context is None:
+            args.context = 1 if args.task == "mito" else 0
+        config = UNetTrainConfig(**_options(args, {**common, "width": "width",
+                                                   "context": "context"}))
 
         def trainer(train: Any, val: Any, out: Any, config: Any, **kw: Any) -> Any:
             return train_unet(args.task, train, val, out, config, **kw)

@@ -37,14 +37,26 @@ PREPROCESSING = ("reference", "percentile")
 
 
 def prepare_slices(block: np.ndarray, stats: IntensityStats, *, task: Task, preprocessing: str,
-                   in_channels: int, isg_input_scale: float = 0.5) -> np.ndarray:
+                   in_channels: int, isg_input_scale: float = 0.5, context: int = 0) -> np.ndarray:
     """(Z, Y, X) → (Z, C, Y, X) float32 network input (training and inference share it).
 
     ``reference``: the iPA pipeline's documented scaling (cell/mito: global min/max → 8 bit →
     ImageNet mean/std; ISG: LAC × 33.33 clipped → 8 bit, × ``isg_input_scale``). ``percentile``:
     the volume's robust range (``stats.p_low`` → -1, ``stats.p_high`` → 1, clipped to [-2, 2]),
     which neither saturates on dense granules nor depends on single outlier voxels.
+
+    With ``context`` > 0 (sxtdask's mitochondria network) the channels of slice ``z`` are slices
+    ``z - context .. z + context`` of the block (the nearest slice repeated beyond its ends; the
+    engine gives the block a z halo of ``context``, so only the volume's own ends repeat).
     """
+    if context:
+        if in_channels != 2 * context + 1:
+            raise ConfigError(f"{in_channels} input channels cannot hold ±{context} slices")
+        one = prepare_slices(block, stats, task=task, preprocessing=preprocessing, in_channels=1,
+                             isg_input_scale=isg_input_scale)[:, 0]
+        z = np.arange(block.shape[0])
+        idx = np.clip(z[:, None] + np.arange(-context, context + 1)[None, :], 0, block.shape[0] - 1)
+        return np.ascontiguousarray(one[idx])
     if preprocessing == "percentile":
         x = np.clip(stats.normalize(block) * 2.0 - 1.0, -2.0, 2.0).astype(np.float32)[:, None]
     elif preprocessing == "reference":
@@ -129,6 +141,10 @@ class UNetSegmenter(Segmenter):
         ``reference`` (iPA checkpoints: their scaling, slices resized to 288×480 for cell and
         mito) or ``percentile`` (sxtdask-trained networks: see :func:`prepare_slices`; slices are
         not resized). :meth:`load_model` sets it from an sxtdask checkpoint's metadata.
+    context : int
+        Neighbouring slices on each side fed as input channels (sxtdask's mitochondria network:
+        1, so its 3 channels are slices z-1, z, z+1); the z halo grows to match. From the
+        checkpoint's metadata.
     """
 
     task: Task = Task.CELL  # type: ignore[misc]
@@ -139,6 +155,7 @@ class UNetSegmenter(Segmenter):
     isg_input_scale: float = 0.5
     halo: tuple[int, int, int] = (0, 0, 0)
     preprocessing: str = "reference"
+    context: int = 0
 
     def __post_init__(self) -> None:
         if self.task not in _OUTPUTS:
@@ -181,7 +198,10 @@ class UNetSegmenter(Segmenter):
         task = meta.get("task")
         if task is not None and task != _KIND[self.task]:
             raise SxtdaskError(f"{path} was trained for task {task!r}, not {_KIND[self.task]!r}")
-        seg = dataclasses.replace(self, model_path=str(path), preprocessing=name)
+        context = int(prep.get("context", 0)) if isinstance(prep, dict) else 0
+        halo = (max(self.halo[0], context), *self.halo[1:])
+        seg = dataclasses.replace(self, model_path=str(path), preprocessing=name, context=context,
+                                  halo=halo)
         seg.model  # noqa: B018  (load now: errors surface here, not on a worker)
         return seg
 
@@ -211,7 +231,7 @@ class UNetSegmenter(Segmenter):
         """(Z, Y, X) → (Z, C, H, W) float32 network input, per the model's preprocessing."""
         return prepare_slices(block, stats, task=self.task, preprocessing=self.preprocessing,
                               in_channels=3 if self.task is Task.MITO else 1,
-                              isg_input_scale=self.isg_input_scale)
+                              isg_input_scale=self.isg_input_scale, context=self.context)
 
     def _forward(self, x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """Class probabilities (Z, K, Y, X) for inputs (Z, C, Y, X), in batches.

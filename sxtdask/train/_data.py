@@ -280,12 +280,16 @@ class PatchSampler:
         Patch side (voxels).
     rng : numpy.random.Generator
     foreground_fraction : float
+    context : int
+        Neighbouring slices on each side read with the patch (the image comes back as
+        ``(2 * context + 1, p, p)``, nearest slice repeated at the volume's ends); 0 for one slice.
     """
 
     def __init__(self, volumes: Sequence[TrainingVolume], patch: int, rng: np.random.Generator,
-                 foreground_fraction: float = 0.5) -> None:
+                 foreground_fraction: float = 0.5, context: int = 0) -> None:
         if not volumes:
             raise ConfigError("no training volumes")
+        self.context = int(context)
         self.volumes = list(volumes)
         self.patch = int(patch)
         self.rng = rng
@@ -308,18 +312,30 @@ class PatchSampler:
             y0 = cy - p // 2 + int(self.rng.integers(-p // 4, p // 4 + 1))
             x0 = cx - p // 2 + int(self.rng.integers(-p // 4, p // 4 + 1))
             y0, x0 = _clamp(y0, ny, p), _clamp(x0, nx, p)
-            image = np.asarray(v.image[z, max(y0, 0):y0 + p, max(x0, 0):x0 + p])
-            labels = lab_slice[max(y0, 0):y0 + p, max(x0, 0):x0 + p]
+            box = (slice(max(y0, 0), y0 + p), slice(max(x0, 0), x0 + p))
+            image = _with_context(v.image, z, box, self.context)
+            labels = lab_slice[box]
         else:
             z = int(self.rng.integers(nz))
             y0 = int(self.rng.integers(0, max(ny - p, 0) + 1))
             x0 = int(self.rng.integers(0, max(nx - p, 0) + 1))
-            image = np.asarray(v.image[z, y0:y0 + p, x0:x0 + p])
-            labels = np.asarray(v.labels[z, y0:y0 + p, x0:x0 + p])
+            box = (slice(y0, y0 + p), slice(x0, x0 + p))
+            image = _with_context(v.image, z, box, self.context)
+            labels = np.asarray(v.labels[(z, *box)])
         return _pad_to(image.astype(np.float32), p), _pad_to(labels, p), v.stats
 
     def batch(self, n: int) -> list[tuple[np.ndarray, np.ndarray, IntensityStats]]:
         return [self.sample() for _ in range(n)]
+
+
+def _with_context(image: Any, z: int, box: tuple[slice, slice], context: int) -> np.ndarray:
+    """The patch of slice ``z`` (context 0) or of slices ``z - context .. z + context`` stacked
+    (the nearest slice repeated beyond the volume), each read on its own."""
+    if context == 0:
+        return np.asarray(image[(z, *box)])
+    nz = image.shape[0]
+    return np.stack([np.asarray(image[(min(max(z + d, 0), nz - 1), *box)])
+                     for d in range(-context, context + 1)])
 
 
 def _clamp(start: int, size: int, patch: int) -> int:
@@ -330,16 +346,18 @@ def _clamp(start: int, size: int, patch: int) -> int:
 
 
 def _pad_to(a: np.ndarray, p: int) -> np.ndarray:
-    dy, dx = max(p - a.shape[0], 0), max(p - a.shape[1], 0)
+    """Pad the last two axes to ``p`` (reflecting where the patch is large enough)."""
+    dy, dx = max(p - a.shape[-2], 0), max(p - a.shape[-1], 0)
     if dy == 0 and dx == 0:
         return a
-    mode = "reflect" if min(a.shape) > max(dy, dx) else "edge"
-    return np.pad(a, ((0, dy), (0, dx)), mode=mode)
+    mode = "reflect" if min(a.shape[-2:]) > max(dy, dx) else "edge"
+    return np.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, dy), (0, dx)], mode=mode)
 
 
-def validation_slices(volumes: Sequence[TrainingVolume], n_slices: int,
+def validation_slices(volumes: Sequence[TrainingVolume], n_slices: int, context: int = 0,
                       ) -> list[tuple[np.ndarray, np.ndarray, IntensityStats]]:
-    """Whole slices spread evenly over the validation tomograms' labelled range (deterministic)."""
+    """Whole slices spread evenly over the validation tomograms' labelled range (deterministic);
+    with ``context``, each image is the stack of its neighbouring slices (see PatchSampler)."""
     out = []
     per = max(1, n_slices // max(len(volumes), 1))
     for v in volumes:
@@ -347,6 +365,7 @@ def validation_slices(volumes: Sequence[TrainingVolume], n_slices: int,
         zs = np.nonzero(fg)[0]
         lo, hi = (int(zs[0]), int(zs[-1])) if len(zs) else (0, v.shape[0] - 1)
         for z in np.unique(np.linspace(lo, hi, per).round().astype(int)):
-            out.append((np.asarray(v.image[int(z)]).astype(np.float32),
+            full = (slice(None), slice(None))
+            out.append((_with_context(v.image, int(z), full, context).astype(np.float32),
                         np.asarray(v.labels[int(z)]), v.stats))
     return out

@@ -62,6 +62,10 @@ class UNetTrainConfig:
         Weight of the soft Dice term added to the cross-entropy.
     val_slices : int
         Whole slices of the validation tomograms scored after each epoch.
+    context : int
+        Mitochondria only: 1 feeds slices z-1, z, z+1 as the network's 3 input channels (tubes
+        are told from cytoplasm texture by their continuity across slices); 0 repeats slice z,
+        as the reference does.
     seed : int
     device : str
         ``auto``, ``cpu`` or ``cuda``.
@@ -76,6 +80,7 @@ class UNetTrainConfig:
     weight_decay: float = 1e-4
     dice_weight: float = 1.0
     val_slices: int = 16
+    context: int = 0
     seed: int = 0
     device: str = "auto"
 
@@ -87,6 +92,8 @@ class UNetTrainConfig:
         if self.patch < 16 or self.patch % 16:
             raise ConfigError(f"patch ({self.patch}) must be a multiple of 16")
         positive("lr", self.lr)
+        if self.context not in (0, 1):
+            raise ConfigError(f"context ({self.context}) must be 0 or 1")
 
 
 def train_unet(task: str, train: Sequence[TrainingVolume], val: Sequence[TrainingVolume],
@@ -123,6 +130,8 @@ def train_unet(task: str, train: Sequence[TrainingVolume], val: Sequence[Trainin
 
     if task not in _N_CLASSES:
         raise ConfigError(f"task {task!r} has no U-Net (cell, mito or isg)")
+    if config.context and task != "mito":
+        raise ConfigError(f"slice context is for the mitochondria network, not {task!r}")
     out = Path(out)
     check_out(out, resume, overwrite)
     device = resolve_train_device(config.device)
@@ -148,8 +157,8 @@ def train_unet(task: str, train: Sequence[TrainingVolume], val: Sequence[Trainin
         history, best = list(state["history"]), dict(state["best"])
         start_epoch = int(state["epoch"])
         logger.info("resuming %s training at epoch %d of %d", task, start_epoch + 1, config.epochs)
-    sampler = PatchSampler(train, config.patch, rng)
-    val_set = validation_slices(val, config.val_slices) if val else []
+    sampler = PatchSampler(train, config.patch, rng, context=config.context)
+    val_set = validation_slices(val, config.val_slices, config.context) if val else []
     meta = _meta(task, config, train, val)
     in_channels = 3 if task == "mito" else 1
     use_amp = device.startswith("cuda")
@@ -206,7 +215,8 @@ def _meta(task: str, config: UNetTrainConfig, train: Sequence[TrainingVolume],
     return {
         "task": task,
         "classes": list(_CLASS_NAMES[task]),
-        "preprocessing": {"name": "percentile", "percentiles": [0.5, 99.5], "resize": None},
+        "preprocessing": {"name": "percentile", "percentiles": [0.5, 99.5], "resize": None,
+                          "context": config.context},
         "trained_by": f"sxtdask {__version__} (sxtdask train)",
         "train_data": [v.name for v in train],
         "val_data": [v.name for v in val],
@@ -223,22 +233,23 @@ def _batch(sampler: PatchSampler, n: int, task: str, in_channels: int,
     xs, ys = [], []
     t = Task.CELL if task == "cell" else Task.MITO if task == "mito" else Task.ISG
     for image, labels, stats in sampler.batch(n):
-        x = prepare_slices(image[None], stats, task=t, preprocessing="percentile",
-                           in_channels=1)[0, 0]
+        stack = image if image.ndim == 3 else image[None]  # (C, p, p): slice context or one slice
+        x = prepare_slices(stack, stats, task=t, preprocessing="percentile", in_channels=1)[:, 0]
         y = target_from_labels(task, labels)
         x, y = _augment(x, y, rng)
-        xs.append(np.repeat(x[None], in_channels, axis=0))
+        xs.append(x if len(x) == in_channels else np.repeat(x, in_channels, axis=0))
         ys.append(y)
     return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.int64)
 
 
 def _augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
              ) -> tuple[np.ndarray, np.ndarray]:
-    """Flips, 90° rotations, contrast/brightness jitter and Gaussian noise (image only)."""
+    """Flips, 90° rotations, contrast/brightness jitter and Gaussian noise (image only); ``x`` is
+    (C, Y, X), every channel moved with the labels."""
     k = int(rng.integers(4))
-    x, y = np.rot90(x, k), np.rot90(y, k)
+    x, y = np.rot90(x, k, axes=(-2, -1)), np.rot90(y, k)
     if rng.random() < 0.5:
-        x, y = x[:, ::-1], y[:, ::-1]
+        x, y = x[..., ::-1], y[:, ::-1]
     contrast = rng.uniform(0.75, 1.25)
     brightness = rng.uniform(-0.2, 0.2)
     x = x * contrast + brightness
@@ -279,9 +290,12 @@ def _validate(net: Any, val_set: list[tuple[np.ndarray, np.ndarray, Any]], task:
     net.eval()
     with torch.inference_mode():
         for image, labels, stats in val_set:
-            x = prepare_slices(image[None], stats, task=t, preprocessing="percentile",
-                               in_channels=in_channels)
-            size = image.shape
+            stack = image if image.ndim == 3 else image[None]
+            x = prepare_slices(stack, stats, task=t, preprocessing="percentile", in_channels=1)
+            x = x[:, 0][None]  # (1, C, Y, X)
+            if x.shape[1] != in_channels:
+                x = np.repeat(x, in_channels, axis=1)
+            size = image.shape[-2:]
             xt = pad_reflect(torch.from_numpy(x).to(device), tuple(-n % 16 for n in size))
             pred = net(xt).argmax(dim=1)[0, : size[0], : size[1]].cpu().numpy()
             truth = target_from_labels(task, labels)  # what the network is trained to output
