@@ -33,7 +33,7 @@ CHECKPOINT_TASK = "isg-maskrcnn"
 
 
 def prepare_maskrcnn_slices(block: np.ndarray) -> np.ndarray:
-    """(Z, Y, X) LAC (µm⁻¹) → (Z, Y, X) float32 in [0, 1], the detector's input.
+    """(Z, Y, X) LAC per voxel (µm⁻¹ × voxel size in µm, as reconstructions store it) → (Z, Y, X) float32 in [0, 1], the detector's input.
 
     LAC × 33.33 clipped to [0, 1] (the reference pipeline's scaling). Training
     (``sxtdask.train``) and ``sxtdask export-coco`` prepare their patches with this function.
