@@ -132,23 +132,24 @@ def test_live_dashboard_task_stream_shows_the_segment_tasks(tmp_path: Path) -> N
                      if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
         assert listening and all(a.ip == "127.0.0.1" for a in listening), listening
     finally:
-        browser.quit()
-        if proc.poll() is None:
+        interrupted = proc.poll() is None  # on a loaded machine the run may end first
+        if interrupted:
             proc.send_signal(signal.SIGINT)
+        browser.quit()
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130, describe(proc, "", proc.stderr.read())
+    assert proc.returncode == (130 if interrupted else 0), describe(proc, "", proc.stderr.read())
     while not lines.empty():
         seen.append(lines.get())
     events = _events("".join(seen))
     # The dashboard link comes first, before any stage starts; an interrupt ends the log.
     kinds = [e["event"] for e in events]
     assert kinds[0] == "message" and "dashboard" in events[0], events[:3]
-    assert "start" in kinds and events[-1] == {**events[-1], "event": "error",
-                                                 "message": "interrupted"}
+    last = {"event": "error", "message": "interrupted"} if interrupted else {"event": "summary"}
+    assert "start" in kinds and events[-1] == {**events[-1], **last}
 
 
 def test_default_dashboard_listens_on_loopback_only() -> None:

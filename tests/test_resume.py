@@ -219,7 +219,7 @@ def test_sigint_to_the_cli_then_rerun_recomputes_only_missing_chunks(phantom, tm
     calls = tmp_path / "calls"
     calls.mkdir()
     env = {**os.environ, "DASK_DISTRIBUTED__WORKER__PRELOAD": json.dumps([str(HELPER)]),
-           "SXTDASK_TEST_BLOCK_DELAY": "0.4", "SXTDASK_TEST_CALLS": str(calls)}
+           "SXTDASK_TEST_BLOCK_DELAY": "1.0", "SXTDASK_TEST_CALLS": str(calls)}
     records = data / SCRATCH_DIR / "done" / "segment"
     proc = _cli(data, tmp_path / "first.json", env)
     t0 = time.monotonic()
