@@ -68,6 +68,21 @@ def _models(values: list[str] | None, tasks: tuple[str, ...]) -> dict[str, Path 
     return out
 
 
+def add_model_options(p: argparse.ArgumentParser, *, chunks_help: str) -> None:
+    """The options that choose and run the segmenters (``segment``, ``archive``)."""
+    p.add_argument("--method", default=None, metavar="{unet,maskrcnn,classical}",
+                   help="method (default: unet, with the bundled weights unless --model is given)")
+    p.add_argument("--model", action="append", default=None, metavar="[TASK=]PATH",
+                   help="network checkpoint (a reference *_best.pth or sxtdask's own); with "
+                        "several tasks, one TASK=PATH each")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where networks run (default: cuda when a GPU is visible)")
+    p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
+    p.add_argument("--chunks", type=_triple, default=None, metavar="Z,Y,X", help=chunks_help)
+    p.add_argument("--halo", type=_triple, default=None, metavar="Z,Y,X",
+                   help="voxels read around each block (default: the method's)")
+
+
 def _add_cluster_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("workers")
     g.add_argument("--workers", type=int, default=None, help="local worker processes (default: cores, at most 4)")
@@ -120,18 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", type=Path)
     p.add_argument("--task", required=True, type=_tasks, metavar="{cell,mito,isg,isg-instances}[,...]",
                    help="what to segment; several, comma-separated, share one read of each chunk")
-    p.add_argument("--method", default=None, metavar="{unet,maskrcnn,classical}",
-                   help="method (default: unet, with the bundled weights unless --model is given)")
-    p.add_argument("--model", action="append", default=None, metavar="[TASK=]PATH",
-                   help="network checkpoint (a reference *_best.pth or sxtdask's own); with "
-                        "several tasks, one TASK=PATH each")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="where networks run (default: cuda when a GPU is visible)")
-    p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
-    p.add_argument("--chunks", type=_triple, default=None, metavar="Z,Y,X",
-                   help="block shape (default: the image's chunks)")
-    p.add_argument("--halo", type=_triple, default=None, metavar="Z,Y,X",
-                   help="voxels read around each block (default: the method's)")
+    add_model_options(p, chunks_help="block shape (default: the image's chunks)")
     p.add_argument("--report", type=Path, default=None, help="write a JSON run report here")
     p.add_argument("--overwrite", action="store_true", help="replace existing labels")
     _add_cluster_options(p)
@@ -426,13 +430,9 @@ def _configure_logging(verbose: int, console: Console | None = None) -> None:
 
 
 def _check_new_file(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise OutputError(f"{path} exists; pass --overwrite to replace it")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"{path}: the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"{path}: the folder {parent} is not writable")
+    from ._paths import check_new_path
+
+    check_new_path(path, overwrite)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

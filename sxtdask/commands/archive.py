@@ -16,7 +16,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from sxtdask.cli import Console, _add_cluster_options, _tasks, _triple
+from sxtdask.cli import Console, _add_cluster_options, _tasks, add_model_options
 from sxtdask.errors import ConfigError
 
 NAME = "archive"
@@ -52,17 +52,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--tasks", "--task", dest="task", required=True, type=_tasks,
                    metavar="{cell,mito,isg,isg-instances}[,...]",
                    help="what to segment in every tomogram; several share one read of each chunk")
-    p.add_argument("--method", default=None, metavar="{unet,maskrcnn,classical}",
-                   help="method of a single task (default: as for `sxtdask segment`)")
-    p.add_argument("--model", action="append", default=None, metavar="[TASK=]PATH",
-                   help="network checkpoint; with several tasks, one TASK=PATH each")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="where networks run (default: cuda when a GPU is visible)")
-    p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
-    p.add_argument("--chunks", type=_triple, default=None, metavar="Z,Y,X",
-                   help="chunk and block shape of the converted images (default: 32 full slices)")
-    p.add_argument("--halo", type=_triple, default=None, metavar="Z,Y,X",
-                   help="voxels read around each block (default: the method's)")
+    add_model_options(p, chunks_help="chunk and block shape of the converted images "
+                                      "(default: 32 full slices)")
     p.add_argument("--in-flight", type=_positive, default=None, metavar="N",
                    help="tomograms processed at once (default: the workers' threads, at least 2)")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB",

@@ -363,15 +363,11 @@ def _info(patch: int, stride: int, min_area: int, split: str,
 
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise OutputError(f"{out} exists; pass --overwrite to replace it")
+    from .._paths import check_new_path
+
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out} exists and is not a folder")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"{out}: the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"{out}: the folder {parent} is not writable")
+    check_new_path(out, overwrite)
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
