@@ -258,17 +258,24 @@ class Console:
         print(text, flush=True)
 
     @contextmanager
-    def steps(self, label: str, total: int | None) -> Iterator[Callable[[int, int], None]]:
-        """A progress bar (or JSON progress events) fed by ``callback(done, total)``; ``total``
-        None until the first callback says it."""
+    def steps(self, label: str, total: int | None) -> Iterator[Callable[..., None]]:
+        """A progress bar (or JSON progress events) fed by ``callback(done, total, note=None)``;
+        ``total`` None until the first callback says it; ``note`` (e.g. a running loss) is shown
+        after the label."""
         if self.quiet:
-            yield lambda done, total: None
+            yield lambda done, total, note=None: None
         elif self.json_log:
             with self._json_stage(label, total) as update:
                 yield update
         else:
+            from rich.markup import escape
+
             with self._bar(label, total) as (bar, task):
-                yield lambda done, total: bar.update(task, completed=done, total=total)
+                def update(done: int, total: int, note: str | None = None) -> None:
+                    extra = {} if note is None else {"description": escape(f"{label} {note}")}
+                    bar.update(task, completed=done, total=total, **extra)
+
+                yield update
 
     @contextmanager
     def busy(self, label: str) -> Iterator[None]:
@@ -299,10 +306,10 @@ class Console:
         return future.result()
 
     @contextmanager
-    def _json_stage(self, label: str, total: int | None) -> Iterator[Callable[[int, int], None]]:
+    def _json_stage(self, label: str, total: int | None) -> Iterator[Callable[..., None]]:
         state: dict[str, Any] = {"time": time.monotonic(), "tenth": 0, "done": 0, "total": total}
 
-        def update(done: int, total: int) -> None:
+        def update(done: int, total: int, note: str | None = None) -> None:
             now = time.monotonic()
             tenth = 10 * done // total if total else 0
             with self._lock:
@@ -312,7 +319,8 @@ class Console:
                                and tenth == state["tenth"] and done != total):
                     return
                 state["time"], state["tenth"] = now, tenth
-            self.emit("progress", stage=label, done=done, total=total)
+            self.emit("progress", stage=label, done=done, total=total,
+                      **({} if note is None else {"note": note}))
 
         t0 = time.monotonic()
         self.emit("start", stage=label, done=0, total=total)

@@ -141,7 +141,8 @@ class _EpochBars:
             self.update = self.cm.__enter__()
         if "loss" in info:
             self.losses.append(info["loss"])
-            self.update(step, steps)
+            recent = self.losses[-20:]
+            self.update(step, steps, f"loss {sum(recent) / len(recent):.4f}")
             return
         self._close()
         mean = sum(self.losses) / len(self.losses) if self.losses else float("nan")
