@@ -7,6 +7,7 @@ are the trained ones, through the same segmenters a user gets.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -85,3 +86,33 @@ def test_segment_without_model_or_method_uses_the_bundled_unet(tmp_path: Path, s
     assert rep["methods"] == ["UNetISGInstances"]
     assert rep["models"] == [str(bundled_weights("isg"))]
     assert int(open_labels(data, "isg").max().compute()) > 0
+
+
+def test_slice_context_network_gives_the_same_masks_chunked_as_whole(tmp_path: Path):
+    """A mito network reading z-1, z, z+1: its chunks get a one-slice z halo, so any z chunking
+    equals the whole-volume answer, and the answer depends on the neighbouring slices."""
+    import dask.array as da
+    import torch
+
+    from sxtdask.engine import segment_array
+    from sxtdask.models import build_unet, save_checkpoint
+    from sxtdask.stats import global_stats
+
+    torch.manual_seed(3)
+    net = build_unet("mito", width=4)
+    with torch.no_grad():  # a bias that puts the random network's decision inside the data's range
+        net.outc.conv.bias.copy_(torch.tensor([0.0, 0.0]))
+    path = save_checkpoint(tmp_path / "mito.pt", net, {
+        "task": "mito", "preprocessing": {"name": "percentile", "context": 1}})
+    seg = UNetSegmenter(task=Task.MITO, device="cpu").load_model(path)
+    assert seg.context == 1 and seg.halo[0] == 1
+    image = make_phantom((20, 64, 64), seed=4).image
+    stats = global_stats(da.from_array(image)).compute()
+    whole = seg.segment_block(image, stats, (30.0, 30.0, 30.0))["mito"]
+    assert 0 < whole.mean() < 1, "a constant mask would make the comparison empty"
+    for chunks in ((7, 64, 64), (3, 64, 64)):
+        chunked = segment_array(da.from_array(image, chunks=chunks), seg, stats)["mito"].compute()
+        np.testing.assert_array_equal(chunked, whole)
+    # the neighbouring slices matter: without them (context 0) the answer differs
+    flat = dataclasses.replace(seg, context=0, halo=(0, 0, 0))
+    assert not np.array_equal(flat.segment_block(image, stats, (30.0, 30.0, 30.0))["mito"], whole)
