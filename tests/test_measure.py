@@ -337,3 +337,16 @@ def test_write_unwritable_location_is_output_error(tmp_path, table) -> None:
     blocker.write_text("")
     with pytest.raises(OutputError, match="file"):
         write_table(table, blocker / "isg.parquet")
+
+
+def test_written_tables_are_readable_like_any_new_file(tmp_path):
+    """The atomic write must not leave the table private (mode 0600) to its owner."""
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        for name in ("t.csv", "t.parquet"):
+            out = write_table(pd.DataFrame({"label": [1, 2]}), tmp_path / name)
+            assert stat.S_IMODE(out.stat().st_mode) == 0o644, name
+    finally:
+        os.umask(old)

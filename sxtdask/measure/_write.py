@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -81,9 +81,10 @@ def write_table(df: pd.DataFrame, out: str | os.PathLike[str], *, overwrite: boo
     _check_target(path, overwrite)
     tmp: Path | None = None
     try:
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        tmp = Path(name)
+        # Created with mode 0666 less the umask (mkstemp's 0600 would hide the table from others).
+        name = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        tmp = name
         writer(df, tmp)
         os.replace(tmp, path)
     except OSError as exc:
@@ -93,3 +94,4 @@ def write_table(df: pd.DataFrame, out: str | os.PathLike[str], *, overwrite: boo
             tmp.unlink(missing_ok=True)
     logger.info("wrote %d instance row(s) to %s", len(df), path)
     return path
+
