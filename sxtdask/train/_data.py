@@ -209,9 +209,6 @@ class SlabCache:
             return self._get(z // self.slab)[(z % self.slab, *key[1:])]
         return np.asarray(self.array[key])
 
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        return np.asarray(self.array[...], dtype=dtype)
-
 
 def split_by_tomogram(volumes: Sequence[TrainingVolume], val_fraction: float,
                       seed: int) -> tuple[list[TrainingVolume], list[TrainingVolume]]:

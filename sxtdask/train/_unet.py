@@ -10,7 +10,6 @@ so ``--model PATH`` and ``load_model(path)`` rebuild and use it unchanged.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -184,11 +183,8 @@ def train_unet(task: str, train: Sequence[TrainingVolume], val: Sequence[Trainin
         if val_set:
             entry.update(_validate(net, val_set, task, in_channels, device))
         history.append(entry)
-        score = entry.get("val_dice", -entry["loss"])
-        if not best or score > best.get("val_dice", -best["loss"]):
-            best = dict(entry)
-            save_checkpoint(out, net, {**meta, "epoch": epoch + 1, "metrics": entry})
-        if not val_set:  # no validation: the last epoch is the model
+        # The best epoch by validation Dice; without validation, the last epoch is the model.
+        if not val_set or not best or entry["val_dice"] > best["val_dice"]:
             best = dict(entry)
             save_checkpoint(out, net, {**meta, "epoch": epoch + 1, "metrics": entry})
         logger.info("%s epoch %d/%d: %s", task, epoch + 1, config.epochs,
@@ -310,7 +306,5 @@ def _validate(net: Any, val_set: list[tuple[np.ndarray, np.ndarray, Any]], task:
     if task == "cell":
         out["val_dice_cell"] = float(dice[n_classes])
     out["val_dice"] = float(np.mean([dice[c] for c in range(1, n_classes)]))
-    if not math.isfinite(out["val_dice"]):
-        out["val_dice"] = 0.0
     net.train()
     return out
