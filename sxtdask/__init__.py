@@ -7,7 +7,10 @@ The public API:
 - ``global_stats``: whole-volume intensity statistics (one reduction).
 - ``label``: connected components of a Dask array, equal to ``scipy.ndimage.label``.
 - ``create_segmenter``: the reference-style API (``.load_model(path)``, ``.predict(volume)``,
-  ``.model``) for cell, mito, isg, isg_instances, isg_maskrcnn and isg_classical.
+  ``.model``) for cell, mito, isg, isg_instances, isg_maskrcnn and isg_classical; the reference
+  classes ``SXTCellSegmenter``, ``SXTMitoSegmenter``, ``SXTISGSegmenter`` and
+  ``SXTISGMaskRCNNSegmenter`` (each taking ``device=``); ``Task``, ``Method`` and
+  ``make_segmenter`` (the registry's names and builder).
 - ``ClassicalISG``: seeded-watershed ISG instances; ``segment_array`` / ``segment_store`` run any
   segmenter chunk by chunk with global instance IDs.
 - ``instance_table`` / ``regionprops_table``: per-instance statistics from chunked partials.
@@ -24,13 +27,29 @@ from .io import open_image, open_labels, open_volume, write_image, write_labels
 from .measure import instance_table, match_instances, regionprops_table
 from .phantoms import make_phantom, write_phantom
 from .relabel import label
-from .segmenters import ClassicalISG, Segmenter, Task, create_segmenter
+from .segmenters import (
+    ClassicalISG,
+    Method,
+    SXTCellSegmenter,
+    SXTISGMaskRCNNSegmenter,
+    SXTISGSegmenter,
+    SXTMitoSegmenter,
+    Segmenter,
+    Task,
+    create_segmenter,
+    make_segmenter,
+)
 from .stats import IntensityStats, global_stats
 
 __all__ = [
     "ClassicalISG",
     "ClusterConfig",
     "IntensityStats",
+    "Method",
+    "SXTCellSegmenter",
+    "SXTISGMaskRCNNSegmenter",
+    "SXTISGSegmenter",
+    "SXTMitoSegmenter",
     "Segmenter",
     "SxtdaskError",
     "Task",
@@ -41,6 +60,7 @@ __all__ = [
     "instance_table",
     "label",
     "make_phantom",
+    "make_segmenter",
     "match_instances",
     "open_image",
     "open_labels",

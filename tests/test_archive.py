@@ -390,3 +390,45 @@ def test_cli_one_line_errors(case, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("sxtdask: error: ") and text in err and err.count("\n") == 1
+
+
+def test_an_ome_zarr_input_keeps_its_voxel_size_through_the_archive(tmp_path, client):
+    """The same 30 nm tomogram as an OME-Zarr and as an MRC: identical physical rows.
+
+    (The OME-Zarr copy once lost its voxel size and was measured at 1 nm: µm³ 27,000× too small.)
+    """
+    from sxtdask.archive import SUMMARY_COLUMNS
+    from sxtdask.io import open_volume
+
+    image = make_phantom(SHAPE, seed=4).image
+    for kind in ("zarr", "mrc"):
+        d = tmp_path / f"in-{kind}"
+        d.mkdir()
+        if kind == "zarr":
+            write_image(image, d / "t.ome.zarr", voxel_size_nm=(30, 30, 30))
+        else:
+            import mrcfile
+
+            with mrcfile.new(d / "t.mrc") as mrc:
+                mrc.set_data(image)
+                mrc.voxel_size = 300.0  # Å
+            with open_volume(d / "t.mrc") as vol:
+                assert tuple(vol.voxel_size_nm) == pytest.approx((30, 30, 30))
+    seg = CombinedSegmenter((ThresholdCell(), ClassicalISG()))
+    rows, summaries = {}, {}
+    for kind in ("zarr", "mrc"):
+        out = tmp_path / f"out-{kind}"
+        result = run_archive(plan_archive(tmp_path / f"in-{kind}", out), seg, client, chunks=CHUNKS)
+        (rows[kind],) = result.rows
+        assert rows[kind]["status"] == "done", rows[kind]["error"]
+        summaries[kind] = pd.read_csv(out / "summary.csv")
+    assert rows["zarr"]["voxel_size_nm"] == pytest.approx([30, 30, 30])
+    physical = [c for c in SUMMARY_COLUMNS if c not in ("input", "output")]
+    for col in ("voxel_size_nm", "shape", "instance_counts", *[c for c in physical if c in rows["mrc"]]):
+        assert rows["zarr"][col] == rows["mrc"][col] or (
+            isinstance(rows["mrc"][col], float) and np.isnan(rows["mrc"][col])
+            and np.isnan(rows["zarr"][col])), col
+    a, b = (summaries[k].drop(columns=[c for c in ("input", "output") if c in summaries[k]])
+            for k in ("zarr", "mrc"))
+    pd.testing.assert_frame_equal(a, b)
+    assert (summaries["mrc"]["cell_volume_um3"] > 1.0).all()  # µm³ at 30 nm, not at 1 nm

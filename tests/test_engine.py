@@ -146,7 +146,7 @@ def test_store_run_equals_whole_volume_and_is_idempotent(phantom_store, small_ph
     seg = ClassicalISG()
     counts = _run_store(phantom_store, seg)
     labels = open_labels(phantom_store, "isg").compute()
-    whole = seg.predict(small_phantom.image, (30.0, 30.0, 30.0))["isg"]
+    whole = seg.predict(small_phantom.image, (30.0, 30.0, 30.0))
     np.testing.assert_array_equal(labels, whole)
     assert counts == {"isg": int(whole.max())} and int(whole.max()) > 10
     assert labels_complete(phantom_store, "isg") and labels.dtype == np.uint32
@@ -218,6 +218,8 @@ def test_inference_tasks_need_a_gpu_resource_when_the_network_runs_on_cuda(tmp_p
 
     path = write_image(small_phantom.image[:16], tmp_path / "g.zarr", chunks=(8, 96, 96))
     stats = global_stats(da.from_zarr(str(path / "0"))).compute(scheduler="sync")
+    expected = int(ClassicalISG().predict(small_phantom.image[:16]).max())
+    assert expected > 0
     with mock.patch("sxtdask.engine._run.uses_gpu", lambda seg: True):
         run = segment_store(path, ClassicalISG(), stats)
     for resources, should_run in ((None, False), ({"GPU": 1}, True)):
@@ -226,7 +228,9 @@ def test_inference_tasks_need_a_gpu_resource_when_the_network_runs_on_cuda(tmp_p
                 Client(cluster) as c:
             future = c.compute(run.graph)
             if should_run:
-                assert future.result(timeout=60)["isg"] >= 0
+                assert future.result(timeout=60)["isg"] == expected
+                run.finish()
+                assert int(open_labels(path, "isg").max().compute()) == expected
             else:
                 with pytest.raises(TimeoutError):
                     future.result(timeout=3)

@@ -64,7 +64,7 @@ def fake_maskrcnn(tmp_path, monkeypatch):
 def test_tiles_stitched_and_slices_linked_into_the_true_instances(fake_maskrcnn):
     truth = _balls((16, 40, 130), 25, seed=1)
     image = np.where(truth > 0, 0.05, 0.004).astype(np.float32)  # ×33.33 → 1 inside, 0.13 outside
-    got = fake_maskrcnn.predict(image)["isg"]
+    got = fake_maskrcnn.predict(image)
     both = (truth > 0) & (got > 0)
     pairs = np.unique(np.stack([truth[both], got[both]]), axis=1)
     assert (got[truth == 0] == 0).all()
@@ -84,7 +84,7 @@ def test_untrained_torchvision_maskrcnn_runs_end_to_end(tmp_path):
                            image_min_size=64).load_model(path)
     assert isinstance(seg.model, torch.nn.Module) and not seg.model.training
     vol = np.random.default_rng(0).uniform(0, 0.03, (2, 64, 96)).astype(np.float32)
-    out = seg.predict(vol)["isg"]
+    out = seg.predict(vol)
     assert out.shape == vol.shape and out.dtype == np.uint32
     ids = np.unique(out[out > 0])
     assert ids.size == 0 or (ids == np.arange(1, ids.size + 1)).all()

@@ -194,3 +194,15 @@ def test_label_runs_on_a_distributed_cluster(client):
     got, n_got = dask.compute(labels, n, scheduler=client)
     np.testing.assert_array_equal(got, expected)
     assert int(n_got) == n_expected
+
+
+def test_the_count_works_like_dask_images():
+    """``int(n)``, ``n.compute()`` and ``n.item()`` after compute, as with ``dask_image.ndmeasure.label``."""
+    x = da.from_array(np.array([[1, 0, 1, 0], [1, 0, 0, 1]]), chunks=(1, 2))
+    labels, n = label(x)
+    assert int(n) == 3
+    computed = n.compute()
+    assert isinstance(computed, np.ndarray) and computed.shape == () and computed.item() == 3
+    assert n.dtype == computed.dtype == np.intp
+    ref_labels, ref_n = ndimage.label(x.compute())
+    assert int(n) == ref_n and np.array_equal(labels.compute(), ref_labels)

@@ -75,7 +75,7 @@ def test_chunked_equals_whole(tmp_path, volume, task, kind, cz):
 def test_isg_instances_chunked_equals_whole(tmp_path, volume):
     seg = UNetISGInstances(unet=UNetSegmenter(task=Task.ISG, device="cpu", threshold=0.5))
     seg = seg.load_model(_checkpoint(tmp_path, ModelKind.ISG, seed=3))
-    whole = seg.predict(volume)["isg"]
+    whole = seg.predict(volume)
     for cz in (4, 6):
         got = segment_array(da.from_array(volume, chunks=(cz, 64, 80)), seg, _stats(volume))
         np.testing.assert_array_equal(got["isg"].compute(scheduler="sync"), whole)

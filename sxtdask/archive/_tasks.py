@@ -116,7 +116,7 @@ def convert_tomogram(
 
         img = open_image(source)
         level0 = zarr.open_array(Path(source) / img.level_paths[0], mode="r")
-        write_image(level0, target, chunks=chunks,  # type: ignore[arg-type]  # sliced by slab voxel_size_nm=img.voxel_size_nm,
+        write_image(level0, target, chunks=chunks, voxel_size_nm=img.voxel_size_nm,
                     name=img.name or Path(source).name, overwrite=True)
     else:
         with open_volume(source) as vol:

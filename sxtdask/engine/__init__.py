@@ -1,6 +1,6 @@
 """The chunked engine: block planning, per-worker model cache, cluster connection."""
 
-from ._cache import cached_model, clear_models, load_counts
+from ..models import cached_model, clear_models, load_counts
 from ._cluster import ClusterConfig, connect
 from ._run import (
     StoreRun,

@@ -31,7 +31,7 @@ from ..relabel import Match
 from ..relabel._graph import ReductionKeys, reduction_tasks
 from ..relabel._grid import BlockGrid, Index
 from ..relabel._local import BlockResult, renumber_block
-from ..segmenters._base import OutputKind, OutputSpec, Segmenter
+from ..segmenters import OutputKind, OutputSpec, Segmenter
 from ..stats import IntensityStats
 from ._resume import (
     RECORD_ERRORS,
@@ -547,13 +547,4 @@ def _relabel_tasks(
 
 def uses_gpu(segmenter: Segmenter) -> bool:
     """True when the segmenter's network is to run on CUDA (its tasks need a ``GPU`` resource)."""
-    parts = getattr(segmenter, "parts", None)
-    if parts:
-        return any(uses_gpu(p) for p in parts)
-    net = getattr(segmenter, "unet", segmenter)
-    device = getattr(net, "device", None)
-    if device is None:
-        return False
-    from ..segmenters._unet import resolve_device
-
-    return resolve_device(device).startswith("cuda")
+    return segmenter.needs_gpu

@@ -8,36 +8,59 @@
   (a file that needs code to unpickle is refused with :class:`CheckpointError`).
 - ``save_checkpoint``, ``read_checkpoint_meta``: sxtdask's own checkpoint format.
 - ``infer_unet_config``: the kind and sizes of a U-Net from its state dict.
+- ``ModelCache`` (a ``distributed`` worker plugin), ``cached_model``, ``cached_network``,
+  ``load_counts``: networks built once per worker; ``resolve_device``: ``auto`` → ``cuda``/``cpu``.
 """
 
 from __future__ import annotations
 
 from ._build import build_maskrcnn, build_unet
 from ._bundled import bundled_weights
+from ._cache import (
+    ModelCache,
+    cached_model,
+    cached_network,
+    clear_models,
+    load_counts,
+    register_model_cache,
+)
 from ._cell_unet import CellNucleusUNet
 from ._checkpoint import (
     CheckpointError,
+    check_fit,
     load_state_dict_file,
     load_weights,
+    read_checkpoint,
     read_checkpoint_meta,
     save_checkpoint,
 )
-from ._infer import infer_unet_config, load_unet
+from ._infer import check_unet, infer_unet_config, load_unet
+from ._device import resolve_device
 from ._kinds import ModelKind
 from ._unet import UNet
 
 __all__ = [
     "CellNucleusUNet",
     "CheckpointError",
+    "ModelCache",
     "ModelKind",
     "UNet",
     "build_maskrcnn",
     "build_unet",
+    "check_fit",
+    "check_unet",
     "bundled_weights",
+    "cached_model",
+    "cached_network",
+    "clear_models",
     "infer_unet_config",
+    "load_counts",
     "load_state_dict_file",
     "load_unet",
     "load_weights",
+    "read_checkpoint",
     "read_checkpoint_meta",
+    "register_model_cache",
+    "resolve_device",
     "save_checkpoint",
 ]

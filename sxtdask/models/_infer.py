@@ -19,7 +19,7 @@ from ._checkpoint import (
 )
 from ._kinds import ModelKind, UNetConfig
 
-__all__ = ["infer_config", "infer_unet_config", "load_unet"]
+__all__ = ["check_unet", "infer_config", "infer_unet_config", "load_unet"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,13 +112,7 @@ def load_unet(path: str | os.PathLike[str], *, kind: ModelKind | str | None = No
         The file cannot be read weights-only, is not an iPA U-Net, or does not fit it.
     """
     source = str(path)
-    state, meta = read_checkpoint(path)
-    hint = _as_kind(kind) if kind is not None else _meta_kind(meta)
-    config = infer_config(state, source, hint)
-    _check_meta(meta, config, source)
-    with torch.device("meta"):
-        model = _build_from_config(config)
-    check_fit(model, state, source, strict=True)
+    model, config, state = _checked(path, kind)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
@@ -126,6 +120,39 @@ def load_unet(path: str | os.PathLike[str], *, kind: ModelKind | str | None = No
         raise CheckpointError(f"{source} leaves {', '.join(left[:3])} unset")
     logger.info("loaded %s U-Net (width %d) from %s", config.kind.value, config.width, source)
     return model.to(device).eval()
+
+
+def check_unet(path: str | os.PathLike[str], *, kind: ModelKind | str | None = None) -> UNetConfig:
+    """Check that a checkpoint holds a U-Net that loads, without building it anywhere.
+
+    The file is read weights-only on the CPU and its tensors are checked, name for name and
+    shape for shape, against a network built on the ``meta`` device (which allocates nothing):
+    the client can refuse a bad file before any worker (or GPU) sees it.
+
+    Returns
+    -------
+    UNetConfig
+        The kind and sizes of the network the file holds.
+
+    Raises
+    ------
+    CheckpointError
+        As :func:`load_unet`.
+    """
+    return _checked(path, kind)[1]
+
+
+def _checked(path: str | os.PathLike[str], kind: ModelKind | str | None
+             ) -> tuple[nn.Module, UNetConfig, Any]:
+    source = str(path)
+    state, meta = read_checkpoint(path)
+    hint = _as_kind(kind) if kind is not None else _meta_kind(meta)
+    config = infer_config(state, source, hint)
+    _check_meta(meta, config, source)
+    with torch.device("meta"):
+        model = _build_from_config(config)
+    check_fit(model, state, source, strict=True)
+    return model, config, state
 
 
 def _meta_kind(meta: Mapping[str, Any] | None) -> ModelKind | None:

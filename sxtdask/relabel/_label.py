@@ -106,6 +106,12 @@ def label(
         dsk[(local, *i)] = (_local_task, (arr.name, *i), near, grid, i, s)
         dsk[(core, *i)] = (operator.getitem, (local, *i), 2)
         dsk[(name, *i)] = (relabel_core, (core, *i), (keys.lookup, *i))
+    count = f"sxtdask-label-count-{token}"
+    dsk[count] = (_count_array, (keys.count,))  # a 0-d block, as dask_image's count is
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=[arr])
     labels = da.Array(graph, name, chunks=arr.chunks, dtype=dtype)
-    return labels, da.Array(graph, keys.count, chunks=(), dtype=np.intp)
+    return labels, da.Array(graph, count, chunks=(), dtype=np.intp)
+
+
+def _count_array(n: int) -> np.ndarray:
+    return np.asarray(n, dtype=np.intp)

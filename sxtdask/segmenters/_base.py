@@ -1,30 +1,32 @@
-"""The one interface every segmenter implements, for in-memory volumes and for the engine."""
+"""The one interface every segmenter implements, for in-memory volumes and for the engine.
+
+A segmenter describes itself through typed attributes (:class:`SegmenterInfo`, from
+:meth:`Segmenter.describe`): its task and method, the label images it writes, its halo and
+context radius, whether it needs whole slices, the model files it reads and the device it runs
+on. The engine, the pipeline, the archive and the run report read only these; nothing inspects a
+segmenter's private fields.
+"""
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 import enum
 from dataclasses import dataclass
+from typing import Any, ClassVar, Self
 
 import dask.array as da
 import numpy as np
 
+from ..errors import ConfigError
 from ..relabel import Match
 from ..stats import IntensityStats, check_stats, global_stats
+from ._names import Method, Task
 
-__all__ = ["Task", "OutputKind", "OutputSpec", "Segmenter"]
-
-
-class Task(enum.Enum):
-    """What a segmenter finds (``sxtdask segment --task``)."""
-
-    CELL = "cell"
-    MITO = "mito"
-    ISG = "isg"
-    ISG_INSTANCES = "isg-instances"
+__all__ = ["OutputKind", "OutputSpec", "Segmenter", "SegmenterInfo", "Task", "first_voxel_order"]
 
 
-class OutputKind(enum.Enum):
+class OutputKind(enum.StrEnum):
     """Semantic masks are written as they are; instances go through the global relabel."""
 
     SEMANTIC = "semantic"
@@ -46,22 +48,113 @@ class OutputSpec:
     match: Match = Match.MUTUAL_BEST
 
 
-class Segmenter(abc.ABC):
-    """A per-block segmenter.
+@dataclass(frozen=True)
+class SegmenterInfo:
+    """What a segmenter is, as the engine, the pipeline and the run report see it.
 
-    Subclasses set ``task``, ``outputs`` and ``halo`` and implement :meth:`segment_block`. The
-    engine calls ``segment_block`` on each chunk grown by ``halo`` (clipped at the volume's edge)
-    with the *global* statistics, then trims the halo and stitches instances across chunks.
-    Segmenters are small, picklable configuration objects: anything heavy (a network) is loaded
-    through :func:`sxtdask.engine.cached_model`, once per worker process.
+    Attributes
+    ----------
+    task : Task
+    method : Method or None
+        None for a user's own segmenter class that names no registered method.
+    name : str
+        The class name.
+    outputs : tuple of OutputSpec
+    halo : (hz, hy, hx)
+        Voxels read around each block.
+    context_radius : (rz, ry, rx) or None
+        How far the answer at a voxel looks (None: unknown; the engine then trusts half the halo).
+    full_plane : bool
+        Needs whole (Y, X) slices.
+    model_files : tuple of str
+        Checkpoints it reads (their checksums go into plans and manifests).
+    device : str or None
+        ``auto``, ``cpu`` or ``cuda[:N]`` as asked; None without a network.
+    needs_gpu : bool
+        Its inference runs on CUDA (tasks are pinned to workers with a ``GPU`` resource).
     """
 
     task: Task
+    method: Method | None
+    name: str
+    outputs: tuple[OutputSpec, ...]
+    halo: tuple[int, ...]
+    context_radius: tuple[int, ...] | None
+    full_plane: bool
+    model_files: tuple[str, ...]
+    device: str | None
+    needs_gpu: bool
+
+
+def first_voxel_order(labels: np.ndarray, dtype: Any = np.uint32) -> np.ndarray:
+    """Renumber instances ``1..n`` in the raster order of each one's first voxel (0 stays 0),
+    as the chunked engine numbers them."""
+    flat = labels.ravel()
+    nz = np.flatnonzero(flat)
+    ids, first = np.unique(flat[nz], return_index=True)
+    lut = np.zeros(int(flat.max(initial=0)) + 1, dtype=dtype)
+    lut[ids[np.argsort(first)]] = np.arange(1, ids.size + 1, dtype=dtype)
+    return lut[labels]
+
+
+class Segmenter(abc.ABC):
+    """A per-block segmenter.
+
+    Subclasses set ``task``, ``method``, ``outputs`` and ``halo`` and implement
+    :meth:`segment_block`. The engine calls ``segment_block`` on each chunk grown by ``halo``
+    (clipped at the volume's edge) with the *global* statistics, then trims the halo and stitches
+    instances across chunks. Segmenters are small, picklable configuration objects: anything
+    heavy (a network) is built on the worker through :func:`sxtdask.models.cached_model`, once
+    per worker.
+
+    Network segmenters override ``model_files`` and have a ``device``; ``threshold_field`` names
+    the field that ``predict(volume, threshold=...)`` sets.
+    """
+
+    task: Task
+    #: The registered method this class implements (None for a user's own class).
+    method: ClassVar[Method | None] = None
     outputs: tuple[OutputSpec, ...]
     halo: tuple[int, int, int]
     #: True for segmenters that see whole slices (2-D networks resize the full plane): the
     #: engine then refuses chunks that split the image plane.
     full_plane = False
+    #: Where the network runs (``auto``/``cpu``/``cuda``); None for segmenters without one.
+    device: str | None = None
+    #: How far (voxels, per axis) the answer at a voxel depends on the image; None if unknown.
+    context_radius: tuple[int, int, int] | None = None
+    #: The field ``predict(..., threshold=t)`` sets (None: the method has no threshold).
+    threshold_field: ClassVar[str | None] = None
+
+    # ----------------------------------------------------------------- self-description
+
+    @property
+    def parts(self) -> tuple[Segmenter, ...]:
+        """The single-task segmenters this one runs (itself, or a combination's parts)."""
+        return (self,)
+
+    @property
+    def model_files(self) -> tuple[str, ...]:
+        """The checkpoint files this segmenter reads (none by default)."""
+        return ()
+
+    @property
+    def needs_gpu(self) -> bool:
+        """True when its network is to run on CUDA."""
+        if self.device is None:
+            return False
+        from ..models import resolve_device
+
+        return resolve_device(self.device).startswith("cuda")
+
+    def describe(self) -> SegmenterInfo:
+        """This segmenter's typed description."""
+        return SegmenterInfo(
+            task=self.task, method=self.method, name=type(self).__name__, outputs=self.outputs,
+            halo=tuple(self.halo), context_radius=self.context_radius,
+            full_plane=self.full_plane, model_files=self.model_files, device=self.device,
+            needs_gpu=self.needs_gpu,
+        )
 
     def stitch_margin(self, halo: tuple[int, ...]) -> tuple[int, ...]:
         """How far beyond the core a block's answer is trusted, per axis (voxels).
@@ -72,6 +165,32 @@ class Segmenter(abc.ABC):
         radius ``r`` is known can return ``halo - r``.
         """
         return tuple(max(1, h // 2) if h > 0 else 0 for h in halo)
+
+    # ----------------------------------------------------------------- the reference API
+
+    def load_model(self, path: Any = None) -> Self:
+        """Load the network in place and return the segmenter (``seg.load_model(); seg.predict(v)``
+        and ``seg = create_segmenter(...).load_model()`` both work).
+
+        Methods without a network accept no path.
+        """
+        if path is not None:
+            raise ConfigError(f"{type(self).__name__} has no model: it takes no checkpoint")
+        return self
+
+    def _update(self, **changes: Any) -> None:
+        """Change fields of this (frozen) configuration in place, validating the result."""
+        new = dataclasses.replace(self, **changes)  # type: ignore[type-var]  # runs __post_init__
+        for name in changes:
+            object.__setattr__(self, name, getattr(new, name))
+
+    def with_threshold(self, threshold: float | None) -> Segmenter:
+        """A copy whose threshold is ``threshold`` (None: this segmenter as it is)."""
+        if threshold is None:
+            return self
+        if self.threshold_field is None:
+            raise ConfigError(f"{type(self).__name__} has no threshold to set")
+        return dataclasses.replace(self, **{self.threshold_field: threshold})  # type: ignore[type-var]
 
     @abc.abstractmethod
     def segment_block(
@@ -94,18 +213,52 @@ class Segmenter(abc.ABC):
             the block.
         """
 
-    def predict(
+    def segment_volume(
         self, volume: np.ndarray, voxel_size_nm: tuple[float, float, float] = (1.0, 1.0, 1.0)
     ) -> dict[str, np.ndarray]:
-        """Segment a whole in-memory (Z, Y, X) volume in one piece (the reference for chunked runs).
+        """Every output of a whole in-memory (Z, Y, X) volume segmented in one piece.
 
-        Instance IDs are numbered ``1..n`` in the raster order of each instance's first voxel,
-        as the chunked engine numbers them.
+        The reference for chunked runs: statistics of the whole volume, one block, instance IDs
+        numbered ``1..n`` in the raster order of each instance's first voxel (as the chunked
+        engine numbers them; connected-component outputs split into their connected parts).
         """
-        from ..engine import segment_array
+        from skimage import measure
 
         vol = np.asarray(volume)
         stats = global_stats(da.from_array(vol)).compute(scheduler="sync")
         check_stats(stats, "volume")
-        out = segment_array(da.from_array(vol), self, stats, voxel_size_nm=voxel_size_nm)
-        return {k: v.compute(scheduler="sync") for k, v in out.items()}
+        out = self.segment_block(vol, stats, tuple(voxel_size_nm))  # type: ignore[arg-type]
+        result: dict[str, np.ndarray] = {}
+        for spec in self.outputs:
+            arr = np.asarray(out[spec.name])
+            if spec.kind is OutputKind.SEMANTIC:
+                result[spec.name] = arr.astype(spec.dtype)
+                continue
+            if spec.match is Match.TOUCHING:
+                arr = measure.label(arr, background=0, connectivity=arr.ndim)
+            result[spec.name] = first_voxel_order(arr, spec.dtype)
+        return result
+
+    def predict(
+        self, volume: np.ndarray, voxel_size_nm: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        *, threshold: float | None = None,
+    ) -> Any:
+        """Segment a whole in-memory (Z, Y, X) volume, as the reference API does.
+
+        Parameters
+        ----------
+        volume : (Z, Y, X) array-like
+        voxel_size_nm : (z, y, x)
+        threshold : float, optional
+            The method's probability or score threshold for this call (U-Nets: the foreground
+            probability; Mask R-CNN: the detection score; classical: the normalised absorption).
+
+        Returns
+        -------
+        ndarray or dict
+            One output: its (Z, Y, X) array (instances numbered ``1..n`` by first voxel).
+            Several: a dict of name → array.
+        """
+        seg = self.with_threshold(threshold)
+        out = seg.segment_volume(volume, voxel_size_nm)
+        return next(iter(out.values())) if len(out) == 1 else out

@@ -18,7 +18,8 @@ from skimage.segmentation import watershed
 
 from ..errors import ConfigError
 from ..stats import IntensityStats
-from ._base import OutputKind, OutputSpec, Segmenter, Task
+from ._base import OutputKind, OutputSpec, Segmenter
+from ._names import Method, Task
 
 __all__ = ["ClassicalISG", "split_granules"]
 
@@ -53,6 +54,8 @@ class ClassicalISG(Segmenter):
     halo: tuple[int, int, int] = (12, 12, 12)
 
     task = Task.ISG_INSTANCES
+    method = Method.CLASSICAL
+    threshold_field = "threshold"
     outputs = (OutputSpec("isg", OutputKind.INSTANCES, "uint32"),)
 
     def __post_init__(self) -> None:

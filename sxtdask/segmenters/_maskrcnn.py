@@ -18,7 +18,8 @@ import numpy as np
 
 from ..errors import ConfigError, SxtdaskError
 from ..stats import IntensityStats
-from ._base import OutputKind, OutputSpec, Segmenter, Task
+from ._base import OutputKind, OutputSpec, Segmenter
+from ._names import Method, Task
 from ._linking import link_slices
 from ._oom import forward_batches
 from ._tiles import Detections, stitch_tile_detections, tile_grid
@@ -95,8 +96,14 @@ class MaskRCNNISG(Segmenter):
     halo: tuple[int, int, int] = (8, 0, 0)
 
     task = Task.ISG_INSTANCES
+    method = Method.MASKRCNN
+    threshold_field = "score_threshold"
     outputs = (OutputSpec("isg", OutputKind.INSTANCES, "uint32"),)
     full_plane = True
+
+    @property
+    def model_files(self) -> tuple[str, ...]:
+        return () if self.model_path is None else (self.model_path,)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -105,22 +112,33 @@ class MaskRCNNISG(Segmenter):
             raise SxtdaskError(f"{self.model_path}: no such checkpoint file")
 
     def load_model(self, path: str | os.PathLike[str] | None = None) -> MaskRCNNISG:
-        """A segmenter bound to the checkpoint at ``path`` (loaded now, to surface errors).
+        """Bind this segmenter to the checkpoint at ``path``, in place, and return it.
 
+        The file is checked now (read weights-only on the CPU and matched, name for name and
+        shape for shape, against a network on the ``meta`` device, which allocates nothing), so
+        errors surface here, not on a worker; each worker builds the network once, on its device.
         An sxtdask checkpoint (``sxtdask train``) records the resize it was trained at
         (``meta["model"]``: ``min_size``, ``max_size``); the network is built with that, whatever
         ``image_min_size`` says. A checkpoint trained for another task is refused.
         """
-        import dataclasses
-
         if path is None:
             raise SxtdaskError(
                 "Mask R-CNN weights are not bundled (a ResNet-50 FPN checkpoint is ~170 MB): "
                 "pass one, load_model('path/to/isg_mask_rcnn_final.pth') or --model PATH"
             )
-        seg = dataclasses.replace(self, model_path=str(path))
-        seg.model  # noqa: B018
-        return seg
+        self._check(str(path))
+        self._update(model_path=str(path))
+        return self
+
+    def _check(self, path: str) -> None:
+        import torch
+
+        from ..models import build_maskrcnn, check_fit, read_checkpoint
+
+        state, meta = read_checkpoint(path)
+        with torch.device("meta"):
+            net = build_maskrcnn(2, **_resize_of(path, meta or {}, self.image_min_size))
+        check_fit(net, state, path, strict=True)
 
     @property
     def model(self) -> Any:
@@ -131,8 +149,7 @@ class MaskRCNNISG(Segmenter):
                                 self._build)
 
     def _build(self, device: str) -> Any:
-        from ..models import build_maskrcnn, load_weights
-        from ..models._checkpoint import read_checkpoint
+        from ..models import build_maskrcnn, load_weights, read_checkpoint
 
         state, meta = read_checkpoint(self.model_path)  # type: ignore[arg-type]
         net = build_maskrcnn(2, **_resize_of(self.model_path, meta or {}, self.image_min_size))

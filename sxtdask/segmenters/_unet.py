@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, SxtdaskError
+from ..models import cached_network, resolve_device
 from ..stats import IntensityStats
-from ._base import OutputKind, OutputSpec, Segmenter, Task
+from ._base import OutputKind, OutputSpec, Segmenter
+from ._names import Method, Task
 
 __all__ = ["PREPROCESSING", "UNetSegmenter", "checkpoint_model", "prepare_slices",
            "resolve_device"]
@@ -84,30 +86,11 @@ def pad_reflect(t: Any, pad: tuple[int, int]) -> Any:
 
 
 def checkpoint_model(kind: tuple[Any, ...], path: str | None, device: str, build: Any) -> Any:
-    """The network built by ``build(device)`` from the checkpoint at ``path``, once per process.
-
-    The cache key holds the file's modification time and size, so a rewritten checkpoint is
-    loaded afresh.
-    """
-    from ..engine import cached_model
-
-    resolved = resolve_device(device)
-    st = os.stat(path)  # type: ignore[arg-type]
-    key = (*kind, path, st.st_mtime_ns, st.st_size, resolved)
-    return cached_model(key, lambda: build(resolved))
-
-
-def resolve_device(device: str) -> str:
-    """``"auto"`` → ``"cuda"`` when a GPU is visible, else ``"cpu"``; validates the others."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ConfigError(f"device {device!r} must be auto, cpu or cuda")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} was asked for, but no CUDA device is visible")
-    return device
+    """The network built by ``build(device)`` from the checkpoint at ``path``, once per worker
+    (:func:`sxtdask.models.cached_network`)."""
+    if path is None:
+        raise ConfigError("no checkpoint loaded: call load_model()")
+    return cached_network(kind, path, device, build)
 
 
 _OUTPUTS = {
@@ -133,8 +116,10 @@ class UNetSegmenter(Segmenter):
         ``auto``, ``cpu`` or ``cuda``.
     batch_size : int
         Slices per forward pass (results do not depend on it).
-    threshold : float
-        ISG probability threshold.
+    threshold : float, optional
+        Foreground probability threshold. Default: 0.5 for the ISG mask; the most probable
+        class (argmax) for cell and mito. Given for cell, voxels with P(cell) = P(cytoplasm) +
+        P(nucleus) above it are cell and those with P(nucleus) above it nucleus.
     isg_input_scale : float
         The reference ISG model's input scaling (applied to the 8-bit input divided by 255).
     preprocessing : str
@@ -151,7 +136,7 @@ class UNetSegmenter(Segmenter):
     model_path: str | None = None
     device: str = "auto"
     batch_size: int = 8
-    threshold: float = 0.5
+    threshold: float | None = None
     isg_input_scale: float = 0.5
     halo: tuple[int, int, int] = (0, 0, 0)
     preprocessing: str = "reference"
@@ -162,7 +147,7 @@ class UNetSegmenter(Segmenter):
             raise ConfigError(f"task {self.task.value!r} has no U-Net segmenter")
         if self.batch_size < 1:
             raise ConfigError(f"batch size ({self.batch_size}) must be at least 1")
-        if not 0 < self.threshold < 1:
+        if self.threshold is not None and not 0 < self.threshold < 1:
             raise ConfigError(f"threshold ({self.threshold}) must lie strictly between 0 and 1")
         if self.preprocessing not in PREPROCESSING:
             raise ConfigError(f"preprocessing {self.preprocessing!r} is not one of "
@@ -175,18 +160,36 @@ class UNetSegmenter(Segmenter):
         return _OUTPUTS[self.task]
 
     full_plane = True  # slices are resized whole: chunks must not split the image plane
+    method = Method.UNET
+    threshold_field = "threshold"
+
+    @property
+    def model_files(self) -> tuple[str, ...]:
+        return () if self.model_path is None else (self.model_path,)
+
+    @property
+    def context_radius(self) -> tuple[int, int, int]:  # type: ignore[override]
+        """Slices each side that one slice's answer reads (the in-plane context is the slice)."""
+        return (self.context, 0, 0)
+
+    @property
+    def isg_threshold(self) -> float:
+        """The ISG probability threshold in force (0.5 unless set)."""
+        return 0.5 if self.threshold is None else self.threshold
 
     # ----------------------------------------------------------------- the model
 
     def load_model(self, path: str | os.PathLike[str] | None = None) -> UNetSegmenter:
-        """A segmenter bound to the checkpoint at ``path`` (the network loads on first use).
+        """Bind this segmenter to the checkpoint at ``path``, in place, and return it.
 
         Without a path, sxtdask's bundled default weights for the task (narrow U-Nets trained
         on synthetic phantoms, see :func:`sxtdask.models.bundled_weights`) are used. The
         preprocessing is taken from an sxtdask checkpoint's metadata; files without it (iPA's)
-        get the reference preprocessing.
+        get the reference preprocessing. The file is checked here, name for name and shape for
+        shape, without building the network (:func:`sxtdask.models.check_unet`); each worker
+        builds it once, on its own device, when it first segments.
         """
-        from ..models import bundled_weights, read_checkpoint_meta
+        from ..models import ModelKind, bundled_weights, check_unet, read_checkpoint_meta
 
         if path is None:
             path = bundled_weights(_KIND[self.task])
@@ -200,10 +203,11 @@ class UNetSegmenter(Segmenter):
             raise SxtdaskError(f"{path} was trained for task {task!r}, not {_KIND[self.task]!r}")
         context = int(prep.get("context", 0)) if isinstance(prep, dict) else 0
         halo = (max(self.halo[0], context), *self.halo[1:])
-        seg = dataclasses.replace(self, model_path=str(path), preprocessing=name, context=context,
-                                  halo=halo)
-        seg.model  # noqa: B018  (load now: errors surface here, not on a worker)
-        return seg
+        kind = {Task.CELL: ModelKind.CELL_NUCLEUS, Task.MITO: ModelKind.MITO,
+                Task.ISG: ModelKind.ISG}[self.task]
+        check_unet(path, kind=kind)  # errors surface here, not on a worker
+        self._update(model_path=str(path), preprocessing=name, context=context, halo=halo)
+        return self
 
     @property
     def model(self) -> Any:
@@ -283,13 +287,20 @@ class UNetSegmenter(Segmenter):
         prob = self.probabilities(block, stats)
         name = self.outputs[0].name
         if self.task is Task.ISG:
-            return {name: (prob[:, 1] > self.threshold).astype(np.uint8)}
-        return {name: prob.argmax(axis=1).astype(np.uint8)}
+            return {name: (prob[:, 1] > self.isg_threshold).astype(np.uint8)}
+        if self.threshold is None:
+            return {name: prob.argmax(axis=1).astype(np.uint8)}
+        t = np.float32(self.threshold)
+        if self.task is Task.CELL:
+            cell = (prob[:, 1] + prob[:, 2]) > t
+            return {name: np.where(prob[:, 2] > t, 2, cell).astype(np.uint8)}
+        return {name: (prob[:, 1] > t).astype(np.uint8)}
 
-    def predict(self, volume: np.ndarray, voxel_size_nm=(1.0, 1.0, 1.0)) -> Any:  # type: ignore[override]
+    def predict(self, volume: np.ndarray, voxel_size_nm: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                *, threshold: float | None = None) -> Any:
         """Whole-volume prediction; ``Task.CELL`` returns ``{"cell_mask", "nucleus_mask"}`` like
-        the reference, the others a binary (Z, Y, X) mask."""
-        out = super().predict(volume, voxel_size_nm)[self.outputs[0].name]
+        the reference, the others a binary (Z, Y, X) mask. ``threshold`` as the field."""
+        out = super().predict(volume, voxel_size_nm, threshold=threshold)
         if self.task is Task.CELL:
             return {"cell_mask": (out > 0).astype(np.uint8), "nucleus_mask": (out == 2).astype(np.uint8)}
         return out

@@ -8,7 +8,7 @@ validation patches every 2 epochs (the primary score, for the best checkpoint an
 stopping, is mAP@[.5:.95]), and checkpoints of the best, the final and every 5th epoch.
 
 Patches are read lazily (one window of one slice each) and prepared exactly as the segmenter
-prepares its tiles (:func:`sxtdask.segmenters._maskrcnn.prepare_maskrcnn_slices`); training adds
+prepares its tiles (:func:`sxtdask.segmenters.prepare_maskrcnn_slices`); training adds
 random flips and 90° rotations. The checkpoint records the task (``isg-maskrcnn``), the
 preprocessing and the network's resize, so ``--model PATH`` and ``MaskRCNNISG().load_model(path)``
 rebuild and use it unchanged.
@@ -168,7 +168,7 @@ class MaskRCNNTrainConfig:
     @property
     def resize_max(self) -> int:
         """``max_size``, or its default for ``min_size``."""
-        from ..segmenters._maskrcnn import maskrcnn_max_size
+        from ..segmenters import maskrcnn_max_size
 
         return self.max_size if self.max_size is not None else maskrcnn_max_size(self.min_size)
 
@@ -362,7 +362,7 @@ def _config_record(config: MaskRCNNTrainConfig, train: Sequence[TrainingVolume],
 def _meta(config: MaskRCNNTrainConfig, train: Sequence[TrainingVolume],
           val: Sequence[TrainingVolume]) -> dict[str, Any]:
     from .. import __version__
-    from ..segmenters._unet import LAC_FACTOR
+    from ..segmenters import LAC_FACTOR
 
     return {
         "task": _TASK,

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..metrics import dice_from_counts
 from ._common import (
     Progress,
     TrainResult,
@@ -224,7 +225,7 @@ def _meta(task: str, config: UNetTrainConfig, train: Sequence[TrainingVolume],
 def _batch(sampler: PatchSampler, n: int, task: str, in_channels: int,
            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     from ..segmenters import Task
-    from ..segmenters._unet import prepare_slices
+    from ..segmenters import prepare_slices
 
     xs, ys = [], []
     t = Task.CELL if task == "cell" else Task.MITO if task == "mito" else Task.ISG
@@ -277,7 +278,7 @@ def _validate(net: Any, val_set: list[tuple[np.ndarray, np.ndarray, Any]], task:
     import torch
 
     from ..segmenters import Task
-    from ..segmenters._unet import pad_reflect, prepare_slices
+    from ..segmenters import pad_reflect, prepare_slices
 
     t = Task.CELL if task == "cell" else Task.MITO if task == "mito" else Task.ISG
     n_classes = _N_CLASSES[task]
@@ -300,7 +301,7 @@ def _validate(net: Any, val_set: list[tuple[np.ndarray, np.ndarray, Any]], task:
                 total[c] += np.sum(pred == c) + np.sum(truth == c)
             inter[n_classes] += np.sum((pred > 0) & (truth > 0))
             total[n_classes] += np.sum(pred > 0) + np.sum(truth > 0)
-    dice = np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)
+    dice = [dice_from_counts(i, t) for i, t in zip(inter, total)]  # 1.0 where both are empty
     names = _CLASS_NAMES[task]
     out = {f"val_dice_{names[c]}": float(dice[c]) for c in range(1, n_classes)}
     if task == "cell":

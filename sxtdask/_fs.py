@@ -1,0 +1,268 @@
+"""File-system helpers every layer shares: atomic writes, directory swaps, output checks, locks.
+
+The one place where "write to a temporary sibling, then rename into place" is implemented, so a
+reader (or a rerun after ``kill -9``) sees either the old file or the complete new one, never half
+of one. Files are created with the usual mode (``0666`` less the umask), not ``mkstemp``'s
+private ``0600``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .errors import OutputError
+
+__all__ = [
+    "EXISTS",
+    "atomic_directory",
+    "atomic_file",
+    "check_new_path",
+    "exclusive_lock",
+    "remove_path",
+    "replace_directory",
+    "write_atomic",
+]
+
+
+def _partial_name(path: Path, what: str = "partial") -> Path:
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.{what}")
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write; on success it is renamed to ``path``.
+
+    The temporary file exists (empty, with mode ``0666`` less the umask) when the block starts,
+    so writers that keep an existing file's mode keep that one. On any error (an exception, or
+    ``KeyboardInterrupt``) it is removed and ``path`` is left as it was.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The file to (re)place; its folder must exist.
+    fsync : bool
+        Flush the written file to disk before the rename (for files that must survive a power
+        cut, e.g. checkpoints); a ``kill -9`` never leaves a half file either way.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "table.csv"
+    >>> with atomic_file(out) as tmp:
+    ...     _ = tmp.write_text("a,b\\n1,2\\n")
+    >>> out.read_text()
+    'a,b\\n1,2\\n'
+    """
+    target = Path(path)
+    tmp = _partial_name(target)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        yield tmp
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, fsync: bool = False) -> Path:
+    """Write ``data`` (bytes, or text as UTF-8) to ``path`` through :func:`atomic_file`.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    target = Path(path)
+    with atomic_file(target, fsync=fsync) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+    return target
+
+
+def remove_path(path: str | os.PathLike[str]) -> None:
+    """Remove a file, a link or a folder tree (nothing if it is absent)."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink()  # a dangling link is in the way too
+
+
+def replace_directory(partial: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                      overwrite: bool = True) -> None:
+    """Move the finished folder ``partial`` to ``out``.
+
+    An existing ``out`` is renamed aside first and removed only once the new folder is in place
+    (restored if the rename fails), so ``out`` is always either the old folder or the new one.
+
+    Raises
+    ------
+    OutputError
+        ``out`` exists and ``overwrite`` is false.
+    """
+    partial, out = Path(partial), Path(out)
+    old = None
+    if _exists(out):
+        if not overwrite:
+            raise OutputError(f"{out}: exists (created while writing); pass --overwrite to replace it")
+        old = _partial_name(out, "old")
+        os.replace(out, old)
+    try:
+        os.replace(partial, out)
+    except OSError:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        remove_path(old)
+
+
+@contextmanager
+def atomic_directory(out: str | os.PathLike[str], overwrite: bool = False,
+                     **check: Any) -> Iterator[Path]:
+    """Yield a new temporary sibling folder of ``out``; on success it replaces ``out``
+    (:func:`replace_directory`), on any error it is deleted and ``out`` is left as it was.
+
+    ``out`` is checked first with :func:`check_new_path` (``check`` holds its keyword options).
+
+    Raises
+    ------
+    OutputError
+        ``out`` may not be written, or the temporary folder cannot be created.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "result"
+    >>> with atomic_directory(out) as tmp:
+    ...     _ = (tmp / "a.txt").write_text("a")
+    >>> sorted(p.name for p in out.iterdir())
+    ['a.txt']
+    """
+    out = Path(out)
+    check_new_path(out, overwrite, **check)
+    partial = _partial_name(out)
+    try:
+        partial.mkdir()
+    except OSError as err:
+        raise OutputError(f"{out}: cannot create {partial.name} in {partial.parent} "
+                          f"({err.strerror or err})") from err
+    try:
+        yield partial
+        replace_directory(partial, out, overwrite=overwrite)
+    finally:
+        if _exists(partial):
+            remove_path(partial)
+
+
+EXISTS = "{subject} exists; pass --overwrite to replace it"
+
+
+def check_new_path(
+    path: str | os.PathLike[str],
+    overwrite: bool = False,
+    *,
+    folder: bool | None = None,
+    what: str = "",
+    exists: str = EXISTS,
+    parent: bool = True,
+) -> Path:
+    """Raise :class:`OutputError` unless ``path`` may be written.
+
+    The one check of an output path before any work: ``path`` must be absent (or ``overwrite``),
+    in an existing, writable folder. Messages start with ``path`` (after ``what``).
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The output file or folder.
+    overwrite : bool
+        An existing ``path`` will be replaced.
+    folder : bool, optional
+        True: an existing ``path`` must be a folder (the output is one); False: it must not be
+        one (the output is a file). None: either.
+    what : str
+        What the output is, put before the path in messages (e.g. ``"table"``).
+    exists : str
+        The message when ``path`` exists without ``overwrite``; ``{subject}`` is replaced by
+        ``what`` and the path (e.g. ``"{subject}: exists; pass --overwrite to replace it"``).
+    parent : bool
+        Check that the parent folder exists and is writable (False where the caller creates it;
+        then only an ancestor that is a file is refused).
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> check_new_path(d / "new.csv").name
+    'new.csv'
+    >>> check_new_path(d, folder=False, what="table")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    sxtdask.errors.OutputError: table ... is a directory
+    """
+    path = Path(path)
+    subject = f"{what} {path}" if what else str(path)
+    present = _exists(path)
+    if present and folder is True and not path.is_dir():
+        raise OutputError(f"{subject} exists and is not a folder")
+    if present and folder is False and path.is_dir():
+        raise OutputError(f"{subject} is a directory")
+    if present and not overwrite:
+        raise OutputError(exists.format(subject=subject))
+    where = path.parent
+    if not parent:
+        for up in (where, *where.parents):
+            if up.exists() and not up.is_dir():
+                raise OutputError(f"{subject}: cannot write: {up} is not a folder")
+        return path
+    if not where.exists():
+        raise OutputError(f"{subject}: cannot write: the folder {where} does not exist")
+    if not where.is_dir():
+        raise OutputError(f"{subject}: cannot write: {where} is not a folder")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise OutputError(f"{subject}: cannot write: the folder {where} is not writable")
+    return path
+
+
+@contextmanager
+def exclusive_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive, non-blocking lock on the file ``path`` (created if absent).
+
+    Raises
+    ------
+    OutputError
+        Another process holds it; the message names ``what`` is locked.
+    """
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise OutputError(f"{what}: another sxtdask run is writing here") from err
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

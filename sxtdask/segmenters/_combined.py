@@ -1,0 +1,80 @@
+"""Several segmenters over one read of each chunk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..stats import IntensityStats
+from ._base import OutputSpec, Segmenter
+from ._names import Task
+
+__all__ = ["CombinedSegmenter"]
+
+
+@dataclass(frozen=True)
+class CombinedSegmenter(Segmenter):
+    """Several segmenters over one read of each chunk (their output names must differ).
+
+    The halo is the largest of theirs; each sees the same extended block.
+    """
+
+    parts: tuple[Segmenter, ...] = ()  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        names = [o.name for p in self.parts for o in p.outputs]
+        if not self.parts or len(names) != len(set(names)):
+            raise ConfigError(f"combined segmenters need distinct outputs, got {names}")
+
+    @property
+    def task(self) -> Task:  # type: ignore[override]
+        return self.parts[0].task
+
+    @property
+    def outputs(self) -> tuple[OutputSpec, ...]:  # type: ignore[override]
+        return tuple(o for p in self.parts for o in p.outputs)
+
+    @property
+    def halo(self) -> tuple[int, int, int]:  # type: ignore[override]
+        return tuple(max(h) for h in zip(*(p.halo for p in self.parts)))  # type: ignore[return-value]
+
+    @property
+    def full_plane(self) -> bool:  # type: ignore[override]
+        return any(p.full_plane for p in self.parts)
+
+    @property
+    def model_files(self) -> tuple[str, ...]:
+        return tuple(f for p in self.parts for f in p.model_files)
+
+    @property
+    def needs_gpu(self) -> bool:
+        return any(p.needs_gpu for p in self.parts)
+
+    @property
+    def device(self) -> str | None:  # type: ignore[override]
+        devices = {p.device for p in self.parts} - {None}
+        return devices.pop() if len(devices) == 1 else None if not devices else "mixed"
+
+    def load_model(self, path: Any = None) -> CombinedSegmenter:
+        """Load every part's default model in place (a combination takes no single path)."""
+        if path is not None:
+            raise ConfigError("a combined segmenter takes one checkpoint per part: load each part")
+        for part in self.parts:
+            part.load_model()
+        return self
+
+    def with_threshold(self, threshold: float | None) -> CombinedSegmenter:
+        if threshold is None:
+            return self
+        return CombinedSegmenter(tuple(p.with_threshold(threshold) for p in self.parts))
+
+    def segment_block(
+        self, block: np.ndarray, stats: IntensityStats, voxel_size_nm: tuple[float, float, float]
+    ) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for part in self.parts:
+            out.update(part.segment_block(block, stats, voxel_size_nm))
+        return out

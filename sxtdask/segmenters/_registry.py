@@ -1,0 +1,218 @@
+"""The one registry of tasks and methods: which segmenter class does what, and under which names.
+
+Every layer that names a task or a method reads this table: the command line (``--task``,
+``--method`` and their defaults), :func:`create_segmenter` (the reference API's task names),
+``sxtdask train`` (which networks can be trained), the archive and the run report. Adding a method
+is one :class:`MethodEntry` here plus its class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ._base import Segmenter
+from ._classical import ClassicalISG
+from ._combined import CombinedSegmenter
+from ._maskrcnn import MaskRCNNISG
+from ._names import Method, Task
+from ._unet import UNetSegmenter
+from ._unet_instances import UNetISGInstances
+
+__all__ = [
+    "REGISTRY",
+    "MethodEntry",
+    "create_segmenter",
+    "default_method",
+    "entry",
+    "make_segmenter",
+    "methods_for",
+    "trainable",
+]
+
+
+def _unet(task: Task) -> Callable[..., Segmenter]:
+    def make(**options: Any) -> Segmenter:
+        return UNetSegmenter(task=task, **options)
+
+    return make
+
+
+def _unet_instances(**options: Any) -> Segmenter:
+    unet_opts = {k: options.pop(k) for k in ("device", "batch_size", "threshold", "model_path")
+                 if k in options}
+    return UNetISGInstances(unet=UNetSegmenter(task=Task.ISG, **unet_opts), **options)
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """One way to do one task.
+
+    Attributes
+    ----------
+    task : Task
+    method : Method
+    make : callable
+        ``make(**options)`` → an unloaded segmenter (options are the class's fields).
+    reference : str
+        The reference API's task name (``create_segmenter("sxt", task=reference)``).
+    default : bool
+        The task's default method.
+    network : str or None
+        What ``sxtdask train --task`` calls the network it trains for this method (None: no
+        network, or none sxtdask trains).
+    needs_model : bool
+        A checkpoint is required (no bundled weights).
+    summary : str
+        One line for help texts.
+    """
+
+    task: Task
+    method: Method
+    make: Callable[..., Segmenter]
+    reference: str
+    default: bool
+    network: str | None
+    needs_model: bool
+    summary: str
+
+
+REGISTRY: tuple[MethodEntry, ...] = (
+    MethodEntry(Task.CELL, Method.UNET, _unet(Task.CELL), "cell", True, "cell", False,
+                "2-D U-Net: background, cytoplasm, nucleus"),
+    MethodEntry(Task.MITO, Method.UNET, _unet(Task.MITO), "mito", True, "mito", False,
+                "2-D U-Net: mitochondria mask"),
+    MethodEntry(Task.ISG, Method.UNET, _unet(Task.ISG), "isg", True, "isg", False,
+                "2-D U-Net: granule mask"),
+    MethodEntry(Task.ISG_INSTANCES, Method.UNET, _unet_instances, "isg_instances", True, "isg",
+                False, "ISG U-Net probability, then a seeded watershed split"),
+    MethodEntry(Task.ISG_INSTANCES, Method.MASKRCNN, MaskRCNNISG, "isg_maskrcnn", False,
+                "isg-maskrcnn", True, "tiled Mask R-CNN, linked across slices"),
+    MethodEntry(Task.ISG_INSTANCES, Method.CLASSICAL, ClassicalISG, "isg_classical", False, None,
+                False, "smoothing, a global threshold and a seeded watershed (no network)"),
+)
+
+
+def _task(task: Task | str) -> Task:
+    try:
+        return Task(task)
+    except ValueError:
+        raise ConfigError(f"task {task!r} is not one of {', '.join(Task)}") from None
+
+
+def methods_for(task: Task | str) -> tuple[Method, ...]:
+    """The methods registered for ``task``, the default first."""
+    t = _task(task)
+    rows = sorted((e for e in REGISTRY if e.task is t), key=lambda e: not e.default)
+    return tuple(e.method for e in rows)
+
+
+def default_method(task: Task | str) -> Method:
+    """The task's default method."""
+    return methods_for(task)[0]
+
+
+def entry(task: Task | str, method: Method | str | None = None) -> MethodEntry:
+    """The registry row of ``task`` done by ``method`` (default: the task's default method)."""
+    t = _task(task)
+    m = default_method(t) if method is None else method
+    for e in REGISTRY:
+        if e.task is t and e.method == m:
+            return e
+    raise ConfigError(f"method {str(m)!r} is not available for task {t.value!r} (available: "
+                      f"{', '.join(methods_for(t))})")
+
+
+def trainable() -> tuple[str, ...]:
+    """The networks ``sxtdask train --task`` trains, in registry order."""
+    return tuple(dict.fromkeys(e.network for e in REGISTRY if e.network))
+
+
+def make_segmenter(
+    tasks: Task | str | Sequence[Task | str], method: Method | str | None = None, *,
+    models: dict[str, str | Path | None] | None = None, device: str = "auto",
+    batch_size: int | None = None, halo: tuple[int, int, int] | None = None,
+) -> Segmenter:
+    """Segmenters for one or several tasks, their models loaded (several share each chunk read).
+
+    Parameters
+    ----------
+    tasks : Task or str, or a sequence of them
+    method : Method or str, optional
+        For a single task (default: each task's default method).
+    models : dict of task → path, optional
+        Checkpoints; a network task without one uses the bundled weights.
+    device : str
+        ``auto``, ``cpu`` or ``cuda`` for network methods.
+    batch_size : int, optional
+        Slices (U-Nets) or tiles (Mask R-CNN) per forward pass; default the class's.
+    halo : (hz, hy, hx), optional
+        Voxels read around each block (default the method's).
+
+    Raises
+    ------
+    ConfigError
+        An unknown task or method, ``method`` with several tasks, a model for a method that has
+        none, or a missing required model.
+    """
+    names = [_task(t) for t in ([tasks] if isinstance(tasks, str) else tasks)]
+    if not names or len(set(names)) != len(names):
+        raise ConfigError(f"tasks must be distinct values of {', '.join(Task)}")
+    if method is not None and len(names) > 1:
+        raise ConfigError("--method applies to one task; with several, each uses its default")
+    given = {Task(k): v for k, v in (models or {}).items()}
+    parts = [_one(entry(t, method), given.get(t), device=device, batch_size=batch_size, halo=halo)
+             for t in names]
+    return parts[0] if len(parts) == 1 else CombinedSegmenter(tuple(parts))
+
+
+def _one(row: MethodEntry, model: str | Path | None, *, device: str, batch_size: int | None,
+         halo: tuple[int, int, int] | None) -> Segmenter:
+    options: dict[str, Any] = {}
+    if row.network is not None:
+        options["device"] = device
+        if batch_size is not None:
+            if batch_size < 1:
+                raise ConfigError(f"--batch-size ({batch_size}) must be at least 1")
+            options["batch_size"] = batch_size
+    elif model is not None:
+        raise ConfigError(f"--model is for network methods; the {row.method.value} method has no "
+                          "model")
+    seg = row.make(**options)
+    if row.network is not None:
+        seg.load_model(model)
+    if halo is not None:
+        z = max(halo[0], seg.context) if isinstance(seg, UNetSegmenter) else halo[0]
+        seg._update(halo=(z, *halo[1:]))  # a U-Net's slice context stays inside its z halo
+    return seg
+
+
+def create_segmenter(modality: str = "sxt", task: str = "cell", method: str | None = None,
+                     **options: Any) -> Segmenter:
+    """A segmenter, as the reference API makes one.
+
+    ``task`` is a reference name (``cell``, ``mito``, ``isg``, ``isg_instances``,
+    ``isg_maskrcnn``, ``isg_classical``) or a task with an optional ``method``
+    (``task="isg-instances", method="maskrcnn"``). ``options`` go to the segmenter (``device``,
+    ``batch_size``, ``threshold``, ...). Network segmenters need ``.load_model()`` (the bundled
+    weights) or ``.load_model(path)`` before ``.predict(volume)``; ``load_model`` loads in place
+    and returns the segmenter.
+
+    Examples
+    --------
+    >>> seg = create_segmenter("sxt", task="isg_classical")
+    >>> seg.task.value, seg.method.value
+    ('isg-instances', 'classical')
+    """
+    if modality != "sxt":
+        raise ConfigError(f"modality {modality!r} is not supported (only 'sxt')")
+    for row in REGISTRY:
+        if row.reference == task and method in (None, row.method):
+            return row.make(**options)
+    names = ", ".join(e.reference for e in REGISTRY)
+    if task in set(Task):
+        return entry(task, method).make(**options)
+    raise ConfigError(f"task {task!r} is not one of {names} (or {', '.join(Task)} with a method)")
