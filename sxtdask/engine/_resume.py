@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import uuid
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,9 +29,10 @@ from typing import Any
 import numpy as np
 from dask.base import tokenize
 
+from .._fs import write_atomic  # re-exported: the one atomic write of the package
 from ..relabel._grid import BlockGrid, Index
 from ..relabel._local import BlockMeta
-from ..segmenters._base import OutputSpec, Segmenter
+from ..segmenters import OutputSpec, Segmenter
 
 __all__ = ["Progress", "load_record", "plan_fingerprint", "save_record", "touch_marker", "write_atomic"]
 
@@ -49,16 +49,12 @@ Small = dict[str, tuple[BlockMeta, dict[int, np.ndarray]]]
 def _model_files(segmenter: Segmenter) -> list[tuple[str, int | None, int | None]]:
     """Checkpoint files the segmenter reads, with their modification time and size."""
     found: list[tuple[str, int | None, int | None]] = []
-    for part in getattr(segmenter, "parts", None) or (segmenter,):
-        for obj in (part, getattr(part, "unet", None)):
-            path = getattr(obj, "model_path", None)
-            if path is None:
-                continue
-            try:
-                st = os.stat(path)
-                found.append((str(path), st.st_mtime_ns, st.st_size))
-            except OSError:
-                found.append((str(path), None, None))
+    for path in segmenter.model_files:
+        try:
+            st = os.stat(path)
+            found.append((str(path), st.st_mtime_ns, st.st_size))
+        except OSError:
+            found.append((str(path), None, None))
     return found
 
 
@@ -83,16 +79,6 @@ def plan_fingerprint(
 
 def _spec_key(spec: OutputSpec) -> tuple[str, str, str, str]:
     return (spec.name, spec.kind.value, str(np.dtype(spec.dtype)), spec.match.value)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file renamed into place."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def touch_marker(path: Path) -> None:
@@ -208,9 +194,14 @@ class Progress:
         return False
 
     def _read_plan(self) -> str | None:
+        plan = self.read_plan()
+        return None if plan is None else str(plan.get("fingerprint"))
+
+    def read_plan(self) -> dict[str, Any] | None:
+        """The recorded plan (``fingerprint``, ``layout``, ...), or None if absent or unreadable."""
         try:
             plan = json.loads(self.plan_file.read_text())
-            return str(plan["fingerprint"]) if plan.get("format") == FORMAT else None
+            return plan if isinstance(plan, dict) and plan.get("format") == FORMAT else None
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 

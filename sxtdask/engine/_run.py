@@ -25,14 +25,14 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from skimage import measure
 
-from ..errors import ConfigError
-from ..io import create_labels, finalize_labels, open_image
+from ..errors import ConfigError, OutputError
+from ..io import create_labels, finalize_labels, labels_complete, open_image
 from ..relabel import Match
 from ..relabel._graph import ReductionKeys, reduction_tasks
 from ..relabel._grid import BlockGrid, Index
 from ..relabel._local import BlockResult, renumber_block
 from ..segmenters import OutputKind, OutputSpec, Segmenter
-from ..stats import IntensityStats
+from ..stats import IntensityStats, refuse_nonfinite
 from ._resume import (
     RECORD_ERRORS,
     Progress,
@@ -42,7 +42,8 @@ from ._resume import (
     touch_marker,
 )
 
-__all__ = ["SCRATCH_DIR", "StoreRun", "plan_grid", "segment_array", "segment_store", "task_prefix"]
+__all__ = ["SCRATCH_DIR", "StoreRun", "plan_grid", "plan_store", "segment_array", "segment_store",
+           "task_prefix", "tomogram_name", "uses_gpu"]
 
 logger = logging.getLogger(__name__)
 
@@ -241,77 +242,179 @@ def _instance_names(outputs: Sequence[OutputSpec]) -> list[str]:
     return [s.name for s in outputs if s.kind is OutputKind.INSTANCES]
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """What a store run writes, known before anything runs (no statistics needed)."""
+
+    path: Path
+    voxel_size_nm: tuple[float, float, float]
+    segmenter: Segmenter
+    grid: BlockGrid
+    image: tuple[Any, ...]
+    overwrite: bool
+
+    @property
+    def progress(self) -> Progress:
+        return Progress(self.path / SCRATCH_DIR)
+
+    @property
+    def names(self) -> list[str]:
+        return _instance_names(self.segmenter.outputs)
+
+    def fingerprint(self, stats: IntensityStats | None) -> str:
+        """The plan's token (``stats`` None: the layout alone, before statistics exist)."""
+        return plan_fingerprint(self.segmenter, stats, self.grid, self.voxel_size_nm, self.image)
+
+    def finals(self) -> dict[str, str]:
+        return {s.name: str(self.path / "labels" / s.name / "0") for s in self.segmenter.outputs}
+
+    def targets(self) -> dict[str, str]:
+        """Where each output's block results go: provisional arrays for instances."""
+        finals = self.finals()
+        return {s.name: str(self.progress.provisional(s.name)) if s.kind is OutputKind.INSTANCES
+                else finals[s.name] for s in self.segmenter.outputs}
+
+
+def _prepare(layout: _Layout, stats: IntensityStats) -> bool:
+    """The first task of a store run: create (or reopen) the label arrays and the scratch folder.
+
+    Everything a run writes starts here, on a worker, once the statistics exist: planning
+    changes nothing on disk. Recorded progress is kept only when it belongs to this exact plan
+    (segmenter, checkpoints, statistics, grid, outputs) and every label array existed; otherwise
+    it is discarded. Returns whether progress was kept.
+    """
+    refuse_nonfinite(stats, str(layout.path))  # a constant volume is the caller's to report
+    grid, progress = layout.grid, layout.progress
+    had_labels = _label_arrays(layout.path, layout.segmenter.outputs, grid, layout.overwrite)
+    fingerprint = layout.fingerprint(stats)
+    why = "--overwrite" if layout.overwrite else "a label array was missing"
+    resume = progress.open(fingerprint, fresh=layout.overwrite or not had_labels, why=why)
+    try:
+        _scratch_arrays(progress, layout.names, grid, resume)
+    except (OSError, ValueError, KeyError) as err:  # damaged scratch: start afresh
+        logger.warning("%s: cannot resume (%s); starting afresh", progress.root, err)
+        resume = progress.open(fingerprint, fresh=True, why="damaged scratch")
+        _scratch_arrays(progress, layout.names, grid, resume)
+    if not resume:
+        progress.write_plan(fingerprint, {
+            "layout": layout.fingerprint(None), "image": str(layout.path),
+            "segmenter": repr(layout.segmenter), "chunks": grid.chunks, "halo": grid.halo,
+            "outputs": [s.name for s in layout.segmenter.outputs]})
+    elif len(progress.segmented(grid)):
+        logger.info("%s: resuming: %d of %d blocks already segmented", layout.path,
+                    len(progress.segmented(grid)), grid.nblocks)
+    return resume
+
+
 def _segment_and_write(
-    image_path: str,
-    outputs: dict[str, str],
-    segmenter: Segmenter,
-    stats: IntensityStats,
-    voxel_size_nm: tuple[float, float, float],
-    grid: BlockGrid,
-    idx: Index,
-    record: str,
-) -> dict[str, tuple[Any, Any]]:
+    layout: _Layout, targets: dict[str, str], stats: IntensityStats, idx: Index, _prepared: bool,
+) -> tuple[dict[str, tuple[Any, Any]], bool]:
     """Read one extended block, segment it, write semantic labels and provisional instances.
 
     Idempotent, so Dask may run it again (after a worker died, or in a rerun): a block whose
-    ``record`` exists is not segmented again, its saved stitching data is returned. Every chunk
+    record exists is not segmented again, its saved stitching data is returned. Every chunk
     is written whole (Zarr writes a chunk file atomically) and the record only after them all.
+    Returns the block's stitching data and whether it came from a record.
     """
-    names = _instance_names(segmenter.outputs)
-    rec = Path(record)
+    names, grid, segmenter = layout.names, layout.grid, layout.segmenter
+    rec = layout.progress.record(idx)
     if rec.exists():
         try:
-            return load_record(rec, names)
+            return load_record(rec, names), True
         except RECORD_ERRORS as err:
             logger.warning("%s: unreadable record (%s); segmenting the block again", rec, err)
-    result = _run_segmenter(
-        _read_ext(image_path, grid.ext(idx)), segmenter, stats, voxel_size_nm, grid, idx
-    )
+    ext = _read_ext(str(layout.path / "0"), grid.ext(idx))
+    result = _run_segmenter(ext, segmenter, stats, layout.voxel_size_nm, grid, idx)
     core = grid.core(idx)
     small: dict[str, tuple[Any, Any]] = {}
     for spec in segmenter.outputs:
         value = result[spec.name]
         if spec.kind is OutputKind.SEMANTIC:
-            _zarr_array(outputs[spec.name], "r+")[core] = value
+            _zarr_array(targets[spec.name], "r+")[core] = value
         else:
-            _zarr_array(outputs[spec.name], "r+")[core] = value.core
+            _zarr_array(targets[spec.name], "r+")[core] = value.core
             small[spec.name] = (value.meta, value.crops)
     save_record(rec, small, names)
-    return small
+    return small, False
+
+
+def _stitching_data(done: tuple[dict[str, Any], bool], name: str) -> Any:
+    return done[0][name]
 
 
 def _relabel_chunk(
     scratch_path: str, out_path: str, box: tuple[slice, ...], lut: np.ndarray, marker: str
-) -> int:
+) -> bool:
     """Apply one chunk's lookup slice to its provisional labels and write the final chunk.
 
     Idempotent: a chunk whose ``marker`` exists was written (the marker follows the data).
+    Returns whether the chunk had been written by an earlier run.
     """
     done = Path(marker)
-    if not done.exists():
-        provisional = np.asarray(_zarr_array(scratch_path, "r")[box])
-        _zarr_array(out_path, "r+")[box] = lut[provisional]
-        touch_marker(done)
-    return 1
+    if done.exists():
+        return True
+    provisional = np.asarray(_zarr_array(scratch_path, "r")[box])
+    _zarr_array(out_path, "r+")[box] = lut[provisional]
+    touch_marker(done)
+    return False
 
 
-def _written(_: Any) -> bool:
+def _block_written(done: tuple[Any, bool]) -> bool:
+    """A small marker of one block (its reuse flag), so no segment result is held to the end."""
+    return bool(done[1])
+
+
+def _finalize_output(path: Path, name: str, *_written: Any) -> str:
+    """Pyramid and metadata of one label image, on a worker; it is listed in ``labels/`` last."""
+    finalize_labels(path, name)
+    return f"{path}/labels/{name}"
+
+
+def _drop_scratch(path: Path, *_finalized: Any) -> bool:
+    shutil.rmtree(path / SCRATCH_DIR, ignore_errors=True)
     return True
 
 
-def _summary(counts: list[int], names: list[str], _: list[Any]) -> dict[str, int]:
-    return dict(zip(names, (int(c) for c in counts)))
+def _report(counts: list[int], names: list[str], blocks: list[bool], relabel_names: list[str],
+            relabel_flags: list[list[bool]], outputs: list[str] | None,
+            stats: IntensityStats, *_after: Any) -> dict[str, Any]:
+    """What the run did: instance counts, blocks segmented or reused, outputs written, and the
+    statistics it normalised with."""
+    return {
+        "intensity_stats": stats,
+        "instance_count": dict(zip(names, (int(c) for c in counts))),
+        "chunks_total": len(blocks),
+        "chunks_reused": int(sum(blocks)),
+        "chunks_computed": len(blocks) - int(sum(blocks)),
+        "relabel_reused": {k: int(sum(v)) for k, v in zip(relabel_names, relabel_flags)},
+        "outputs": outputs,
+    }
+
+
+def _counts(report: dict[str, Any]) -> dict[str, int]:
+    return dict(report["instance_count"])
 
 
 @dataclass
 class StoreRun:
-    """A planned segmentation of an OME-Zarr store: compute ``graph``, then call ``finish``.
+    """A planned segmentation of an OME-Zarr store: compute ``graph`` (or ``report``).
+
+    Nothing has touched the disk yet: the graph's first task creates the label arrays and the
+    scratch folder. With ``finalize`` the graph also builds the pyramids and metadata (one task
+    per label image, on the workers) and removes the scratch folder; without it, call
+    :meth:`finish` after computing.
 
     Attributes
     ----------
     graph : Delayed
-        Computes to ``{output name: instance count}`` (semantic outputs: number of classes seen
-        is not counted; they map to 0) after writing every chunk.
+        Computes to ``{output name: instance count}`` (semantic outputs map to 0) after every
+        chunk is written.
+    report : Delayed
+        The same graph, computing to the run's report: ``instance_count``, ``chunks_total``,
+        ``chunks_reused``, ``chunks_computed``, ``relabel_reused`` and ``outputs`` (the label
+        images, when finalized in the graph, else None).
+    blocks : list of Delayed
+        One per block, in grid order, computing to whether the block was reused (for progress).
     path : Path
         The OME-Zarr image.
     grid : BlockGrid
@@ -319,19 +422,22 @@ class StoreRun:
     scratch : dict of name → Path
         Provisional instance arrays.
     chunks_reused : int
-        Blocks an earlier, interrupted run of the same plan segmented completely: the graph
-        loads their saved stitching data instead of segmenting them.
+        Blocks an earlier, interrupted run of the same plan segmented completely, as planning
+        finds them (the graph loads their saved stitching data instead of segmenting them).
     relabel_reused : dict of name → int
         Final instance chunks an earlier run wrote, per instance output (not written again).
     """
 
     graph: Delayed
+    report: Delayed
+    blocks: list[Delayed]
     path: Path
     grid: BlockGrid
     outputs: tuple[OutputSpec, ...]
     scratch: dict[str, Path] = field(default_factory=dict)
     chunks_reused: int = 0
     relabel_reused: dict[str, int] = field(default_factory=dict)
+    finalized: bool = False
 
     @property
     def n_chunks(self) -> int:
@@ -348,7 +454,12 @@ class StoreRun:
         return self.grid.nblocks - self.chunks_reused
 
     def finish(self) -> list[str]:
-        """Build label pyramids and metadata (only now do the labels look complete); drop scratch."""
+        """Build label pyramids and metadata (only now do the labels look complete); drop scratch.
+
+        Only for a run planned without ``finalize`` (its graph did not do this itself).
+        """
+        if self.finalized:
+            return [f"{self.path}/labels/{spec.name}" for spec in self.outputs]
         for spec in self.outputs:
             finalize_labels(self.path, spec.name)
         shutil.rmtree(self.path / SCRATCH_DIR, ignore_errors=True)
@@ -372,40 +483,18 @@ def _scratch_arrays(progress: Progress, names: list[str], grid: BlockGrid, resum
     return paths
 
 
-def segment_store(
-    path: str | Path,
-    segmenter: Segmenter,
-    stats: IntensityStats,
-    *,
-    chunks: tuple[int, int, int] | None = None,
-    halo: Sequence[int] | None = None,
-    overwrite: bool = False,
-) -> StoreRun:
-    """Plan a chunked segmentation of an OME-Zarr image, writing ``labels/<name>`` for each output.
+def plan_store(
+    path: str | Path, segmenter: Segmenter, *, chunks: tuple[int, int, int] | None = None,
+    halo: Sequence[int] | None = None, overwrite: bool = False,
+) -> _Layout:
+    """Check and lay out a store run (reads metadata only; writes nothing).
 
-    Nothing runs until the returned ``StoreRun.graph`` is computed (on any Dask scheduler); then
-    ``StoreRun.finish()`` writes pyramids and metadata.
-
-    Resumable: every block's completion is recorded under ``<store>/_sxtdask_scratch/`` once its
-    chunks are written. Planning the same run again (same segmenter, checkpoints, statistics,
-    chunks, halo and outputs) after an interruption segments only the blocks not recorded, writes
-    only the final instance chunks not recorded, and gives the same chunk files as an
-    uninterrupted run; ``StoreRun.chunks_reused`` says how many blocks were skipped. A different
-    plan discards the earlier progress (with a warning in the log).
-
-    Parameters
-    ----------
-    path : str or Path
-        OME-Zarr image (``sxtdask convert`` output).
-    segmenter : Segmenter
-    stats : IntensityStats
-        Whole-volume statistics of the image.
-    chunks : (cz, cy, cx), optional
-        Block (and label chunk) shape; default the image's level-0 chunks.
-    halo : (hz, hy, hx), optional
-        Default ``segmenter.halo``.
-    overwrite : bool
-        Replace existing label images of the same names, and discard any recorded progress.
+    Raises
+    ------
+    OutputError
+        A complete label image of one of the segmenter's outputs exists and not ``overwrite``.
+    ConfigError
+        Bad chunks or halo, or in-plane chunks for a whole-slice segmenter.
     """
     path = Path(path)
     img = open_image(path)
@@ -415,134 +504,216 @@ def segment_store(
     full = BlockGrid.regular(img.data.shape, tuple(min(c, s) for c, s in zip(chunk, img.data.shape)), (0, 0, 0))
     grid = plan_grid(full.shape, full.chunks, halo if halo is not None else segmenter.halo)
     check_full_plane(segmenter, grid)
-    finals, had_labels = _label_arrays(path, segmenter.outputs, grid, overwrite)
-    fingerprint = plan_fingerprint(segmenter, stats, grid, img.voxel_size_nm,
-                                   (img.data.shape, img.data.chunksize, str(img.data.dtype)))
-    progress = Progress(path / SCRATCH_DIR)
-    why = "--overwrite" if overwrite else "a label array was missing"
-    resume = progress.open(fingerprint, fresh=overwrite or not had_labels, why=why)
-    names = _instance_names(segmenter.outputs)
-    try:
-        scratch = _scratch_arrays(progress, names, grid, resume)
-    except (OSError, ValueError, KeyError) as err:  # damaged scratch: start afresh
-        logger.warning("%s: cannot resume (%s); starting afresh", progress.root, err)
-        resume = progress.open(fingerprint, fresh=True, why="damaged scratch")
-        scratch = _scratch_arrays(progress, names, grid, resume)
-    if not resume:
-        progress.write_plan(fingerprint, {
-            "image": str(path), "segmenter": repr(segmenter), "chunks": grid.chunks,
-            "halo": grid.halo, "outputs": [s.name for s in segmenter.outputs]})
-    segmented = progress.segmented(grid) if resume else set()
-    relabelled = {n: progress.relabelled(n, grid) if resume else set() for n in names}
-    if resume:
-        logger.info("%s: resuming: %d of %d blocks already segmented", path, len(segmented),
-                    grid.nblocks)
-    targets = {s.name: str(scratch[s.name]) if s.name in scratch else finals[s.name]
-               for s in segmenter.outputs}
-    plan = _StorePlan(path, img.voxel_size_nm, segmenter, stats, grid, targets, finals,
-                      progress, segmented, relabelled, fingerprint)
-    return StoreRun(_store_graph(plan), path, grid, segmenter.outputs, scratch, len(segmented),
-                    {n: len(v) for n, v in relabelled.items()})
+    if not overwrite:
+        for spec in segmenter.outputs:
+            if labels_complete(path, spec.name):
+                raise OutputError(
+                    f"{path}: label image {spec.name!r} exists; pass --overwrite to replace it")
+    return _Layout(path, img.voxel_size_nm, segmenter, grid,
+                   (img.data.shape, img.data.chunksize, str(img.data.dtype)), overwrite)
 
 
-def _label_arrays(
-    path: Path, outputs: Sequence[OutputSpec], grid: BlockGrid, overwrite: bool
-) -> tuple[dict[str, str], bool]:
+def _planned_reuse(layout: _Layout, stats: IntensityStats | None) -> tuple[set[Index], dict[str, set[Index]]]:
+    """Blocks and final chunks an interrupted run of this plan recorded (read-only).
+
+    With statistics at hand the whole fingerprint must match; without, the layout's (the
+    first task then checks the statistics too and discards the records if they changed).
+    """
+    none: tuple[set[Index], dict[str, set[Index]]] = (set(), {n: set() for n in layout.names})
+    progress = layout.progress
+    if layout.overwrite or not all(
+            (layout.path / "labels" / s.name / "0" / "zarr.json").is_file()
+            for s in layout.segmenter.outputs):
+        return none
+    plan = progress.read_plan()
+    if plan is None:
+        return none
+    if stats is not None:
+        if plan.get("fingerprint") != layout.fingerprint(stats):
+            return none
+    elif plan.get("layout") != layout.fingerprint(None):
+        return none
+    return (progress.segmented(layout.grid),
+            {n: progress.relabelled(n, layout.grid) for n in layout.names})
+
+
+def segment_store(
+    path: str | Path,
+    segmenter: Segmenter,
+    stats: IntensityStats | Delayed,
+    *,
+    chunks: tuple[int, int, int] | None = None,
+    halo: Sequence[int] | None = None,
+    overwrite: bool = False,
+    finalize: bool = False,
+) -> StoreRun:
+    """Plan a chunked segmentation of an OME-Zarr image, writing ``labels/<name>`` for each output.
+
+    Nothing runs, and nothing on disk changes, until the returned ``StoreRun.graph`` (or
+    ``.report``) is computed on any Dask scheduler; then, unless ``finalize``,
+    ``StoreRun.finish()`` writes pyramids and metadata.
+
+    Resumable: every block's completion is recorded under ``<store>/_sxtdask_scratch/`` once its
+    chunks are written. Running the same plan again (same segmenter, checkpoints, statistics,
+    chunks, halo and outputs) after an interruption segments only the blocks not recorded, writes
+    only the final instance chunks not recorded, and gives the same chunk files as an
+    uninterrupted run; ``StoreRun.chunks_reused`` says how many blocks planning found recorded.
+    A different plan discards the earlier progress (with a warning in the log).
+
+    Parameters
+    ----------
+    path : str or Path
+        OME-Zarr image (``sxtdask convert`` output).
+    segmenter : Segmenter
+    stats : IntensityStats or Delayed
+        Whole-volume statistics of the image, or the lazy reduction that computes them (the
+        pipeline passes ``global_stats(...)`` so that statistics and segmentation are one graph).
+    chunks : (cz, cy, cx), optional
+        Block (and label chunk) shape; default the image's level-0 chunks.
+    halo : (hz, hy, hx), optional
+        Default ``segmenter.halo``.
+    overwrite : bool
+        Replace existing label images of the same names, and discard any recorded progress.
+    finalize : bool
+        Build pyramids and metadata in the graph (one task per label image), then drop the
+        scratch folder.
+    """
+    layout = plan_store(path, segmenter, chunks=chunks, halo=halo, overwrite=overwrite)
+    concrete = stats if isinstance(stats, IntensityStats) else None
+    segmented, relabelled = _planned_reuse(layout, concrete)
+    graph, report, blocks = _store_graph(layout, stats, finalize, segmented, relabelled)
+    scratch = {n: layout.progress.provisional(n) for n in layout.names}
+    return StoreRun(graph, report, blocks, layout.path, layout.grid, segmenter.outputs, scratch,
+                    len(segmented), {n: len(v) for n, v in relabelled.items()}, finalize)
+
+
+def _label_arrays(path: Path, outputs: Sequence[OutputSpec], grid: BlockGrid, overwrite: bool) -> bool:
     """Create (or reopen, to resume) each output's level-0 label array.
 
-    Returns the arrays' paths and whether every one existed before (recorded progress is
-    trusted only then).
+    Returns whether every one existed before (recorded progress is trusted only then).
     """
     label_chunks = tuple(c[0] for c in grid.chunks)
-    finals: dict[str, str] = {}
     existed = True
     for spec in outputs:
         level0 = path / "labels" / spec.name / "0"
         existed = existed and (level0 / "zarr.json").is_file()
         create_labels(path, spec.name, shape=grid.shape,  # type: ignore[arg-type]
                       chunks=label_chunks, dtype=spec.dtype, overwrite=overwrite)  # type: ignore[arg-type]
-        finals[spec.name] = str(level0)
-    return finals, existed
+    return existed
 
 
-@dataclass(frozen=True)
-class _StorePlan:
-    path: Path
-    voxel_size_nm: tuple[float, float, float]
-    segmenter: Segmenter
-    stats: IntensityStats
-    grid: BlockGrid
-    targets: dict[str, str]
-    finals: dict[str, str]
-    progress: Progress
-    segmented: set[Index]
-    relabelled: dict[str, set[Index]]
-    fingerprint: str
+def _store_graph(layout: _Layout, stats: IntensityStats | Delayed, finalize: bool,
+                 segmented: set[Index], relabelled_before: dict[str, set[Index]],
+                 ) -> tuple[Delayed, Delayed, list[Delayed]]:
+    """The run as one graph: prepare, segment (GPU-pinned when the network runs on CUDA), the
+    relabel reduction per instance output, final chunk writes, then (``finalize``) one pyramid
+    task per label image and the scratch clean-up, and the report.
 
-
-def _store_graph(plan: _StorePlan) -> Delayed:
-    """Segment tasks (GPU-pinned when the network runs on CUDA), reused-block loads, the
-    relabel reduction per instance output, final chunk writes and one summary task.
-
-    Keys: ``segment.<outputs>.<tomogram>-<token>`` for blocks to segment,
-    ``…-reused-<token>`` for blocks an earlier run completed, ``relabel.<name>.<tomogram>-…``
-    for the reduction and the final writes (``…-write-`` or ``…-reused-``).
+    Keys: ``prepare.<outputs>.<tomogram>-<token>``, ``segment.<outputs>.<tomogram>-<token>`` per
+    block (``…-reused-<token>`` for blocks planning found recorded: they load their record and
+    need no GPU), ``relabel.<name>.<tomogram>-…`` for the reduction and the final writes
+    (``…-write-`` or ``…-reused-``),
+    ``pyramid.<name>.<tomogram>-…`` and ``finish.<outputs>.<tomogram>-…``.
     """
-    grid, seg, outputs = plan.grid, plan.segmenter, plan.segmenter.outputs
-    tomo = tomogram_name(plan.path)
-    token = tokenize(plan.fingerprint, str(plan.path), sorted(plan.segmented),
-                     sorted((n, sorted(v)) for n, v in plan.relabelled.items()))
-    stage = task_prefix("segment", [s.name for s in outputs], tomo)
-    run_name, reuse_name = f"{stage}-{token}", f"{stage}-reused-{token}"
-    image_path = str(plan.path / "0")
-    seg_tasks: dict[Any, Any] = {}
+    grid, seg, outputs = layout.grid, layout.segmenter, layout.segmenter.outputs
+    tomo = tomogram_name(layout.path)
+    what = [s.name for s in outputs]
+    stats_key: Any = stats
+    deps: list[Delayed] = []
+    if isinstance(stats, Delayed):
+        stats_key, deps = stats.key, [stats]
+    token = tokenize(layout.fingerprint(None), str(layout.path), stats_key if deps else stats,
+                     finalize, sorted(segmented),
+                     sorted((n, sorted(v)) for n, v in relabelled_before.items()))
+    stats_layers = {n for d in deps for n in d.__dask_layers__()}
+    prepare = f"{task_prefix('prepare', what, tomo)}-{token}"
+    run_name = f"{task_prefix('segment', what, tomo)}-{token}"
+    reuse_name = f"{task_prefix('segment', what, tomo)}-reused-{token}"
+    targets = layout.targets()
+    first = {prepare: (_prepare, layout, stats_key)}
     dsk: dict[Any, Any] = {}
+    seg_tasks: dict[Any, Any] = {}
     block: dict[Index, Any] = {}
     for i in grid.indices():
-        key = block[i] = (reuse_name if i in plan.segmented else run_name, *i)
-        task = (_segment_and_write, image_path, plan.targets, seg, plan.stats,
-                plan.voxel_size_nm, grid, i, str(plan.progress.record(i)))
-        (dsk if i in plan.segmented else seg_tasks)[key] = task
-    done = f"{stage}-written-{token}"  # tiny markers, so no segment result is held to the end
-    written: list[Any] = []
+        reused = i in segmented
+        key = block[i] = (reuse_name if reused else run_name, *i)
+        (dsk if reused else seg_tasks)[key] = (_segment_and_write, layout, targets, stats_key, i,
+                                               prepare)
+    done = f"{task_prefix('segment', what, tomo)}-written-{token}"
+    written = {s.name: [] for s in outputs}  # type: dict[str, list[Any]]
+    flags: list[Any] = []
     for i in grid.indices():
-        dsk[(done, *i)] = (_written, block[i])
-        written.append((done, *i))
+        dsk[(done, *i)] = (_block_written, block[i])
+        flags.append((done, *i))
+        for spec in outputs:
+            if spec.kind is OutputKind.SEMANTIC:
+                written[spec.name].append((done, *i))
     counts: list[Any] = []
+    relabelled: dict[str, list[Any]] = {}
     for spec in outputs:
         if spec.kind is OutputKind.SEMANTIC:
             counts.append(0)
             continue
-        counts.append(_relabel_tasks(dsk, plan, spec, block, token, tomo, written))
-    name = f"{task_prefix('finish', [s.name for s in outputs], tomo)}-{token}"
-    dsk[name] = (_summary, counts, [s.name for s in outputs], written)
+        count, keys = _relabel_tasks(dsk, layout, spec, block, targets, token, tomo,
+                                     relabelled_before.get(spec.name, set()))
+        counts.append(count)
+        relabelled[spec.name] = keys
+        written[spec.name].extend(keys)
+    after: list[Any] = [k for v in written.values() for k in v]
+    finals: Any = None
+    if finalize:
+        finals = []
+        for spec in outputs:
+            key = f"{task_prefix('pyramid', [spec.name], tomo)}-{token}"
+            dsk[key] = (_finalize_output, layout.path, spec.name, *written[spec.name])
+            finals.append(key)
+        drop = f"{task_prefix('finish', what, tomo)}-scratch-{token}"
+        dsk[drop] = (_drop_scratch, layout.path, *finals)
+        after = [drop]
+    name = f"{task_prefix('finish', what, tomo)}-{token}"
+    dsk[name] = (_report, counts, what, flags, list(relabelled), list(relabelled.values()),
+                 finals, stats_key, *after)
+    counts_name = f"{task_prefix('finish', what, tomo)}-counts-{token}"
+    dsk[counts_name] = (_counts, name)
     # Inference runs where the accelerator is; reading, relabelling and writing run anywhere.
-    resources = {"resources": {"GPU": 1}} if uses_gpu(seg) else None
-    layers = {run_name: MaterializedLayer(seg_tasks, annotations=resources),
-              name: MaterializedLayer(dsk)}
-    return Delayed(name, HighLevelGraph(layers, {run_name: set(), name: {run_name}}))
+    resources = {"resources": {"GPU": 1}} if seg.needs_gpu else None
+    layers: dict[str, Any] = {prepare: MaterializedLayer(first),
+                              run_name: MaterializedLayer(seg_tasks, annotations=resources),
+                              name: MaterializedLayer(dsk)}
+    dependencies = {prepare: set(stats_layers), run_name: {prepare, *stats_layers},
+                    name: {run_name, prepare, *stats_layers}}
+    for d in deps:
+        graph = d.__dask_graph__()
+        assert isinstance(graph, HighLevelGraph)
+        layers.update(graph.layers)
+        dependencies.update(graph.dependencies)
+    hlg = HighLevelGraph(layers, dependencies)
+    blocks = [Delayed(k, hlg, layer=name) for k in flags]
+    return Delayed(counts_name, hlg, layer=name), Delayed(name, hlg, layer=name), blocks
 
 
 def _relabel_tasks(
-    dsk: dict[Any, Any], plan: _StorePlan, spec: OutputSpec, block: dict[Index, Any],
-    token: str, tomo: str, written: list[Any],
-) -> tuple[str]:
-    """The reduction and final chunk writes of one instance output; returns its count key."""
-    grid = plan.grid
-    local, keys = _stitch_tasks(dsk, stitch_grid(grid, plan.segmenter), spec, token, tomo)
+    dsk: dict[Any, Any], layout: _Layout, spec: OutputSpec, block: dict[Index, Any],
+    targets: dict[str, str], token: str, tomo: str, before: set[Index],
+) -> tuple[tuple[str], list[Any]]:
+    """The reduction and final chunk writes of one instance output; returns its count key and
+    the write keys."""
+    grid, finals = layout.grid, layout.finals()
+    local, keys = _stitch_tasks(dsk, stitch_grid(grid, layout.segmenter), spec, token, tomo)
     prefix = task_prefix("relabel", [spec.name], tomo)
+    writes: list[Any] = []
     for i in grid.indices():
-        dsk[(local, *i)] = (operator.getitem, block[i], spec.name)
+        dsk[(local, *i)] = (_stitching_data, block[i], spec.name)
         # The lookup depends on every block's meta, so all provisional writes are done; the
         # segment result itself (with its halo crops) is not held until this runs.
-        step = "reused" if i in plan.relabelled[spec.name] else "write"
+        step = "reused" if i in before else "write"
         key = (f"{prefix}-{step}-{token}", *i)
         dsk[key] = (
-            _relabel_chunk, plan.targets[spec.name], plan.finals[spec.name], grid.core(i),
-            (keys.lookup, *i), str(plan.progress.marker(spec.name, i)),
+            _relabel_chunk, targets[spec.name], finals[spec.name], grid.core(i),
+            (keys.lookup, *i), str(layout.progress.marker(spec.name, i)),
         )
-        written.append(key)
-    return (keys.count,)
+        writes.append(key)
+    return (keys.count,), writes
 
 
 def uses_gpu(segmenter: Segmenter) -> bool:

@@ -147,13 +147,18 @@ def global_stats(
     return Delayed(name, graph)
 
 
-def check_stats(stats: IntensityStats, source: str) -> None:
-    """Refuse non-finite voxels; warn (and log) for a constant volume."""
+def refuse_nonfinite(stats: IntensityStats, source: str) -> None:
+    """Raise :class:`InvalidVolumeError` if the volume holds NaN or infinite voxels."""
     if stats.n_nonfinite:
         raise InvalidVolumeError(
             f"{source}: {stats.n_nonfinite} voxels are NaN or infinite; "
             "a tomogram must hold finite values"
         )
+
+
+def check_stats(stats: IntensityStats, source: str) -> None:
+    """Refuse non-finite voxels; warn (and log) for a constant volume."""
+    refuse_nonfinite(stats, source)
     if stats.is_constant:
         msg = f"{source}: the volume is constant ({stats.min:g}); labels will be empty"
         logger.warning(msg)
