@@ -7,7 +7,9 @@ from ._run import (
     plan_grid,
     segment_array,
     segment_store,
+    plan_store,
     task_prefix,
+    tomogram_name,
     uses_gpu,
 )
 
@@ -19,8 +21,10 @@ __all__ = [
     "connect",
     "load_counts",
     "plan_grid",
+    "plan_store",
     "segment_array",
     "segment_store",
     "task_prefix",
+    "tomogram_name",
     "uses_gpu",
 ]

@@ -11,6 +11,7 @@ from pathlib import Path
 from distributed import Client, LocalCluster
 from distributed.security import Security
 
+from ..models import register_model_cache
 from ..errors import ConfigError, InputError, SxtdaskError
 
 __all__ = ["ClusterConfig", "connect"]
@@ -123,7 +124,8 @@ def _default_workers() -> int:
 def connect(config: ClusterConfig = ClusterConfig()) -> Iterator[Client]:
     """A Dask client for the run; the local cluster (if any) is closed on exit.
 
-    The dashboard link is logged at INFO (``client.dashboard_link``).
+    The dashboard link is logged at INFO (``client.dashboard_link``). Every worker gets the
+    model cache (:class:`sxtdask.models.ModelCache`, a worker plugin).
     """
     if config.scheduler:
         security = config.security()
@@ -133,6 +135,7 @@ def connect(config: ClusterConfig = ClusterConfig()) -> Iterator[Client]:
             raise SxtdaskError(f"cannot reach the scheduler at {config.scheduler}: {err}") from err
         with client:
             logger.info("connected to %s; dashboard: %s", config.scheduler, client.dashboard_link)
+            register_model_cache(client)
             yield client
         return
     cluster = _local_cuda_cluster(config) if config.gpu else LocalCluster(
@@ -146,4 +149,5 @@ def connect(config: ClusterConfig = ClusterConfig()) -> Iterator[Client]:
     with cluster, Client(cluster) as client:
         logger.info("local cluster with %d workers; dashboard: %s",
                     len(cluster.workers), client.dashboard_link)
+        register_model_cache(client)
         yield client

@@ -12,6 +12,7 @@ import logging
 import operator
 import re
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from skimage import measure
 
 from ..errors import ConfigError, OutputError
-from ..io import create_labels, finalize_labels, labels_complete, open_image
+from ..io import create_labels, finalize_labels, labels_complete, list_label_images, open_image
 from ..relabel import Match
 from ..relabel._graph import ReductionKeys, reduction_tasks
 from ..relabel._grid import BlockGrid, Index
@@ -275,7 +276,7 @@ class _Layout:
                 else finals[s.name] for s in self.segmenter.outputs}
 
 
-def _prepare(layout: _Layout, stats: IntensityStats) -> bool:
+def _prepare(layout: _Layout, stats: IntensityStats, _after: Any = None) -> bool:
     """The first task of a store run: create (or reopen) the label arrays and the scratch folder.
 
     Everything a run writes starts here, on a worker, once the statistics exist: planning
@@ -365,23 +366,36 @@ def _block_written(done: tuple[Any, bool]) -> bool:
 
 
 def _finalize_output(path: Path, name: str, *_written: Any) -> str:
-    """Pyramid and metadata of one label image, on a worker; it is listed in ``labels/`` last."""
-    finalize_labels(path, name)
+    """Pyramid and metadata of one label image, on a worker (listed afterwards, with the rest)."""
+    finalize_labels(path, name, listed=False)
     return f"{path}/labels/{name}"
 
 
-def _drop_scratch(path: Path, *_finalized: Any) -> bool:
+def _list_outputs(path: Path, names: list[str], *_finalized: Any) -> float:
+    """List the run's label images in ``labels/``, in output order, once all are finalized:
+    only now do they look complete."""
+    list_label_images(path, names)
+    return time.time()
+
+
+def _drop_scratch(path: Path, *_finalized: Any) -> float:
     shutil.rmtree(path / SCRATCH_DIR, ignore_errors=True)
-    return True
+    return time.time()
+
+
+def _stamp(*_after: Any) -> float:
+    """The wall-clock time once everything it depends on is done (stage timings)."""
+    return time.time()
 
 
 def _report(counts: list[int], names: list[str], blocks: list[bool], relabel_names: list[str],
             relabel_flags: list[list[bool]], outputs: list[str] | None,
-            stats: IntensityStats, *_after: Any) -> dict[str, Any]:
-    """What the run did: instance counts, blocks segmented or reused, outputs written, and the
-    statistics it normalised with."""
+            stats: IntensityStats, times: list[float], *_after: Any) -> dict[str, Any]:
+    """What the run did: instance counts, blocks segmented or reused, outputs written, the
+    statistics it normalised with, and when each stage ended (``time.time()`` on the workers)."""
     return {
         "intensity_stats": stats,
+        "stage_ended": dict(zip(("statistics", "segment_and_relabel", "pyramids"), times)),
         "instance_count": dict(zip(names, (int(c) for c in counts))),
         "chunks_total": len(blocks),
         "chunks_reused": int(sum(blocks)),
@@ -630,7 +644,10 @@ def _store_graph(layout: _Layout, stats: IntensityStats | Delayed, finalize: boo
     run_name = f"{task_prefix('segment', what, tomo)}-{token}"
     reuse_name = f"{task_prefix('segment', what, tomo)}-reused-{token}"
     targets = layout.targets()
-    first = {prepare: (_prepare, layout, stats_key)}
+    stamps = [f"{task_prefix('finish', what, tomo)}-statistics-{token}",
+              f"{task_prefix('finish', what, tomo)}-segmented-{token}"]
+    # The statistics' end is stamped before the run's first task, so stage times are ordered.
+    first = {stamps[0]: (_stamp, stats_key), prepare: (_prepare, layout, stats_key, stamps[0])}
     dsk: dict[Any, Any] = {}
     seg_tasks: dict[Any, Any] = {}
     block: dict[Index, Any] = {}
@@ -660,19 +677,24 @@ def _store_graph(layout: _Layout, stats: IntensityStats | Delayed, finalize: boo
         relabelled[spec.name] = keys
         written[spec.name].extend(keys)
     after: list[Any] = [k for v in written.values() for k in v]
+    dsk[stamps[1]] = (_stamp, *after)
+    times: list[Any] = list(stamps)
     finals: Any = None
     if finalize:
         finals = []
         for spec in outputs:
             key = f"{task_prefix('pyramid', [spec.name], tomo)}-{token}"
-            dsk[key] = (_finalize_output, layout.path, spec.name, *written[spec.name])
+            dsk[key] = (_finalize_output, layout.path, spec.name, stamps[1], *written[spec.name])
             finals.append(key)
+        done_key = f"{task_prefix('finish', what, tomo)}-pyramids-{token}"
+        dsk[done_key] = (_list_outputs, layout.path, what, *finals)
         drop = f"{task_prefix('finish', what, tomo)}-scratch-{token}"
-        dsk[drop] = (_drop_scratch, layout.path, *finals)
+        dsk[drop] = (_drop_scratch, layout.path, done_key)
         after = [drop]
+        times.append(done_key)
     name = f"{task_prefix('finish', what, tomo)}-{token}"
     dsk[name] = (_report, counts, what, flags, list(relabelled), list(relabelled.values()),
-                 finals, stats_key, *after)
+                 finals, stats_key, times, *after)
     counts_name = f"{task_prefix('finish', what, tomo)}-counts-{token}"
     dsk[counts_name] = (_counts, name)
     # Inference runs where the accelerator is; reading, relabelling and writing run anywhere.

@@ -165,7 +165,7 @@ def _colors(colors: dict[int, tuple[int, ...]] | None) -> list[dict[str, Any]]:
 
 def finalize_labels(
     path: PathLike, name: str, *, voxel_size_nm: tuple[float, float, float] | None = None,
-    colors: dict[int, tuple[int, ...]] | None = None,
+    colors: dict[int, tuple[int, ...]] | None = None, listed: bool = True,
 ) -> None:
     """Build the label pyramid and metadata, then list ``name`` in ``labels/`` (last).
 
@@ -182,6 +182,10 @@ def finalize_labels(
         Level-0 voxel size, nanometres; default the image's.
     colors : dict of int to (r, g, b[, a]), optional
         Display colours (0..255) per label value.
+    listed : bool
+        List it in ``labels/`` now. Writers that finalize several label images at once, in
+        parallel, pass False and list them all afterwards with :func:`list_label_images` (the
+        listing is one read-modify-write of ``labels/zarr.json``).
     """
     _check_name(name)
     image = open_image(path)
@@ -201,10 +205,28 @@ def finalize_labels(
         image_label["colors"] = _colors(colors)
     ms = multiscale_metadata(name, vs, len(shapes), "nearest")
     group.attrs.update({"ome": {"version": OME_VERSION, "multiscales": [ms], "image-label": image_label}})
-    labels_group = root["labels"]
-    _set_listed(labels_group, _listed(root) + [name])
+    if listed:
+        list_label_images(path, [name])
     logger.info("%s: label image %r complete (%d levels, %d slabs)", path, name, len(shapes),
                 count_slabs(shapes, level0.chunks))
+
+
+def list_label_images(path: PathLike, names: list[str]) -> None:
+    """List finalized label images in ``labels/`` (in this order, after those already listed).
+
+    Raises
+    ------
+    InputError
+        One has no multiscales metadata yet (:func:`finalize_labels` with ``listed=False``).
+    """
+    root = open_root(path, mode="r+")
+    labels_group = root["labels"]
+    for name in names:
+        _check_name(name)
+        if "multiscales" not in labels_group[name].attrs.get("ome", {}):
+            raise InputError(f"{path}: label image {name!r} is not finalized; cannot list it")
+    listed = _listed(root)
+    _set_listed(labels_group, listed + [n for n in names if n not in listed])
 
 
 def write_labels(
