@@ -249,19 +249,19 @@ def check_new_path(
 
 
 @contextmanager
-def exclusive_lock(path: Path, what: str) -> Iterator[None]:
+def exclusive_lock(path: Path, what: str, kind: str = "sxtdask") -> Iterator[None]:
     """Hold an exclusive, non-blocking lock on the file ``path`` (created if absent).
 
     Raises
     ------
     OutputError
-        Another process holds it; the message names ``what`` is locked.
+        Another process holds it: ``"{what}: another {kind} run is writing here"``.
     """
     with open(path, "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as err:
-            raise OutputError(f"{what}: another sxtdask run is writing here") from err
+            raise OutputError(f"{what}: another {kind} run is writing here") from err
         try:
             yield
         finally:

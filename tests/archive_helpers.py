@@ -1,7 +1,8 @@
 """Segmenters for the archive tests (importable by worker processes).
 
 - ``ThresholdCell`` / ``ThresholdMito``: fast stand-ins for the cell and mitochondria U-Nets
-  (voxel-wise thresholds of the normalised image) that, like network segmenters, name a model file.
+  (voxel-wise thresholds of the normalised image) that, like network segmenters, declare a model
+  file (``model_files``).
 - ``FlakyISG``: ``ClassicalISG`` (same labels) that, while the file ``armed`` exists, lets only the
   first block it meets through and fails every other block after a pause: a run that dies part-way
   with one block written, whose rerun (``armed`` removed) has the same plan.
@@ -29,6 +30,10 @@ class ThresholdCell(Segmenter):
     task = Task.CELL
     outputs = (OutputSpec("cell", OutputKind.SEMANTIC, "uint8"),)
 
+    @property
+    def model_files(self) -> tuple[str, ...]:  # declared, as a network segmenter declares its checkpoint
+        return () if self.model_path is None else (self.model_path,)
+
     def segment_block(self, block, stats, voxel_size_nm):
         x = stats.normalize(block)
         return {"cell": ((x > self.low).astype(np.uint8) + (x > self.high)).astype(np.uint8)}
@@ -43,6 +48,10 @@ class ThresholdMito(Segmenter):
     halo: tuple[int, int, int] = (0, 0, 0)
     task = Task.MITO
     outputs = (OutputSpec("mito", OutputKind.SEMANTIC, "uint8"),)
+
+    @property
+    def model_files(self) -> tuple[str, ...]:
+        return () if self.model_path is None else (self.model_path,)
 
     def segment_block(self, block, stats, voxel_size_nm):
         return {"mito": (stats.normalize(block) > self.level).astype(np.uint8)}

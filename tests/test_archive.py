@@ -431,4 +431,5 @@ def test_an_ome_zarr_input_keeps_its_voxel_size_through_the_archive(tmp_path, cl
     a, b = (summaries[k].drop(columns=[c for c in ("input", "output") if c in summaries[k]])
             for k in ("zarr", "mrc"))
     pd.testing.assert_frame_equal(a, b)
-    assert (summaries["mrc"]["cell_volume_um3"] > 1.0).all()  # µm³ at 30 nm, not at 1 nm
+    # µm³ at 30 nm (about 1 µm³ of this small cell), not at 1 nm (27,000 times less)
+    assert (summaries["mrc"]["cell_volume_um3"] > 0.1).all()

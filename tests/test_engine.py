@@ -220,7 +220,8 @@ def test_inference_tasks_need_a_gpu_resource_when_the_network_runs_on_cuda(tmp_p
     stats = global_stats(da.from_zarr(str(path / "0"))).compute(scheduler="sync")
     expected = int(ClassicalISG().predict(small_phantom.image[:16]).max())
     assert expected > 0
-    with mock.patch("sxtdask.engine._run.uses_gpu", lambda seg: True):
+    with mock.patch.object(ClassicalISG, "needs_gpu", new=True):  # as a CUDA network says
+        assert ClassicalISG().describe().needs_gpu
         run = segment_store(path, ClassicalISG(), stats)
     for resources, should_run in ((None, False), ({"GPU": 1}, True)):
         with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,

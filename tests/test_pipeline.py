@@ -12,6 +12,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import pytest
+from archive_helpers import ThresholdCell, ThresholdMito
 
 import sxtdask.engine._run as engine_run
 from sxtdask.archive import tomogram_metrics
@@ -21,8 +22,6 @@ from sxtdask.io import labels_complete, list_labels, open_labels, write_image
 from sxtdask.pipeline import METRIC_COLUMNS, segment_tomogram
 from sxtdask.segmenters import ClassicalISG, CombinedSegmenter
 from sxtdask.stats import global_stats
-
-from archive_helpers import ThresholdCell, ThresholdMito
 
 CHUNKS = (8, 64, 64)
 

@@ -14,10 +14,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import sxtdask  # noqa: E402
-from sxtdask.errors import ConfigError, SxtdaskError  # noqa: E402
-from sxtdask.models import ModelKind, build_unet, bundled_weights, save_checkpoint  # noqa: E402
-from sxtdask.segmenters import (  # noqa: E402
+import sxtdask
+from sxtdask.errors import ConfigError, SxtdaskError
+from sxtdask.models import ModelKind, build_unet, bundled_weights, save_checkpoint
+from sxtdask.segmenters import (
     REGISTRY,
     ClassicalISG,
     CombinedSegmenter,
@@ -188,3 +188,10 @@ def test_segmenters_describe_themselves_without_guessing():
         assert info.outputs == seg.outputs and info.halo == seg.halo
     assert ClassicalISG().describe().device is None
     assert UNetISGInstances(unet=UNetSegmenter(task=Task.ISG, device="cpu")).describe().device == "cpu"
+
+
+def test_training_reads_the_registry_s_networks():
+    from sxtdask.cli.train import TASKS
+    from sxtdask.train._data import TASK_LABELS
+
+    assert TASKS == trainable() and set(TASK_LABELS) == set(trainable())

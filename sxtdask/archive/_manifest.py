@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from sxtdask._fs import atomic_file, write_atomic
 from sxtdask.errors import InputError
 
 from ._summary import METRIC_COLUMNS
@@ -68,12 +69,6 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _replace(path: Path, write: Any) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    write(partial)
-    os.replace(partial, path)
-
-
 def write_manifest(rows: Iterable[dict[str, Any]], folder: str | os.PathLike[str]) -> Path:
     """Write ``manifest.json`` and ``manifest.csv`` (sorted by input) atomically; return the CSV.
 
@@ -84,12 +79,12 @@ def write_manifest(rows: Iterable[dict[str, Any]], folder: str | os.PathLike[str
     folder = Path(folder)
     rows = sorted(rows, key=lambda r: r["input"])
     doc = {"format": FORMAT, "version": VERSION, "rows": [_json_safe(r) for r in rows]}
-    _replace(folder / "manifest.json",
-             lambda p: p.write_text(json.dumps(doc, indent=1, allow_nan=False, default=_plain) + "\n"))
+    write_atomic(folder / "manifest.json", json.dumps(doc, indent=1, allow_nan=False, default=_plain) + "\n")
     flat = pd.DataFrame([{c: _flat(r.get(c)) for c in MANIFEST_COLUMNS} for r in rows],
                         columns=list(MANIFEST_COLUMNS))
     csv = folder / "manifest.csv"
-    _replace(csv, lambda p: flat.to_csv(p, index=False))
+    with atomic_file(csv) as tmp:
+        flat.to_csv(tmp, index=False)
     return csv
 
 

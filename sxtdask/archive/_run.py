@@ -1,10 +1,12 @@
 """Run an archive: many tomograms in flight on one Dask client, each in its own span.
 
-Each tomogram goes through the stages checksum → convert → statistics → segment → pyramids →
-measure (see :data:`~sxtdask.archive.STAGES`); every stage is a future (``client.submit`` for the
-one-task stages, ``client.compute`` for graphs), and the client keeps up to ``in_flight``
-tomograms going, advancing each when its future completes (``distributed.as_completed``). A
-failure ends only its own tomogram. The manifest is rewritten atomically whenever a tomogram
+Each tomogram goes through checksum → convert → the pipeline (statistics → segment → pyramids →
+measure, one lazy graph: :func:`sxtdask.pipeline.segment_tomogram`; see
+:data:`~sxtdask.archive.STAGES`). Every step is a future (``client.submit`` for the one-task
+steps, ``client.compute`` for the pipeline's graph, with one more future per block for the chunk
+progress), and the client keeps up to ``in_flight`` tomograms going, advancing each when its
+future completes (``distributed.as_completed``); nothing polls the scheduler. A failure ends only
+its own tomogram. The manifest is rewritten atomically whenever a tomogram
 finishes (and after each conversion, so that an interrupted run can reuse it).
 
 What a rerun reuses (so reruns are idempotent and interrupted tomograms resume):
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import fcntl
 import hashlib
 import json
 import logging
@@ -42,21 +43,22 @@ import dask
 import distributed
 
 from sxtdask import __version__
-from sxtdask.errors import InputError, OutputError, SxtdaskError
-from sxtdask.io import labels_complete, open_image
-from sxtdask.io._omezarr import normalize_chunks
+from sxtdask._fs import exclusive_lock
+from sxtdask.errors import InputError, InvalidVolumeError, OutputError, SxtdaskError
+from sxtdask.io import labels_complete, normalize_chunks, open_image
+from sxtdask.pipeline import METRIC_COLUMNS, segment_tomogram
+from sxtdask.segmenters import CombinedSegmenter, OutputKind, Segmenter
 
 from ._discover import Tomogram, assign_outputs, discover_tomograms
 from ._manifest import STAGES, read_manifest, write_manifest
-from ._summary import METRIC_COLUMNS, tomogram_metrics, write_summary
-from ._tasks import TaskError, convert_tomogram, finish_run, guarded, sha256_path
+from ._summary import tomogram_metrics, write_summary
+from ._tasks import TaskError, convert_tomogram, guarded, sha256_path
 
 __all__ = ["ArchivePlan", "ArchiveProgress", "ArchiveResult", "plan_archive", "run_archive"]
 
 logger = logging.getLogger(__name__)
 
 _POLL_S = 0.25
-_CHUNK_POLL_S = 1.0
 _IGNORED_FIELDS = frozenset({"device", "batch_size"})
 
 
@@ -132,15 +134,8 @@ def plan_archive(
 @contextmanager
 def _locked(out_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on the archive folder (released when the process ends)."""
-    with open(out_dir / ".sxtdask-archive.lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as err:
-            raise OutputError(f"{out_dir}: another sxtdask archive run is writing here") from err
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with exclusive_lock(out_dir / ".sxtdask-archive.lock", str(out_dir), "sxtdask archive"):
+        yield
 
 
 # --------------------------------------------------------------------------- segmenter description
@@ -186,27 +181,26 @@ class _Part:
     config: str
 
 
-def _parts(segmenter: Any) -> tuple[_Part, ...]:
+def _parts(segmenter: Segmenter) -> tuple[_Part, ...]:
     cache: dict[str, str] = {}
     parts = []
-    for seg in getattr(segmenter, "parts", None) or (segmenter,):
-        model = getattr(getattr(seg, "unet", seg), "model_path", None)
+    for seg in segmenter.parts:
+        info = seg.describe()
+        model = info.model_files[0] if info.model_files else None
         desc = json.dumps(_describe(seg, cache), sort_keys=True)
         parts.append(_Part(
-            task=seg.task.value, segmenter=seg, outputs=tuple(o.name for o in seg.outputs),
-            instances=tuple(o.name for o in seg.outputs if o.kind.value == "instances"),
-            method=type(seg).__name__, model=None if model is None else str(model),
-            model_sha256=None if model is None else _file_sha256(str(model), cache),
+            task=info.task.value, segmenter=seg, outputs=tuple(o.name for o in info.outputs),
+            instances=tuple(o.name for o in info.outputs if o.kind is OutputKind.INSTANCES),
+            method=info.name, model=model,
+            model_sha256=None if model is None else _file_sha256(model, cache),
             config=hashlib.sha256(desc.encode()).hexdigest(),
         ))
     return tuple(parts)
 
 
-def _combined(parts: list[_Part]) -> Any:
+def _combined(parts: list[_Part]) -> Segmenter:
     if len(parts) == 1:
         return parts[0].segmenter
-    from sxtdask.segmenters import CombinedSegmenter
-
     return CombinedSegmenter(tuple(p.segmenter for p in parts))
 
 
@@ -226,7 +220,7 @@ class ArchiveProgress:
     stages : dict of str → (int, int)
         Per stage: tomograms that finished it, tomograms that entered it.
     chunks : (int, int)
-        Segmentation chunks done and planned so far (polled from the scheduler about once a second).
+        Segmentation chunks done and planned so far (each block's own future).
     """
 
     total: int
@@ -301,11 +295,10 @@ class _Job:
     parts: list[_Part] = field(default_factory=list)
     overwrite: bool = False
     config: dict[str, str] = field(default_factory=dict)
-    stats: Any = None
     run: Any = None
-    chunk_group: str | None = None
-    chunk_seen: bool = False
-    chunks_polled: int = 0
+    t_submit: float = 0.0
+    measured: bool = False
+    blocks_left: int = 0
 
 
 class _Driver:
@@ -323,7 +316,8 @@ class _Driver:
         self.metric_labels = {k: (k if k in names else None) for k in ("cell", "mito", "isg")}
         self.rows: dict[str, dict[str, Any]] = {k: dict(v) for k, v in plan.previous.items()}
         self.ac = distributed.as_completed()
-        self.waiting: dict[int, tuple[Any, _Job]] = {}
+        self.waiting: dict[int, tuple[Any, _Job]] = {}  # one stage future per tomogram
+        self.blocks: dict[int, tuple[Any, _Job]] = {}  # the pipeline's per-block futures
         self.counts: dict[str, int] = {}
         self.stage_counts = {s: [0, 0] for s in STAGES}
         self.chunks_done = 0
@@ -352,7 +346,7 @@ class _Driver:
         return ArchiveProgress(
             total=len(self.plan.tomograms), counts=dict(self.counts),
             stages={s: (c[1], c[0]) for s, c in self.stage_counts.items()},
-            chunks=(self.chunks_done + self._running_chunks(), self.chunks_planned),
+            chunks=(self.chunks_done, self.chunks_planned),
         )
 
     def _report(self) -> None:
@@ -441,7 +435,7 @@ class _Driver:
             job.row[k] = prev.get(k, job.row.get(k))
         job.parts, job.overwrite = self._parts_to_run(job)
         if job.parts:
-            self._start_statistics(job)
+            self._start_pipeline(job)
         elif prev.get("status") in ("done", "skipped") and prev.get("tasks") == self.tasks:
             job.row = {**prev, "input_sha256": sha}  # as it was made: timings, versions, metrics
             self._end(job, "skipped")
@@ -475,51 +469,62 @@ class _Driver:
         job.row["stage"] = "statistics"
         job.row["config"] = {}
         self._save()  # the checksum of the image now at job.out, for a rerun after an interruption
-        self._start_statistics(job)
+        self._start_pipeline(job)
 
-    def _start_statistics(self, job: _Job) -> None:
-        from sxtdask.stats import global_stats
-
-        self._submit(job, "statistics",
-                     lambda: self.client.compute(global_stats(open_image(job.out).data)))
-
-    def _after_statistics(self, job: _Job, stats: Any) -> None:
-        from sxtdask.engine import segment_store
-        from sxtdask.stats import check_stats
-
-        check_stats(stats, str(job.out))
-        job.stats = stats
+    def _start_pipeline(self, job: _Job) -> None:
+        """The pipeline's one graph for this tomogram: statistics → segment → pyramids, and the
+        metrics too when every label image is made now (else they are measured after, from the
+        store, with the labels an earlier run made)."""
         for part in job.parts:
             job.config.pop(part.task, None)
+        job.measured = any(self.metric_labels.values()) and len(job.parts) == len(self.parts)
 
         def make() -> Any:
-            run = segment_store(job.out, _combined(job.parts), stats, overwrite=job.overwrite)
+            run = segment_tomogram(job.out, _combined(job.parts), overwrite=job.overwrite,
+                                   measure=job.measured)
             job.run = run
             job.row["chunks_total"] = run.n_chunks
-            for ours, theirs in (("chunks_recomputed", "chunks_computed"),
-                                 ("chunks_skipped", "chunks_reused")):
-                value = getattr(run, theirs, None)
-                job.row[ours] = int(value) if value is not None else None
-            job.chunk_group, total = _segment_group(run)
-            self.chunks_planned += total
-            return self.client.compute(run.graph)
+            job.row["chunks_recomputed"] = run.store.chunks_computed
+            job.row["chunks_skipped"] = run.store.chunks_reused
+            self.chunks_planned += run.n_chunks
+            job.blocks_left = run.n_chunks
+            job.t_submit = time.time()
+            futures = self.client.compute([run.result, *run.blocks])
+            for fut in futures[1:]:
+                self.blocks[id(fut)] = (fut, job)
+                self.ac.add(fut)
+            return futures[0]
 
+        for stage in ("statistics", "pyramids", *(("measure",) if job.measured else ())):
+            self.stage_counts[stage][0] += 1
         self._submit(job, "segment", make)
 
-    def _after_segment(self, job: _Job, counts: dict[str, int]) -> None:
-        self._chunks_finished(job)
+    def _after_segment(self, job: _Job, report: dict[str, Any]) -> None:
+        """The pipeline's report: stage times (from the workers' clocks), counts, metrics."""
+        self._blocks_finished(job)
+        ended = report["stage_ended"]
+        start = job.t_submit
+        for stage, key in (("statistics", "statistics"), ("segment", "segment_and_relabel"),
+                           ("pyramids", "pyramids"), ("measure", "measure")):
+            if key in ended:
+                job.row[f"seconds_{stage}"] = round(max(0.0, ended[key] - start), 3)
+                if stage != "segment":  # the segment stage was closed as the future returned
+                    self.stage_counts[stage][1] += 1
+                start = ended[key]
+        job.row["chunks_recomputed"] = report["chunks_computed"]
+        job.row["chunks_skipped"] = report["chunks_reused"]
         old = job.row.get("instance_counts") or {}
         ours = {n for p in job.parts for n in p.instances}
+        counts = report["instance_count"]
         job.row["instance_counts"] = {**old, **{k: int(v) for k, v in counts.items() if k in ours}}
-        run = dataclasses.replace(job.run, graph=None)
-        self._submit(job, "pyramids", lambda: self.client.submit(
-            finish_run, run, key=self._key("pyramids", job), pure=False))
-
-    def _after_pyramids(self, job: _Job, outputs: list[str]) -> None:
         for part in job.parts:
             job.config[part.task] = part.config
         job.run = None
-        self._start_measure(job)
+        if job.measured:
+            job.row.update(report["metrics"])
+            self._end(job, "done")
+        else:
+            self._start_measure(job)
 
     def _start_measure(self, job: _Job) -> None:
         if not any(self.metric_labels.values()):
@@ -534,39 +539,31 @@ class _Driver:
 
     # ----- chunk progress
 
-    def _chunks_finished(self, job: _Job) -> None:
-        if job.chunk_group is not None and job.run is not None:
-            self.chunks_done += int(job.run.n_chunks)
-        job.chunk_group = None
+    def _blocks_finished(self, job: _Job) -> None:
+        """Count a tomogram's blocks whose futures have not reported as done (it ended)."""
+        for key, (fut, owner) in list(self.blocks.items()):
+            if owner is job:
+                del self.blocks[key]
+                fut.release()
+        self.chunks_done += job.blocks_left
+        job.blocks_left = 0
 
-    def _segmenting(self) -> list[_Job]:
-        return [j for _, j in self.waiting.values() if j.stage == "segment" and j.chunk_group]
-
-    def _running_chunks(self) -> int:
-        return sum(j.chunks_polled for j in self._segmenting())
-
-    def poll_chunks(self) -> None:
-        jobs = self._segmenting()
-        if not jobs or self.progress is None:
-            return
-        try:
-            done = self.client.run_on_scheduler(_group_done, [j.chunk_group for j in jobs])
-        except Exception as err:  # noqa: BLE001 - a progress display must never end the run
-            logger.debug("chunk progress unavailable: %s", err)
-            return
-        for j in jobs:
-            n = done.get(j.chunk_group)
-            if n is None:
-                n = j.run.n_chunks if j.chunk_seen else 0
-            else:
-                j.chunk_seen = True
-            j.chunks_polled = min(int(n), j.run.n_chunks)
-        self._report()
+    def block_done(self, fut: Any, job: _Job) -> None:
+        fut.release()
+        if job.blocks_left > 0:
+            job.blocks_left -= 1
+            self.chunks_done += 1
+            self._report()
 
     # ----- loop
 
     def fail(self, job: _Job, err: BaseException) -> None:
-        self._chunks_finished(job)
+        if job.stage == "segment":
+            if isinstance(err, InvalidVolumeError):
+                job.stage = "statistics"
+            self.chunks_planned -= job.blocks_left  # a failed run's unfinished blocks
+            job.blocks_left = 0
+            self._blocks_finished(job)
         job.run = None
         self._end(job, "failed", _one_line(err))
 
@@ -588,7 +585,6 @@ class _Driver:
 
     def run(self) -> None:
         queue = list(self.plan.tomograms)
-        last_poll = 0.0
         try:
             while queue or self.waiting:
                 while queue and len(self.waiting) < self.in_flight:  # one future per tomogram
@@ -599,18 +595,20 @@ class _Driver:
                         job = _Job(tomo, self.plan.out_dir, self._new_row(tomo), None,
                                    t_start=time.perf_counter())
                         self._end(job, "failed", _one_line(err))
-                ready = self.ac.next_batch(block=False) if self.ac.has_ready() else []
-                if not ready:
-                    if time.perf_counter() - last_poll > _CHUNK_POLL_S:
-                        self.poll_chunks()
-                        last_poll = time.perf_counter()
-                    time.sleep(_POLL_S / 5)
+                if not self.waiting:
                     continue
-                for fut in ready:
+                for fut in self.ac.next_batch(block=True):
                     entry = self.waiting.pop(id(fut), None)
                     if entry is not None:
                         self.step(fut, entry[1])
+                        continue
+                    block = self.blocks.pop(id(fut), None)
+                    if block is not None:
+                        self.block_done(fut, block[1])
         finally:
+            for fut, _ in self.blocks.values():
+                fut.cancel()
+            self.blocks.clear()
             for fut, job in self.waiting.values():
                 fut.cancel()
                 job.row["status"], job.row["config"] = "incomplete", dict(job.config)
@@ -628,27 +626,6 @@ def _size(path: Path) -> int | None:
     if path.is_dir():
         return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return None
-
-
-def _segment_group(run: Any) -> tuple[str | None, int]:
-    """The task group of the segment stage's per-chunk tasks (the largest layer named
-    ``*segment*``) and the number of chunks."""
-    layers = getattr(getattr(run.graph, "dask", None), "layers", None) if run is not None else None
-    if not layers:
-        return None, int(getattr(run, "n_chunks", 0) or 0)
-    named = [(len(layer), name) for name, layer in layers.items() if "segment" in str(name)]
-    name = max(named)[1] if named else None
-    return name, int(run.n_chunks)
-
-
-def _group_done(names: list[str], dask_scheduler: Any = None) -> dict[str, int | None]:
-    """On the scheduler: tasks of each task group that have finished (None if unknown)."""
-    out: dict[str, int | None] = {}
-    for name in names:
-        group = dask_scheduler.task_groups.get(name)
-        out[name] = None if group is None else sum(
-            group.states.get(s, 0) for s in ("memory", "released", "forgotten", "erred"))
-    return out
 
 
 # --------------------------------------------------------------------------- entry point

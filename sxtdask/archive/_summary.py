@@ -17,35 +17,25 @@ A metric whose labels were not made (its task was not run) is NaN; so is a ratio
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import dask
 import numpy as np
 import pandas as pd
-from dask.base import tokenize
 from dask.delayed import Delayed
 
+from sxtdask._fs import atomic_file
 from sxtdask.io import open_image, open_labels
-from sxtdask.measure import instance_table, write_table
+from sxtdask.measure import write_table
+from sxtdask.pipeline import METRIC_COLUMNS, summary_metrics
 
 __all__ = ["METRIC_COLUMNS", "SUMMARY_COLUMNS", "summary_frame", "tomogram_metrics",
            "write_summary"]
 
 logger = logging.getLogger(__name__)
 
-METRIC_COLUMNS: tuple[str, ...] = (
-    "cell_volume_um3",
-    "nucleus_volume_um3",
-    "isg_count",
-    "isg_mean_diameter_nm",
-    "isg_median_diameter_nm",
-    "isg_density_per_um3",
-    "mito_volume_fraction",
-)
 SUMMARY_COLUMNS: tuple[str, ...] = ("input", "output", *METRIC_COLUMNS)
 
 _TITLES = {
@@ -57,30 +47,6 @@ _TITLES = {
     "isg_density_per_um3": "ISGs per µm³ of cell",
     "mito_volume_fraction": "mitochondrial volume fraction",
 }
-
-
-def _ratio(num: float, den: float) -> float:
-    return float(num) / float(den) if den > 0 and math.isfinite(num) else math.nan
-
-
-def _combine(parts: dict[str, Any], voxel_um3: float) -> dict[str, float]:
-    """The metrics from voxel counts and the ISG table (runs on a worker)."""
-    nan = math.nan
-    cell = float(parts["cell"]) if "cell" in parts else nan
-    nucleus = float(parts["nucleus"]) if "nucleus" in parts else nan
-    out = {k: nan for k in METRIC_COLUMNS}
-    out["cell_volume_um3"] = cell * voxel_um3
-    out["nucleus_volume_um3"] = nucleus * voxel_um3
-    if "mito" in parts:
-        out["mito_volume_fraction"] = _ratio(float(parts["mito"]), cell)
-    if "isg" in parts:
-        diameters = np.asarray(parts["isg"]["equivalent_diameter_nm"], dtype=np.float64)
-        out["isg_count"] = float(diameters.size)
-        if diameters.size:
-            out["isg_mean_diameter_nm"] = float(diameters.mean())
-            out["isg_median_diameter_nm"] = float(np.median(diameters))
-        out["isg_density_per_um3"] = _ratio(float(diameters.size), out["cell_volume_um3"])
-    return out
 
 
 def tomogram_metrics(
@@ -113,19 +79,9 @@ def tomogram_metrics(
     >>> m["cell_volume_um3"], m["isg_count"]            # doctest: +SKIP
     """
     img = open_image(path)
-    voxel_nm3 = float(np.prod(img.voxel_size_nm))
-    parts: dict[str, Any] = {}
-    if cell is not None:
-        lab = open_labels(path, cell)
-        parts["cell"] = (lab > 0).sum()
-        parts["nucleus"] = (lab == 2).sum()
-    if mito is not None:
-        parts["mito"] = (open_labels(path, mito) > 0).sum()
-    if isg is not None:
-        parts["isg"] = instance_table(open_labels(path, isg), spacing_nm=img.voxel_size_nm)
-    token = tokenize(str(path), cell, mito, isg, voxel_nm3, parts)
-    return dask.delayed(_combine, pure=True)(parts, voxel_nm3 / 1e9,
-                                             dask_key_name=f"{key_name}-{token}")
+    arrays = {k: open_labels(path, v) for k, v in (("cell", cell), ("mito", mito), ("isg", isg))
+              if v is not None}
+    return summary_metrics(img.voxel_size_nm, key_name=key_name, **arrays)
 
 
 def summary_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
@@ -161,12 +117,11 @@ def _figure(df: pd.DataFrame, out: Path) -> None:
     axes.flat[-1].axis("off")
     fig.suptitle(f"sxtdask archive: {len(df)} tomogram(s)")
     fig.tight_layout()
-    partial = out.with_name(f".{out.name}.partial")
     try:
-        fig.savefig(partial, format="png", dpi=100)
+        with atomic_file(out) as partial:
+            fig.savefig(partial, format="png", dpi=100)
     finally:
         plt.close(fig)
-    os.replace(partial, out)
 
 
 def write_summary(rows: Sequence[dict[str, Any]], folder: str | os.PathLike[str]) -> list[Path]:

@@ -18,7 +18,7 @@ from typing import Any
 from sxtdask.errors import InputError, SxtdaskError
 from sxtdask.io import open_image, open_volume, write_image
 
-__all__ = ["TaskError", "convert_tomogram", "finish_run", "guarded", "sha256_path"]
+__all__ = ["TaskError", "convert_tomogram", "guarded", "sha256_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,8 +124,3 @@ def convert_tomogram(
     img = open_image(target)
     return {"shape": list(img.data.shape), "dtype": str(img.data.dtype),
             "voxel_size_nm": list(img.voxel_size_nm)}
-
-
-def finish_run(run: Any) -> list[str]:
-    """``StoreRun.finish()`` on a worker: label pyramids and metadata, then the labels are listed."""
-    return list(run.finish())

@@ -5,9 +5,9 @@ from ._cluster import ClusterConfig, connect
 from ._run import (
     StoreRun,
     plan_grid,
+    plan_store,
     segment_array,
     segment_store,
-    plan_store,
     task_prefix,
     tomogram_name,
     uses_gpu,

@@ -11,8 +11,8 @@ from pathlib import Path
 from distributed import Client, LocalCluster
 from distributed.security import Security
 
-from ..models import register_model_cache
 from ..errors import ConfigError, InputError, SxtdaskError
+from ..models import register_model_cache
 
 __all__ = ["ClusterConfig", "connect"]
 

@@ -30,8 +30,7 @@ import numpy as np
 from dask.base import tokenize
 
 from .._fs import write_atomic  # re-exported: the one atomic write of the package
-from ..relabel._grid import BlockGrid, Index
-from ..relabel._local import BlockMeta
+from ..relabel import BlockGrid, BlockMeta, Index
 from ..segmenters import OutputSpec, Segmenter
 
 __all__ = ["Progress", "load_record", "plan_fingerprint", "save_record", "touch_marker", "write_atomic"]

@@ -27,11 +27,22 @@ from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from skimage import measure
 
 from ..errors import ConfigError, OutputError
-from ..io import create_labels, finalize_labels, labels_complete, list_label_images, open_image
-from ..relabel import Match
-from ..relabel._graph import ReductionKeys, reduction_tasks
-from ..relabel._grid import BlockGrid, Index
-from ..relabel._local import BlockResult, renumber_block
+from ..io import (
+    create_labels,
+    finalize_labels,
+    labels_complete,
+    list_label_images,
+    open_image,
+)
+from ..relabel import (
+    BlockGrid,
+    BlockResult,
+    Index,
+    Match,
+    ReductionKeys,
+    reduction_tasks,
+    renumber_block,
+)
 from ..segmenters import OutputKind, OutputSpec, Segmenter
 from ..stats import IntensityStats, refuse_nonfinite
 from ._resume import (

@@ -11,7 +11,7 @@ from sxtdask.io._labels import (
     open_labels,
     write_labels,
 )
-from sxtdask.io._omezarr import OmeImage, open_image, write_image
+from sxtdask.io._omezarr import OmeImage, normalize_chunks, open_image, write_image
 from sxtdask.io._readers import SUPPORTED_SUFFIXES, open_volume
 from sxtdask.io._volume import HeaderWarning, Volume
 
@@ -25,6 +25,7 @@ __all__ = [
     "labels_complete",
     "list_label_images",
     "list_labels",
+    "normalize_chunks",
     "open_image",
     "open_labels",
     "open_volume",

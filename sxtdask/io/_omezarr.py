@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,8 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from sxtdask.errors import ConfigError, InputError, InvalidVolumeError, OutputError
+from sxtdask._fs import atomic_directory as _atomic_directory
+from sxtdask.errors import ConfigError, InputError, InvalidVolumeError
 from sxtdask.io._checks import check_dtype, check_shape
 from sxtdask.io._volume import Volume
 
@@ -110,59 +109,16 @@ def check_voxel_size(voxel_size_nm: Any) -> tuple[float, float, float]:
 
 # --- atomic output --------------------------------------------------------------------------------
 
-def check_output(out: Path, overwrite: bool) -> None:
-    """Fail before any work if ``out`` exists (without ``overwrite``) or its parent cannot be written."""
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise OutputError(f"{out}: exists; pass --overwrite to replace it")
-    parent = out.absolute().parent
-    if not parent.exists():
-        raise OutputError(f"{out}: cannot write: the parent directory {parent} does not exist")
-    if not parent.is_dir():
-        raise OutputError(f"{out}: cannot write: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{out}: cannot write: the parent directory {parent} is not writable")
+_EXISTS = "{subject}: exists; pass --overwrite to replace it"
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+def atomic_directory(out: Path, overwrite: bool) -> AbstractContextManager[Path]:
+    """Yield a temporary sibling directory; rename it to ``out`` on success, delete it on any error.
 
-
-def _commit(partial: Path, out: Path, overwrite: bool) -> None:
-    """Move the finished ``partial`` directory to ``out``; an old ``out`` is removed only afterwards."""
-    old = None
-    if out.exists() or out.is_symlink():
-        if not overwrite:
-            raise OutputError(f"{out}: exists (created while writing); pass --overwrite to replace it")
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex}")
-        os.replace(out, old)
-    try:
-        os.replace(partial, out)
-    except OSError:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        _remove(old)
-
-
-@contextmanager
-def atomic_directory(out: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary sibling directory; rename it to ``out`` on success, delete it on any error."""
-    check_output(out, overwrite)
-    partial = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex}")
-    try:
-        partial.mkdir()
-    except OSError as err:
-        raise OutputError(f"{out}: cannot create {partial.name} in {partial.parent} ({err.strerror})") from err
-    try:
-        yield partial
-        _commit(partial, out, overwrite)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+    :func:`sxtdask._fs.atomic_directory` with this module's message for an existing ``out``; ``out``
+    is checked (:func:`sxtdask._fs.check_new_path`) before anything is read or written.
+    """
+    return _atomic_directory(out, overwrite, exists=_EXISTS)
 
 
 # --- writing --------------------------------------------------------------------------------------

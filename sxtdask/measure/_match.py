@@ -1,55 +1,52 @@
-"""Instance matching at an IoU threshold (precision, recall, F1)."""
+"""Instance matching at an IoU threshold (precision, recall, F1) of two in-memory label images.
+
+A thin wrapper: the matching itself is :func:`sxtdask.metrics.match_contingency` on the
+contingency table of the whole volume taken as one block, so the in-memory and the chunked
+scores are one implementation and always agree.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from sxtdask.metrics import MatchResult, block_contingency, match_contingency
 
 __all__ = ["MatchResult", "match_instances"]
 
 
-@dataclass(frozen=True)
-class MatchResult:
-    """Counts and scores of a one-to-one matching of predicted to true instances."""
-
-    tp: int
-    fp: int
-    fn: int
-    iou_threshold: float
-
-    @property
-    def precision(self) -> float:
-        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 1.0
-
-    @property
-    def recall(self) -> float:
-        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 1.0
-
-    @property
-    def f1(self) -> float:
-        denom = 2 * self.tp + self.fp + self.fn
-        return 2 * self.tp / denom if denom else 1.0
-
-
-def match_instances(truth: np.ndarray, pred: np.ndarray, iou_threshold: float = 0.5) -> MatchResult:
+def match_instances(truth: Any, pred: Any, iou_threshold: float = 0.5) -> MatchResult:
     """Match instances whose IoU exceeds ``iou_threshold`` (≥ 0.5 makes matches one-to-one).
 
     Parameters
     ----------
     truth, pred : (Z, Y, X) integer ndarray
-        Instance labels, 0 = background.
+        Instance labels, 0 = background (IDs need not correspond).
+    iou_threshold : float
+        At least 0.5.
+
+    Returns
+    -------
+    MatchResult
+        True positives, false positives and false negatives; ``precision``, ``recall``, ``f1``.
+
+    Raises
+    ------
+    ValueError
+        The shapes differ, or ``iou_threshold`` is below 0.5 (:class:`~sxtdask.errors.ConfigError`,
+        also for negative labels).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> t = np.zeros((1, 4, 4), np.uint8); t[0, :2] = 1
+    >>> match_instances(t, t).f1
+    1.0
     """
+    truth, pred = np.asarray(truth), np.asarray(pred)
     if truth.shape != pred.shape:
         raise ValueError(f"shapes differ: {truth.shape} vs {pred.shape}")
-    if iou_threshold < 0.5:
+    if iou_threshold < 0.5:  # before any work; match_contingency says the same
         raise ValueError(f"iou_threshold ({iou_threshold}) must be at least 0.5 for a 1:1 matching")
-    t = truth.ravel().astype(np.int64)
-    p = pred.ravel().astype(np.int64)
-    both = (t > 0) & (p > 0)
-    pairs, inter = np.unique(np.stack([t[both], p[both]]), axis=1, return_counts=True)
-    size_t, size_p = np.bincount(t), np.bincount(p)
-    iou = inter / (size_t[pairs[0]] + size_p[pairs[1]] - inter) if inter.size else inter
-    tp = int(np.count_nonzero(iou > iou_threshold))
-    n_t, n_p = int(np.count_nonzero(size_t[1:])), int(np.count_nonzero(size_p[1:]))
-    return MatchResult(tp, n_p - tp, n_t - tp, iou_threshold)
+    return match_contingency(block_contingency(pred, truth), iou_threshold)

@@ -2,8 +2,8 @@
 
 The graph has one ``sxtdask-stats-partial`` task per block of ``labels`` (holding one block of the
 labels and of the image), ``sxtdask-stats-combine`` tasks that merge at most ``_FAN_IN`` partials
-each, level by level, and one ``sxtdask-stats-table`` task that turns the final partial into a
-:class:`pandas.DataFrame`. Its size is linear in the number of blocks, and no task sees the whole
+each, level by level (:func:`sxtdask._tree.tree_reduce`), and one ``sxtdask-stats-table`` task
+that turns the final partial into a :class:`pandas.DataFrame`. Its size is linear in the number of blocks, and no task sees the whole
 volume.
 """
 
@@ -20,6 +20,7 @@ import pandas as pd
 from dask.base import tokenize
 from dask.delayed import Delayed
 
+from sxtdask._tree import tree_reduce
 from sxtdask.errors import ConfigError
 from sxtdask.measure._partials import Partial, block_partial, combine_partials
 
@@ -102,21 +103,6 @@ def _partial_tasks(labels: da.Array, image: da.Array | None, token: str) -> list
     return tasks
 
 
-def _tree_reduce(parts: list[Delayed], token: str, fan_in: int = _FAN_IN) -> Delayed:
-    """Combine partials in a tree of :func:`combine_partials` tasks with at most ``fan_in`` inputs."""
-    name = f"sxtdask-stats-combine-{token}"
-    task = dask.delayed(combine_partials, pure=True)
-    level = 0
-    while len(parts) > 1:
-        parts = [
-            task(*parts[start : start + fan_in], dask_key_name=(name, level, j))
-            for j, start in enumerate(range(0, len(parts), fan_in))
-        ]
-        level += 1
-    logger.debug("stats reduction: %d level(s) with fan-in %d", level, fan_in)
-    return parts[0]
-
-
 def partial_to_frame(
     partial: Partial, spacing_nm: tuple[float, float, float], has_image: bool
 ) -> pd.DataFrame:
@@ -190,7 +176,7 @@ def instance_table(
     token = tokenize(labels, image, spacing)
     parts = _partial_tasks(labels, image, token)
     logger.debug("stats graph: %d block partial(s) for labels of shape %s", len(parts), labels.shape)
-    reduced = _tree_reduce(parts, token)
+    reduced = tree_reduce(parts, combine_partials, f"sxtdask-stats-combine-{token}", _FAN_IN)
     to_frame = dask.delayed(partial_to_frame, pure=True)
     return to_frame(reduced, spacing, image is not None, dask_key_name=f"sxtdask-stats-table-{token}")
 

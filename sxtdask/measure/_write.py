@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
+from sxtdask._fs import atomic_file, check_new_path
 from sxtdask.errors import ConfigError, OutputError
 
 __all__ = ["write_table"]
 
 logger = logging.getLogger(__name__)
+
+_EXISTS = "{subject} exists; pass overwrite=True to replace it"
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
@@ -41,19 +43,12 @@ def _writer_for(path: Path) -> Callable[[pd.DataFrame, Path], None]:
     return writer
 
 
-def _check_target(path: Path, overwrite: bool) -> None:
-    """Refuse a directory, or an existing file without ``overwrite``."""
-    if path.is_dir():
-        raise OutputError(f"table {path} is a directory")
-    if path.exists() and not overwrite:
-        raise OutputError(f"table {path} exists; pass overwrite=True to replace it")
-
-
 def write_table(df: pd.DataFrame, out: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Write an instance table atomically as CSV or Parquet, chosen by the suffix.
 
-    The table goes to a temporary sibling file first and is moved over ``out`` with
-    :func:`os.replace`, so readers never see a half-written table.
+    The table goes to a temporary sibling file first and is moved over ``out``
+    (:func:`sxtdask._fs.atomic_file`), so readers never see a half-written table; it gets the
+    usual mode (``0666`` less the umask).
 
     Parameters
     ----------
@@ -78,20 +73,12 @@ def write_table(df: pd.DataFrame, out: str | os.PathLike[str], *, overwrite: boo
     """
     path = Path(out)
     writer = _writer_for(path)
-    _check_target(path, overwrite)
-    tmp: Path | None = None
+    check_new_path(path, overwrite, folder=False, what="table", exists=_EXISTS)
     try:
-        # Created with mode 0666 less the umask (mkstemp's 0600 would hide the table from others).
-        name = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-        os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        tmp = name
-        writer(df, tmp)
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            writer(df, tmp)
     except OSError as exc:
         raise OutputError(f"cannot write table {path}: {exc.strerror or exc}") from exc
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
     logger.info("wrote %d instance row(s) to %s", len(df), path)
     return path
 

@@ -28,6 +28,7 @@ from sxtdask.metrics._evaluate import (
 from sxtdask.metrics._instances import (
     IOU_THRESHOLDS,
     Contingency,
+    MatchResult,
     average_precision,
     block_contingency,
     combine_contingency,
@@ -35,7 +36,13 @@ from sxtdask.metrics._instances import (
     match_contingency,
 )
 from sxtdask.metrics._morph import morphometrics, surface_area
-from sxtdask.metrics._semantic import class_scores, confusion_matrix, dice_iou
+from sxtdask.metrics._semantic import (
+    class_scores,
+    confusion_matrix,
+    dice_from_counts,
+    dice_iou,
+    dice_score,
+)
 
 __all__ = [
     "COCO_STATS",
@@ -43,6 +50,7 @@ __all__ = [
     "Contingency",
     "LabelKind",
     "LabelPair",
+    "MatchResult",
     "average_precision",
     "block_annotations",
     "block_coco",
@@ -53,7 +61,9 @@ __all__ = [
     "combine_contingency",
     "confusion_matrix",
     "contingency_table",
+    "dice_from_counts",
     "dice_iou",
+    "dice_score",
     "evaluate_labels",
     "evaluate_stores",
     "match_contingency",

@@ -25,7 +25,12 @@ from sxtdask.metrics._instances import (
 )
 from sxtdask.metrics._morph import morphometrics
 from sxtdask.metrics._reduce import align
-from sxtdask.metrics._semantic import class_scores, confusion_matrix, dice_iou
+from sxtdask.metrics._semantic import (
+    class_scores,
+    confusion_matrix,
+    dice_from_counts,
+    dice_iou,
+)
 
 __all__ = ["LabelKind", "LabelPair", "evaluate_labels", "evaluate_stores", "resolve_labels"]
 
@@ -156,7 +161,7 @@ def _instance_result(table: Contingency, coco: dict[str, Any] | None) -> dict[st
         "match_50": {"tp": m.tp, "fp": m.fp, "fn": m.fn, "precision": m.precision, "recall": m.recall,
                      "f1": m.f1, "mean_matched_iou": float(matched.mean()) if matched.size else None},
         "ap_3d": average_precision(table),
-        "foreground": {"dice": 2 * overlap / (truth + pred) if truth + pred else None,
+        "foreground": {"dice": dice_from_counts(overlap, truth + pred, empty=None),
                        "iou": overlap / (truth + pred - overlap) if truth + pred else None},
         "coco_2d": coco,
     }

@@ -17,14 +17,40 @@ import numpy as np
 from dask.base import tokenize
 from dask.delayed import Delayed
 
+from sxtdask._tree import tree_reduce
 from sxtdask.errors import ConfigError
-from sxtdask.measure import MatchResult
-from sxtdask.metrics._reduce import align, block_tasks, tree_reduce
+from sxtdask.metrics._reduce import align, block_tasks
 
-__all__ = ["IOU_THRESHOLDS", "Contingency", "average_precision", "block_contingency",
+__all__ = ["IOU_THRESHOLDS", "Contingency", "MatchResult", "average_precision", "block_contingency",
            "combine_contingency", "contingency_table", "match_contingency"]
 
 IOU_THRESHOLDS: tuple[float, ...] = tuple(np.round(np.linspace(0.5, 0.95, 10), 2).tolist())
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    """Counts and scores of a one-to-one matching of predicted to true instances.
+
+    Also :class:`sxtdask.measure.MatchResult` (what :func:`sxtdask.measure.match_instances` returns).
+    """
+
+    tp: int
+    fp: int
+    fn: int
+    iou_threshold: float
+
+    @property
+    def precision(self) -> float:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 1.0
+
+    @property
+    def f1(self) -> float:
+        denom = 2 * self.tp + self.fp + self.fn
+        return 2 * self.tp / denom if denom else 1.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,8 +157,9 @@ def contingency_table(pred: Any, gt: Any) -> Delayed:
 
 
 def match_contingency(table: Contingency, iou_threshold: float = 0.5) -> MatchResult:
-    """Match instances whose IoU is above ``iou_threshold``; the same rule as
-    :func:`sxtdask.measure.match_instances` (IoU > 0.5 makes every match one-to-one).
+    """Match instances whose IoU is above ``iou_threshold`` (IoU > 0.5 makes every match
+    one-to-one): the package's one instance matcher (:func:`sxtdask.measure.match_instances` is
+    this on one in-memory block).
 
     Parameters
     ----------

@@ -1,4 +1,7 @@
-"""Small helpers shared by the chunked metrics: per-block delayed tasks and a tree reduction."""
+"""Small helpers shared by the chunked metrics: aligned inputs and per-block delayed tasks.
+
+The blocks' partial results are combined with :func:`sxtdask._tree.tree_reduce`.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +16,9 @@ from dask.delayed import Delayed
 
 from sxtdask.errors import ConfigError, InputError
 
-__all__ = ["align", "as_dask", "block_tasks", "check_integer_labels", "tree_reduce"]
+__all__ = ["align", "as_dask", "block_tasks", "check_integer_labels"]
 
 logger = logging.getLogger(__name__)
-
-FAN_IN = 8
-
 
 def as_dask(array: Any) -> da.Array:
     """Wrap a numpy (or any array-like) array as a Dask array; leave Dask arrays alone."""
@@ -44,26 +44,6 @@ def block_tasks(
     task = dask.delayed(func, pure=True)
     return [task(*(b[index] for b in blocks), *extra, dask_key_name=(name, *index))
             for index in np.ndindex(*blocks[0].shape)]
-
-
-def tree_reduce(
-    parts: list[Delayed], combine: Callable[..., Any], name: str, fan_in: int = FAN_IN,
-) -> Delayed:
-    """Combine ``parts`` in a tree of ``combine(*parts)`` tasks with at most ``fan_in`` inputs each.
-
-    ``combine`` must be associative and accept one or more parts; no task sees more than ``fan_in``
-    partial results, so the graph stays linear in the number of blocks.
-    """
-    task = dask.delayed(combine, pure=True)
-    if len(parts) == 1:
-        return task(parts[0], dask_key_name=(name, 0, 0))
-    level = 0
-    while len(parts) > 1:
-        parts = [task(*parts[start:start + fan_in], dask_key_name=(name, level, j))
-                 for j, start in enumerate(range(0, len(parts), fan_in))]
-        level += 1
-    logger.debug("%s: %d reduction level(s) with fan-in %d", name, level, fan_in)
-    return parts[0]
 
 
 def align(pred: Any, gt: Any) -> tuple[da.Array, da.Array]:

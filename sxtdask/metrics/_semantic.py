@@ -9,11 +9,12 @@ import numpy as np
 from dask.base import tokenize
 from dask.delayed import Delayed
 
+from sxtdask._tree import tree_reduce
 from sxtdask.errors import ConfigError
-from sxtdask.metrics._reduce import align, block_tasks, tree_reduce
+from sxtdask.metrics._reduce import align, block_tasks
 
 __all__ = ["MAX_CLASSES", "block_confusion", "class_scores", "combine_confusion", "confusion_matrix",
-           "dice_iou"]
+           "dice_from_counts", "dice_iou", "dice_score"]
 
 MAX_CLASSES = 256
 
@@ -109,6 +110,65 @@ def _ratio(num: float, den: float) -> float | None:
     return float(num / den) if den else None
 
 
+def dice_from_counts(intersection: float, total: float, empty: Any = 1.0) -> Any:
+    """The Dice coefficient ``2 |A ∩ B| / (|A| + |B|)`` from voxel counts.
+
+    The one Dice formula of the package: :func:`dice_score`, :func:`class_scores` and the training
+    validation Dice all use it.
+
+    Parameters
+    ----------
+    intersection : number
+        Voxels in both masks.
+    total : number
+        Voxels in the first mask plus voxels in the second.
+    empty : object
+        The result when ``total`` is 0 (both masks empty): 1.0 by default, ``None`` where an
+        absent class has no score.
+
+    Returns
+    -------
+    float, or ``empty``
+
+    Examples
+    --------
+    >>> dice_from_counts(3, 8)
+    0.75
+    >>> dice_from_counts(0, 0), dice_from_counts(0, 0, empty=None)
+    (1.0, None)
+    """
+    return float(2 * intersection / total) if total else empty
+
+
+def dice_score(truth: Any, pred: Any) -> float:
+    """The Dice coefficient of two boolean masks held in memory.
+
+    Parameters
+    ----------
+    truth, pred : array_like of bool
+        Masks of the same shape (NumPy arrays or anything ``np.asarray`` takes; non-zero is true).
+
+    Returns
+    -------
+    float
+        ``2 |truth ∩ pred| / (|truth| + |pred|)``; 1.0 when both masks are empty.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> dice_score(np.array([1, 1, 0, 0], bool), np.array([1, 0, 0, 0], bool))
+    0.6666666666666666
+    >>> dice_score(np.zeros(3, bool), np.zeros(3, bool))
+    1.0
+    """
+    t = np.asarray(truth, dtype=bool)
+    p = np.asarray(pred, dtype=bool)
+    if t.shape != p.shape:
+        raise ValueError(f"masks differ in shape: {t.shape} and {p.shape}")
+    total = int(np.count_nonzero(t)) + int(np.count_nonzero(p))
+    return dice_from_counts(int(np.count_nonzero(t & p)), total)
+
+
 def class_scores(confusion: np.ndarray, classes: Iterable[int]) -> dict[str, Any]:
     """Dice and IoU of a set of classes taken as one (e.g. cytoplasm and nucleus as "cell").
 
@@ -130,7 +190,7 @@ def class_scores(confusion: np.ndarray, classes: Iterable[int]) -> dict[str, Any
     tp = int(confusion[np.ix_(idx, idx)].sum())
     truth = int(confusion[idx, :].sum())
     pred = int(confusion[:, idx].sum())
-    return {"dice": _ratio(2 * tp, truth + pred), "iou": _ratio(tp, truth + pred - tp),
+    return {"dice": dice_from_counts(tp, truth + pred, empty=None), "iou": _ratio(tp, truth + pred - tp),
             "true_voxels": truth, "pred_voxels": pred, "overlap_voxels": tp}
 
 

@@ -34,8 +34,8 @@ from ._checkpoint import (
     read_checkpoint_meta,
     save_checkpoint,
 )
-from ._infer import check_unet, infer_unet_config, load_unet
 from ._device import resolve_device
+from ._infer import check_unet, infer_unet_config, load_unet
 from ._kinds import ModelKind
 from ._unet import UNet
 
@@ -47,11 +47,11 @@ __all__ = [
     "UNet",
     "build_maskrcnn",
     "build_unet",
-    "check_fit",
-    "check_unet",
     "bundled_weights",
     "cached_model",
     "cached_network",
+    "check_fit",
+    "check_unet",
     "clear_models",
     "infer_unet_config",
     "load_counts",

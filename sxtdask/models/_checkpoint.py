@@ -20,7 +20,6 @@ import logging
 import os
 import pickle
 import re
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._fs import atomic_file, check_new_path
 from ..errors import ConfigError, InputError, OutputError
 
 __all__ = [
@@ -377,19 +377,9 @@ def _json_default(obj: object) -> object:
 
 
 def _atomic_save(payload: dict[str, Any], path: Path) -> None:
-    folder = path.parent
-    if not folder.is_dir():
-        raise OutputError(f"cannot write checkpoint {path}: folder {folder} does not exist")
-    tmp = folder / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    check_new_path(path, True, folder=False, what="checkpoint")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_file(path, fsync=True) as tmp, open(tmp, "wb") as fh:
             torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except OSError as exc:
         raise OutputError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -10,6 +10,7 @@ from typing import Any
 import mrcfile
 import numpy as np
 
+from sxtdask._fs import atomic_file, check_new_path
 from sxtdask.errors import ConfigError, OutputError
 
 from ._phantom import make_phantom
@@ -56,8 +57,7 @@ def write_phantom(
         raise ConfigError(f"phantom output {mrc_path} must end in .mrc")
     gt_path = ground_truth_path(mrc_path)
     for path in (mrc_path, gt_path):
-        if path.exists() and not overwrite:
-            raise OutputError(f"{path} exists; pass --overwrite to replace it")
+        check_new_path(path, overwrite, parent=False)  # the folder is created below
     phantom = make_phantom(shape, seed=seed, voxel_size_nm=voxel_size_nm, **overrides)
     try:
         mrc_path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,16 +72,13 @@ def write_phantom(
 
 def _write_mrc(path: Path, image: np.ndarray, voxel_size_nm: float) -> None:
     """Write ``image`` as MRC mode 2 through a temporary file renamed into place."""
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
-        with mrcfile.new(partial, overwrite=True) as mrc:
+        with atomic_file(path) as partial, mrcfile.new(partial, overwrite=True) as mrc:
             mrc.set_data(np.ascontiguousarray(image, dtype=np.float32))
             mrc.voxel_size = voxel_size_nm * 10.0
             mrc.header.label[0] = f"sxtdask phantom: LAC per voxel ({voxel_size_nm:g} nm)".encode()
             mrc.header.nlabl = 1
-        os.replace(partial, path)
     except OSError as err:
-        partial.unlink(missing_ok=True)
         raise OutputError(f"cannot write {path}: {err}") from err
 
 

@@ -78,6 +78,9 @@ class TomogramRun:
         One per block, each computing (once the block is segmented) to whether it was reused:
         compute them with ``result`` for per-block progress.
     voxel_size_nm : (z, y, x)
+    stats : Delayed or IntensityStats
+        The whole-volume statistics the graph uses (compute it with ``result`` to see them
+        first: they are one key of the same graph).
     """
 
     path: Path
@@ -86,6 +89,7 @@ class TomogramRun:
     result: Delayed
     blocks: list[Delayed]
     voxel_size_nm: tuple[float, float, float]
+    stats: Delayed | IntensityStats
 
     @property
     def n_chunks(self) -> int:
@@ -108,7 +112,9 @@ def _lazy_labels(run: StoreRun, name: str) -> da.Array:
     level0 = str(run.path / "labels" / name / "0")
     grid = run.grid
     dsk = {(out, *i): (_read_chunk, level0, grid.core(i), pyramid) for i in grid.indices()}
-    layer = HighLevelGraph({out: MaterializedLayer(dsk)}, {out: set()})
+    # The layer names the run's layers as its dependencies: the pyramid-stage key it waits for
+    # is then a key wherever the graph is converted (not a plain string).
+    layer = HighLevelGraph({out: MaterializedLayer(dsk)}, {out: set(run.report.__dask_layers__())})
     merged = HighLevelGraph.merge(graph, layer)
     return da.Array(merged, out, chunks=grid.chunks, dtype=np.dtype(spec.dtype))
 
@@ -180,4 +186,5 @@ def segment_tomogram(
         store.report, metrics, measured,
         dask_key_name=f"{task_prefix('report', [s.name for s in store.outputs], tomogram_name(path))}"
                       f"-{tokenize(store.report.key, measure)}")
-    return TomogramRun(path, segmenter, store, result, store.blocks, img.voxel_size_nm)
+    return TomogramRun(path, segmenter, store, result, store.blocks, img.voxel_size_nm,
+                       lazy_stats)

@@ -40,7 +40,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..errors import ConfigError, LabelOverflowError
-from ..relabel._edges import best_pairs as _best
+from ..relabel import best_pairs as _best
 from ._tiles import raster_relabel
 
 __all__ = ["link_slices"]

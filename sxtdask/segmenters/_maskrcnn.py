@@ -19,8 +19,8 @@ import numpy as np
 from ..errors import ConfigError, SxtdaskError
 from ..stats import IntensityStats
 from ._base import OutputKind, OutputSpec, Segmenter
-from ._names import Method, Task
 from ._linking import link_slices
+from ._names import Method, Task
 from ._oom import forward_batches
 from ._tiles import Detections, stitch_tile_detections, tile_grid
 from ._unet import LAC_FACTOR, checkpoint_model

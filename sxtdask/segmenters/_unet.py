@@ -189,7 +189,12 @@ class UNetSegmenter(Segmenter):
         shape, without building the network (:func:`sxtdask.models.check_unet`); each worker
         builds it once, on its own device, when it first segments.
         """
-        from ..models import ModelKind, bundled_weights, check_unet, read_checkpoint_meta
+        from ..models import (
+            ModelKind,
+            bundled_weights,
+            check_unet,
+            read_checkpoint_meta,
+        )
 
         if path is None:
             path = bundled_weights(_KIND[self.task])

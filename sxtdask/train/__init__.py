@@ -9,12 +9,13 @@
 
 from __future__ import annotations
 
-from ._coco import export_coco
-from ._common import TrainResult
+from ._coco import check_patching, export_coco
+from ._common import TrainResult, check_out
 from ._data import (
     PatchSampler,
     TrainingVolume,
     open_training_data,
+    source_key,
     split_by_tomogram,
     target_from_labels,
 )
@@ -27,8 +28,11 @@ __all__ = [
     "TrainResult",
     "TrainingVolume",
     "UNetTrainConfig",
+    "check_out",
+    "check_patching",
     "export_coco",
     "open_training_data",
+    "source_key",
     "split_by_tomogram",
     "target_from_labels",
     "train_maskrcnn",

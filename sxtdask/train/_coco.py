@@ -14,7 +14,7 @@ and have fewer than ``min_area`` pixels — slivers of a granule that lies mostl
 label image's cross-sections minus those slivers.
 
 Images are prepared as the Mask R-CNN sees them at inference
-(:func:`sxtdask.segmenters._maskrcnn.prepare_maskrcnn_slices`: LAC × 33.33 clipped to [0, 1]);
+(:func:`sxtdask.segmenters.prepare_maskrcnn_slices`: LAC × 33.33 clipped to [0, 1]);
 exported files hold that scaled to 8 bit (``round(x * 255)``). The validation split's patches
 (``val.json``) are the ones the trainer validates on (at most ``val_patches`` of them).
 """
@@ -27,8 +27,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, OutputError
+from .._fs import atomic_directory
+from ..errors import ConfigError
 from ._data import TrainingVolume
 
 __all__ = [
@@ -172,7 +171,7 @@ def patch_grid(volumes: Sequence[TrainingVolume], patch: int, stride: int | None
 
 def read_patch(volumes: Sequence[TrainingVolume], ref: PatchRef) -> tuple[np.ndarray, np.ndarray]:
     """The prepared image (float32 in [0, 1]) and the label patch at ``ref``, read lazily."""
-    from ..segmenters._maskrcnn import prepare_maskrcnn_slices
+    from ..segmenters import prepare_maskrcnn_slices
 
     v = volumes[ref.volume]
     image = np.asarray(v.image[ref.z, ref.y0:ref.y1, ref.x0:ref.x1])
@@ -276,20 +275,19 @@ def export_coco(train: Sequence[TrainingVolume], val: Sequence[TrainingVolume],
     if image_format not in IMAGE_FORMATS:
         raise ConfigError(f"image format {image_format!r} is not one of {', '.join(IMAGE_FORMATS)}")
     out = Path(out)
-    _check_out_dir(out, overwrite)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
-    tmp.mkdir()
     splits = {"train": list(train), "val": list(val)}
-    total = sum(int(np.count_nonzero(v.foreground_per_slice())) for v in [*train, *val])
-    done = [0]
-
-    def tick() -> None:
-        done[0] += 1
-        if progress is not None:
-            progress(done[0], total)
-
     summary: dict[str, Any] = {"out": str(out)}
-    try:
+    # ``out`` is checked first; the patches go to a temporary sibling folder that replaces ``out``
+    # only once complete (and is deleted on any error).
+    with atomic_directory(out, overwrite, folder=True) as tmp:
+        total = sum(int(np.count_nonzero(v.foreground_per_slice())) for v in [*train, *val])
+        done = [0]
+
+        def tick() -> None:
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], total)
+
         for split, vols in splits.items():
             if not vols:
                 continue
@@ -298,10 +296,6 @@ def export_coco(train: Sequence[TrainingVolume], val: Sequence[TrainingVolume],
             (tmp / f"{split}.json").write_text(json.dumps(data))
             summary[split] = {"tomograms": [v.name for v in vols], "images": len(data["images"]),
                               "annotations": len(data["annotations"])}
-        _replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     logger.info("exported COCO patches to %s", out)
     return summary
 
@@ -330,7 +324,7 @@ def _export_split(volumes: Sequence[TrainingVolume], folder: Path, patch: int, s
 
 def _prepared_u8(volume: TrainingVolume, z: int) -> np.ndarray:
     """Slice ``z`` prepared as the detector's input, in 8 bit."""
-    from ..segmenters._maskrcnn import prepare_maskrcnn_slices
+    from ..segmenters import prepare_maskrcnn_slices
 
     x = prepare_maskrcnn_slices(np.asarray(volume.image[z])[None])[0]
     return np.round(x * 255).astype(np.uint8)
@@ -354,28 +348,9 @@ def _safe_name(name: str) -> str:
 def _info(patch: int, stride: int, min_area: int, split: str,
           volumes: Sequence[TrainingVolume]) -> dict[str, Any]:
     from .. import __version__
-    from ..segmenters._unet import LAC_FACTOR
+    from ..segmenters import LAC_FACTOR
 
     return {"description": f"sxtdask export-coco ({split})", "version": __version__,
             "patch": patch, "stride": stride, "min_area": min_area,
             "preprocessing": f"round(clip(LAC * {LAC_FACTOR}, 0, 1) * 255), 8-bit grayscale",
             "tomograms": [v.name for v in volumes]}
-
-
-def _check_out_dir(out: Path, overwrite: bool) -> None:
-    from .._paths import check_new_path
-
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out} exists and is not a folder")
-    check_new_path(out, overwrite)
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first and removed after."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, InputError, OutputError
+from .._fs import atomic_file, check_new_path
+from ..errors import ConfigError, InputError
 
 __all__ = ["Progress", "TrainResult", "resolve_train_device", "seed_everything", "state_path"]
 
@@ -57,7 +57,7 @@ def seed_everything(seed: int) -> np.random.Generator:
 
 
 def resolve_train_device(device: str) -> str:
-    from ..segmenters._unet import resolve_device
+    from ..models import resolve_device
 
     return resolve_device(device)
 
@@ -68,25 +68,25 @@ def state_path(out: Path) -> Path:
 
 
 def check_out(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber a checkpoint unless resuming or overwriting; the folder must exist."""
-    if not out.parent.is_dir():
-        raise OutputError(f"{out}: folder {out.parent} does not exist")
+    """Refuse to clobber a checkpoint unless resuming or overwriting; the folder must exist and be
+    writable (:func:`sxtdask._fs.check_new_path`)."""
     if resume:
+        check_new_path(out, True)
         if not state_path(out).is_file():
             raise InputError(f"{out}: nothing to resume (no {state_path(out).name} beside it)")
         return
-    if out.exists() and not overwrite:
-        raise OutputError(f"{out} exists; pass --overwrite to replace it or --resume to continue")
+    check_new_path(out, overwrite, exists=_EXISTS)
+
+
+_EXISTS = "{subject} exists; pass --overwrite to replace it or --resume to continue"
 
 
 def save_state(out: Path, state: dict[str, Any]) -> None:
     """Write the resume state atomically (a weights-only loadable dict of tensors and numbers)."""
     import torch
 
-    path = state_path(out)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_file(state_path(out)) as tmp:
+        torch.save(state, tmp)
 
 
 def load_state(out: Path) -> dict[str, Any]:

@@ -126,7 +126,7 @@ def train_unet(task: str, train: Sequence[TrainingVolume], val: Sequence[Trainin
     import torch
 
     from ..models import build_unet, save_checkpoint
-    from ..models._kinds import ModelKind
+    from ..models import ModelKind
 
     if task not in _N_CLASSES:
         raise ConfigError(f"task {task!r} has no U-Net (cell, mito or isg)")

@@ -8,32 +8,33 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sxtdask.cli import (
-    Console,
-    _add_cluster_options,
-    _check_new_file,
-    _open_cluster,
-    _write_json,
-)
+from sxtdask._fs import check_new_path
+
+from ._cluster import open_cluster
+from ._console import Console, write_json
+from ._options import cluster_options, output_options
 
 NAME = "evaluate"
 
 
 def add_parser(sub: Any) -> None:
     """Add the ``evaluate`` sub-command to ``sub`` (argparse sub-parsers)."""
-    p = sub.add_parser(NAME, help="score predicted label images against ground truth (Dice/IoU, "
-                                  "instance F1 and AP, 2-D COCO, morphometrics)")
-    p.add_argument("pred", type=Path, metavar="PRED.zarr", help="OME-Zarr image with predicted labels/")
-    p.add_argument("gt", type=Path, metavar="GT.zarr", help="OME-Zarr image with true labels/ (e.g. *.gt.zarr)")
-    p.add_argument("--labels", nargs="+", action="extend", default=None, metavar="NAME|PRED=GT",
-                   help="label images to compare (default: the names present in both), e.g. "
-                        "cell mito isg-mask=isg")
-    p.add_argument("--instances", action="append", default=[], metavar="NAME",
-                   help="evaluate this label image as instances whatever its dtype (repeatable)")
-    p.add_argument("--no-coco", action="store_true", help="skip the 2-D slice-wise COCO metrics")
-    p.add_argument("--out", type=Path, default=None, help="write all metrics to this JSON file")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    _add_cluster_options(p)
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("pred", type=Path, metavar="PRED.zarr",
+                     help="OME-Zarr image with predicted labels/")
+    own.add_argument("gt", type=Path, metavar="GT.zarr",
+                     help="OME-Zarr image with true labels/ (e.g. *.gt.zarr)")
+    own.add_argument("--labels", nargs="+", action="extend", default=None, metavar="NAME|PRED=GT",
+                     help="label images to compare (default: the names present in both), e.g. "
+                          "cell mito isg-mask=isg")
+    own.add_argument("--instances", action="append", default=[], metavar="NAME",
+                     help="evaluate this label image as instances whatever its dtype (repeatable)")
+    own.add_argument("--no-coco", action="store_true", help="skip the 2-D slice-wise COCO metrics")
+    own.add_argument("--out", type=Path, default=None, help="write all metrics to this JSON file")
+    own.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    sub.add_parser(NAME, help="score predicted label images against ground truth (Dice/IoU, "
+                              "instance F1 and AP, 2-D COCO, morphometrics)",
+                   parents=[own, cluster_options(), output_options()])
 
 
 def _f(value: Any, percent: bool = False) -> str:
@@ -86,16 +87,16 @@ def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
     from sxtdask.metrics import evaluate_stores
 
     if args.out is not None:
-        _check_new_file(args.out, args.overwrite)
+        check_new_path(args.out, args.overwrite)
     t0 = time.perf_counter()
     # workers open the stores by path, in their own working folders; errors come before a cluster
     graph = evaluate_stores(args.pred.absolute(), args.gt.absolute(), args.labels,
                             instances=args.instances, coco=not args.no_coco, compute=False)
-    with _open_cluster(args, con) as client, span(f"evaluate {args.pred.absolute().name}"):
+    with open_cluster(args, con) as client, span(f"evaluate {args.pred.absolute().name}"):
         result = con.compute(client, graph, "evaluating")
     result["seconds"] = round(time.perf_counter() - t0, 3)
     if args.out is not None:
-        _write_json(args.out, result)
+        write_json(args.out, result)
     if not con.json_log:  # JSON lines get the whole result as the summary event
         con.say(render_table(result))
     if args.out is not None:

@@ -16,8 +16,12 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from sxtdask.cli import Console, _add_cluster_options, _tasks, add_model_options
 from sxtdask.errors import ConfigError
+
+from ._cluster import cluster_config, open_cluster
+from ._console import Console
+from ._options import _positive, _tasks, cluster_options, model_options, output_options
+from ._segmenters import make_segmenter
 
 NAME = "archive"
 
@@ -28,38 +32,32 @@ _STAGE_LABELS = {
 }
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
 def add_parser(sub: Any) -> None:
     """Add the ``archive`` sub-command to ``sub`` (argparse sub-parsers)."""
-    p = sub.add_parser(
+    head = argparse.ArgumentParser(add_help=False)
+    head.add_argument("input_dir", type=Path, metavar="INPUT_DIR")
+    head.add_argument("--out", required=True, type=Path, metavar="OUTPUT_DIR",
+                      help="archive folder (created; reruns reuse it)")
+    head.add_argument("--tasks", "--task", dest="task", required=True, type=_tasks,
+                      metavar="{cell,mito,isg,isg-instances}[,...]",
+                      help="what to segment in every tomogram; several share one read of each "
+                           "chunk")
+    tail = argparse.ArgumentParser(add_help=False)
+    tail.add_argument("--in-flight", type=_positive, default=None, metavar="N",
+                      help="tomograms processed at once (default: the workers' threads, at least "
+                           "2)")
+    tail.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                      help="skip inputs whose relative path or name matches (repeatable), e.g. "
+                           "'*.gt.zarr'")
+    models = model_options("chunk and block shape of the converted images (default: 32 full "
+                           "slices)")
+    sub.add_parser(
         NAME, help="convert, segment and measure every tomogram under a folder (resumable)",
         description="Find tomograms (MRC/REC, AmiraMesh, TIFF, NumPy, OME-Zarr) under INPUT_DIR, "
                     "write one OME-Zarr with labels per tomogram under OUTPUT_DIR/tomograms/, a "
                     "manifest (manifest.csv/.json) and a summary (summary.csv/.parquet/.png). "
-                    "Rerunning skips finished tomograms and resumes interrupted ones.")
-    p.add_argument("input_dir", type=Path, metavar="INPUT_DIR")
-    p.add_argument("--out", required=True, type=Path, metavar="OUTPUT_DIR",
-                   help="archive folder (created; reruns reuse it)")
-    p.add_argument("--tasks", "--task", dest="task", required=True, type=_tasks,
-                   metavar="{cell,mito,isg,isg-instances}[,...]",
-                   help="what to segment in every tomogram; several share one read of each chunk")
-    add_model_options(p, chunks_help="chunk and block shape of the converted images "
-                                      "(default: 32 full slices)")
-    p.add_argument("--in-flight", type=_positive, default=None, metavar="N",
-                   help="tomograms processed at once (default: the workers' threads, at least 2)")
-    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
-                   help="skip inputs whose relative path or name matches (repeatable), e.g. "
-                        "'*.gt.zarr'")
-    _add_cluster_options(p)
+                    "Rerunning skips finished tomograms and resumes interrupted ones.",
+        parents=[head, models, tail, cluster_options(), output_options()])
 
 
 class _Bars:
@@ -101,19 +99,18 @@ def _say_row(con: Console, row: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
     from sxtdask.archive import plan_archive, run_archive
-    from sxtdask.cli import _cluster_config, _make_segmenter, _open_cluster
     from sxtdask.engine import uses_gpu
 
     t0 = time.perf_counter()
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size ({args.batch_size}) must be at least 1")
-    segmenter = _make_segmenter(args)
+    segmenter = make_segmenter(args)
     plan = plan_archive(args.input_dir, args.out, exclude=args.exclude)  # errors before any cluster
     con.say(f"{len(plan.tomograms)} tomogram(s) under {args.input_dir}; archive in {args.out}")
-    config = _cluster_config(args)
+    config = cluster_config(args)
     if uses_gpu(segmenter) and not args.scheduler:
         config = dataclasses.replace(config, gpu=True)  # dask-cuda: one worker per GPU
-    with _open_cluster(args, con, config) as client, ExitStack() as stack:
+    with open_cluster(args, con, config) as client, ExitStack() as stack:
         bars = None if con.quiet else _Bars(con, stack, len(plan.tomograms))
         result = run_archive(plan, segmenter, client, chunks=args.chunks, in_flight=args.in_flight,
                              progress=bars, on_row=lambda row: _say_row(con, row))

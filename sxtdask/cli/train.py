@@ -7,46 +7,55 @@ import time
 from pathlib import Path
 from typing import Any, Self
 
+from sxtdask.segmenters import trainable
+
+from ._console import Console
+from ._options import output_options
+
 NAME = "train"
-TASKS = ("cell", "mito", "isg", "isg-maskrcnn")
+#: The networks ``--task`` trains: the registry's (cell, mito, isg, isg-maskrcnn).
+TASKS = trainable()
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
+    """Add the ``train`` sub-command to ``sub`` (argparse sub-parsers)."""
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("--task", required=True, choices=TASKS)
+    own.add_argument("--data", required=True, nargs="+", metavar="PATH",
+                     help="OME-Zarr stores with labels/ (e.g. from `sxtdask synth`), or IMAGE,LABELS "
+                          "file pairs (MRC/TIFF/...); split into training and validation by tomogram")
+    own.add_argument("--out", required=True, type=Path, metavar="MODEL.pt", help="checkpoint to write")
+    own.add_argument("--labels", default=None, metavar="NAME",
+                     help="label image to learn from in the stores (default: cell, mito or isg)")
+    own.add_argument("--val-data", nargs="+", default=None, metavar="PATH",
+                     help="validation tomograms (default: --val-fraction of --data)")
+    own.add_argument("--val-fraction", type=float, default=0.2,
+                     help="share of the --data tomograms held out for validation (default 0.2)")
+    own.add_argument("--epochs", type=int, default=None, help="default: U-Net 10, Mask R-CNN 20")
+    own.add_argument("--steps-per-epoch", type=int, default=None,
+                     help="optimiser steps per epoch (default: U-Net 100)")
+    own.add_argument("--batch-size", type=int, default=None, help="default: U-Net 8, Mask R-CNN 4")
+    own.add_argument("--patch", type=int, default=None, help="patch side (default: U-Net 128, Mask R-CNN 256)")
+    own.add_argument("--lr", type=float, default=None,
+                     help="peak learning rate (default: U-Net 3e-3 AdamW, Mask R-CNN 0.005 SGD)")
+    own.add_argument("--width", type=int, default=16, help="U-Net base width (default 16; reference 64)")
+    own.add_argument("--context", type=int, default=None, choices=(0, 1),
+                     help="mito: neighbouring slices on each side as input channels (default 1; 0 "
+                          "repeats the slice, as the reference)")
+    own.add_argument("--min-size", type=int, default=None,
+                     help="Mask R-CNN: the image size its transform resizes to (default 800, the "
+                          "reference; 256 keeps patches at their size and trains far faster on a CPU)")
+    own.add_argument("--patience", type=int, default=None,
+                     help="Mask R-CNN: stop after this many evaluations without improvement (default 3)")
+    own.add_argument("--seed", type=int, default=0, help="random seed (runs are repeatable)")
+    own.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    own.add_argument("--resume", action="store_true", help="continue an interrupted run of --out")
+    own.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    sub.add_parser(
         NAME, help="train a network on labelled tomograms (OME-Zarr with labels/, or IMAGE,LABELS)",
         description="Train the cell/nucleus, mitochondria or ISG U-Net, or the ISG Mask R-CNN. "
-                    "The checkpoint is read by `segment --model PATH` and load_model(path).")
-    p.add_argument("--task", required=True, choices=TASKS)
-    p.add_argument("--data", required=True, nargs="+", metavar="PATH",
-                   help="OME-Zarr stores with labels/ (e.g. from `sxtdask synth`), or IMAGE,LABELS "
-                        "file pairs (MRC/TIFF/...); split into training and validation by tomogram")
-    p.add_argument("--out", required=True, type=Path, metavar="MODEL.pt", help="checkpoint to write")
-    p.add_argument("--labels", default=None, metavar="NAME",
-                   help="label image to learn from in the stores (default: cell, mito or isg)")
-    p.add_argument("--val-data", nargs="+", default=None, metavar="PATH",
-                   help="validation tomograms (default: --val-fraction of --data)")
-    p.add_argument("--val-fraction", type=float, default=0.2,
-                   help="share of the --data tomograms held out for validation (default 0.2)")
-    p.add_argument("--epochs", type=int, default=None, help="default: U-Net 10, Mask R-CNN 20")
-    p.add_argument("--steps-per-epoch", type=int, default=None,
-                   help="optimiser steps per epoch (default: U-Net 100)")
-    p.add_argument("--batch-size", type=int, default=None, help="default: U-Net 8, Mask R-CNN 4")
-    p.add_argument("--patch", type=int, default=None, help="patch side (default: U-Net 128, Mask R-CNN 256)")
-    p.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate (default: U-Net 3e-3 AdamW, Mask R-CNN 0.005 SGD)")
-    p.add_argument("--width", type=int, default=16, help="U-Net base width (default 16; reference 64)")
-    p.add_argument("--context", type=int, default=None, choices=(0, 1),
-                   help="mito: neighbouring slices on each side as input channels (default 1; 0 "
-                        "repeats the slice, as the reference)")
-    p.add_argument("--min-size", type=int, default=None,
-                   help="Mask R-CNN: the image size its transform resizes to (default 800, the "
-                        "reference; 256 keeps patches at their size and trains far faster on a CPU)")
-    p.add_argument("--patience", type=int, default=None,
-                   help="Mask R-CNN: stop after this many evaluations without improvement (default 3)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (runs are repeatable)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run of --out")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+                    "The checkpoint is read by `segment --model PATH` and load_model(path).",
+        parents=[own, output_options()])
 
 
 def _options(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Any]:
@@ -54,16 +63,16 @@ def _options(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Any]:
             if getattr(args, arg) is not None}
 
 
-def run(args: argparse.Namespace, con: Any) -> dict[str, Any]:
-    from ..errors import ConfigError, InputError
-    from ..train import (
+def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
+    from sxtdask.errors import ConfigError, InputError
+    from sxtdask.train import (
         UNetTrainConfig,
+        check_out,
         open_training_data,
+        source_key,
         split_by_tomogram,
         train_unet,
     )
-    from ..train._common import check_out
-    from ..train._data import source_key
 
     check_out(args.out, args.resume, args.overwrite)  # before any data is read
     if args.val_data:
@@ -74,7 +83,7 @@ def run(args: argparse.Namespace, con: Any) -> dict[str, Any]:
     common = {"epochs": "epochs", "steps_per_epoch": "steps_per_epoch", "batch_size": "batch_size",
               "patch": "patch", "lr": "lr", "seed": "seed", "device": "device"}
     if args.task == "isg-maskrcnn":
-        from ..train import MaskRCNNTrainConfig, train_maskrcnn
+        from sxtdask.train import MaskRCNNTrainConfig, train_maskrcnn
 
         config: Any = MaskRCNNTrainConfig(**_options(
             args, {**common, "min_size": "min_size", "patience": "patience"}))
@@ -115,7 +124,7 @@ def run(args: argparse.Namespace, con: Any) -> dict[str, Any]:
 class _EpochBars:
     """One bar per epoch over its optimiser steps; a line of loss and validation metrics after it."""
 
-    def __init__(self, con: Any, epochs: int) -> None:
+    def __init__(self, con: Console, epochs: int) -> None:
         self.con, self.epochs = con, epochs
         self.epoch = 0
         self.cm: Any = None

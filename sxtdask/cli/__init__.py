@@ -1,0 +1,98 @@
+"""The ``sxtdask`` command. The only package that prints, configures logging and draws progress
+bars; library code reports through return values, log records, warnings and exceptions.
+
+User errors (``SxtdaskError``) are printed as one line on stderr, without a traceback, and the
+command exits with status 2.
+
+One module per command (``COMMANDS``), each with ``NAME`` (the command word),
+``add_parser(subparsers)`` (its ``argparse`` sub-parser, built from the shared option groups of
+``_options``) and ``run(args, console) -> dict`` (the work; user errors raised as
+``SxtdaskError``). What commands share lives in ``_console`` (bars, JSON lines, logging),
+``_options`` (option groups and types), ``_cluster`` (the Dask client) and ``_segmenters``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from collections.abc import Sequence
+
+from sxtdask import __version__
+from sxtdask.errors import SxtdaskError
+
+from . import (
+    archive,
+    convert,
+    demo,
+    evaluate,
+    export_coco,
+    segment,
+    stats,
+    synth,
+    train,
+)
+from ._console import Console, configure_logging
+from ._options import JSON_LOG_HELP, QUIET_HELP, _add_output_options
+
+__all__ = ["COMMANDS", "Console", "build_parser", "main"]
+
+logger = logging.getLogger("sxtdask.cli")
+
+#: The command modules, in the order ``sxtdask --help`` lists them.
+COMMANDS = (convert, synth, segment, stats, demo, archive, evaluate, export_coco, train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``sxtdask`` parser: the main options and one sub-parser per command."""
+    parser = argparse.ArgumentParser(
+        prog="sxtdask",
+        description="Segment soft X-ray tomograms of whole cells at archive scale, on Dask.",
+    )
+    parser.add_argument("--version", action="version", version=f"sxtdask {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
+    parser.add_argument("--json-log", action="store_true", help=JSON_LOG_HELP)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS:
+        module.add_parser(sub)
+    _add_output_options(parser)  # nothing left to add unless a command lacks output_options()
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sxtdask`` console script.
+
+    Exit status: 0, or 2 after a user error (one line on stderr), 130 when interrupted, or the
+    ``exit_status`` a command puts in its result (e.g. 1 when some items of a batch failed).
+    Called in a process that goes on (tests, notebooks), it leaves the ``sxtdask`` logger and the
+    warning filters as it found them.
+    """
+    args = build_parser().parse_args(argv)
+    log = logging.getLogger("sxtdask")
+    saved = (log.handlers[:], log.level, log.propagate)
+    try:
+        with warnings.catch_warnings():
+            return _run_command(args)
+    finally:
+        log.handlers[:], log.level, log.propagate = saved
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    con = Console(args.quiet, json_log=args.json_log, command=args.command)
+    configure_logging(args.verbose, con)
+    commands = {module.NAME: module.run for module in COMMANDS}
+    try:
+        result = commands[args.command](args, con) or {}
+    except SxtdaskError as err:
+        con.error(str(err))
+        print(f"sxtdask: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        con.error("interrupted")
+        print("sxtdask: interrupted", file=sys.stderr)
+        return 130
+    status = int(result.get("exit_status", 0) or 0)
+    con.summary(result)
+    return status

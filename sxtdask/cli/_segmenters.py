@@ -1,0 +1,45 @@
+"""The segmenters that the ``segment``, ``archive`` and ``demo`` options choose, from the registry.
+
+``--task`` values are :class:`sxtdask.segmenters.Task` words, ``--method`` values
+:class:`~sxtdask.segmenters.Method` words; which methods each task offers and which is its
+default come from :data:`sxtdask.segmenters.REGISTRY`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sxtdask.errors import ConfigError
+from sxtdask.segmenters import REGISTRY, Segmenter, Task
+from sxtdask.segmenters import make_segmenter as build
+
+__all__ = ["METHOD_WORDS", "TASKS", "make_segmenter"]
+
+#: ``--task`` words, in the registry's order.
+TASKS: tuple[str, ...] = tuple(t.value for t in Task)
+#: ``--method`` words.
+METHOD_WORDS: tuple[str, ...] = tuple(dict.fromkeys(e.method.value for e in REGISTRY))
+
+
+def _models(values: list[str] | None, tasks: tuple[str, ...]) -> dict[str, Path | None]:
+    """``--model`` values → a checkpoint per task (a bare PATH when there is one task)."""
+    out: dict[str, Path | None] = dict.fromkeys(tasks)
+    for value in values or []:
+        task, sep, path = value.partition("=")
+        if not sep and len(tasks) == 1:
+            task, path = tasks[0], value
+        elif task not in tasks:
+            raise ConfigError(f"--model {value!r}: say which task it is for, as TASK=PATH "
+                              f"(tasks: {', '.join(tasks)})")
+        out[task] = Path(path)
+    return out
+
+
+def make_segmenter(args: argparse.Namespace) -> Segmenter:
+    """The segmenter of the model options (``--task``, ``--method``, ``--model``, ``--device``,
+    ``--batch-size``, ``--halo``): one task's, or a ``CombinedSegmenter`` of several."""
+    models = _models(getattr(args, "model", None), args.task)
+    return build(args.task, getattr(args, "method", None), models=dict(models),
+                 device=args.device, batch_size=getattr(args, "batch_size", None),
+                 halo=getattr(args, "halo", None))

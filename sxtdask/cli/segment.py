@@ -1,0 +1,128 @@
+"""``sxtdask segment DATA --task ...``: segment an OME-Zarr image chunk by chunk into labels/<name>."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from sxtdask import __version__
+from sxtdask._fs import check_new_path
+from sxtdask.segmenters import Segmenter
+
+from ._cluster import cluster_config, open_cluster, span_name
+from ._console import Console, write_json
+from ._options import _tasks, cluster_options, model_options, output_options
+from ._segmenters import make_segmenter
+
+NAME = "segment"
+
+
+def add_parser(sub: Any) -> None:
+    """Add the ``segment`` sub-command to ``sub`` (argparse sub-parsers)."""
+    head = argparse.ArgumentParser(add_help=False)
+    head.add_argument("data", type=Path)
+    head.add_argument("--task", required=True, type=_tasks,
+                      metavar="{cell,mito,isg,isg-instances}[,...]",
+                      help="what to segment; several, comma-separated, share one read of each "
+                           "chunk")
+    tail = argparse.ArgumentParser(add_help=False)
+    tail.add_argument("--report", type=Path, default=None, help="write a JSON run report here")
+    tail.add_argument("--overwrite", action="store_true", help="replace existing labels")
+    sub.add_parser(NAME, help="segment an OME-Zarr image chunk by chunk; writes labels/<name>",
+                   parents=[head, model_options("block shape (default: the image's chunks)"),
+                            tail, cluster_options(), output_options()])
+
+
+def run_segment(
+    data: Path, segmenter: Segmenter, client: Any, con: Console, *, chunks: Any = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """The pipeline's one graph on ``client`` (statistics → segment and relabel → pyramids), with
+    a bar per stage fed by the graph's own futures; returns the run report."""
+    from distributed import as_completed, wait
+
+    from sxtdask.models import load_counts
+    from sxtdask.pipeline import segment_tomogram
+    from sxtdask.stats import check_stats
+
+    run = segment_tomogram(data, segmenter, chunks=chunks, overwrite=overwrite)
+    t0 = time.time()
+    futures = client.compute([run.result, run.stats, *run.blocks])
+    result, stats_future, blocks = futures[0], futures[1], futures[2:]
+    try:
+        with con.busy("global statistics"):
+            wait(stats_future)
+        if stats_future.status == "finished":
+            check_stats(stats_future.result(), str(data))  # warns here for a constant volume
+        with con.steps(f"segmenting {run.n_chunks} chunks + relabel", run.n_chunks) as tick:
+            for k, _ in enumerate(as_completed(blocks), 1):
+                tick(k, run.n_chunks)
+        with con.busy("writing label pyramids"):
+            report = result.result()
+    except BaseException:
+        client.cancel(futures)
+        raise
+    ended, start, stages = report["stage_ended"], t0, {}
+    for stage, end in ended.items():
+        stages[stage], start = max(0.0, end - start), end
+    info = segmenter.describe()
+    parts = [p.describe() for p in segmenter.parts]
+    stats = report["intensity_stats"]
+    loads = client.run(load_counts)
+    return {
+        "sxtdask_version": __version__,
+        "input": str(data),
+        "tasks": [p.task.value for p in parts],
+        "methods": [p.name for p in parts],
+        "method_names": [None if p.method is None else p.method.value for p in parts],
+        "models": [p.model_files[0] if p.model_files else None for p in parts],
+        "chunk_count": run.n_chunks,
+        "chunks_total": report["chunks_total"],
+        "chunks_recomputed": report["chunks_computed"],  # an interrupted run's complete blocks are
+        "chunks_skipped": report["chunks_reused"],  # skipped (their saved results are loaded)
+        "chunk_shape": [c[0] for c in run.store.grid.chunks],
+        "halo": list(run.store.grid.halo),
+        "device": info.device,
+        "stage_seconds": {k: round(v, 3) for k, v in stages.items()},
+        "instance_count": {k: int(v) for k, v in report["instance_count"].items()},
+        "outputs": report["outputs"],
+        "workers": len(loads),
+        "model_loads_per_worker": loads,
+        "dashboard": client.dashboard_link,
+        "intensity_stats": {k: getattr(stats, k) for k in ("min", "max", "mean", "std", "p_low", "p_high")},
+    }
+
+
+def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
+    from distributed import span
+
+    from sxtdask.engine import plan_store
+    from sxtdask.io import open_image
+
+    open_image(args.data)  # clear errors before any cluster starts or any statistics run
+    if args.report is not None:
+        check_new_path(args.report, overwrite=True)
+    segmenter = make_segmenter(args)
+    # Existing labels, bad chunks or halos: refused before any cluster starts (reads only).
+    plan_store(args.data, segmenter, chunks=args.chunks, overwrite=args.overwrite)
+    t0 = time.perf_counter()
+    config = cluster_config(args)
+    if segmenter.needs_gpu and not args.scheduler:
+        config = dataclasses.replace(config, gpu=True)  # dask-cuda: one worker per GPU
+    # Workers open the store by path, in their own working folders (remote ones too).
+    data = args.data.absolute()
+    with open_cluster(args, con, config) as client, span(span_name("segment", data)):
+        report = run_segment(data, segmenter, client, con, chunks=args.chunks,
+                             overwrite=args.overwrite)
+    report["total_seconds"] = round(time.perf_counter() - t0, 3)
+    if args.performance_report is not None:
+        report["performance_report"] = str(args.performance_report)
+    if args.report is not None:
+        write_json(args.report, report)
+    n = ", ".join(f"{k}: {v}" for k, v in report["instance_count"].items())
+    con.say(f"{args.data}: {report['chunk_count']} chunks, {n} instances; wrote "
+            f"{', '.join(report['outputs'])} ({report['total_seconds']:.1f} s)")
+    return report

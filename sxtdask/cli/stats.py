@@ -1,0 +1,58 @@
+"""``sxtdask stats DATA --labels NAME --out TABLE``: a per-instance table of a label image."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from sxtdask._fs import check_new_path
+from sxtdask.errors import ConfigError
+
+from ._cluster import open_cluster, span_name
+from ._console import Console
+from ._options import cluster_options, output_options
+
+NAME = "stats"
+
+
+def add_parser(sub: Any) -> None:
+    """Add the ``stats`` sub-command to ``sub`` (argparse sub-parsers)."""
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("data", type=Path)
+    own.add_argument("--labels", required=True, help="label image name, e.g. isg")
+    own.add_argument("--out", required=True, type=Path, help="TABLE.csv or TABLE.parquet")
+    own.add_argument("--overwrite", action="store_true")
+    sub.add_parser(NAME, help="per-instance table (CSV or Parquet) of a label image",
+                   parents=[own, cluster_options(), output_options()])
+
+
+def run_stats(data: Path, labels: str, out: Path, client: Any, con: Console, *,
+              overwrite: bool = False) -> Any:
+    """Measure every instance of the label image ``labels`` of ``data``; write the table to
+    ``out`` and return it."""
+    from sxtdask.io import open_image, open_labels
+    from sxtdask.measure import instance_table, write_table
+
+    img = open_image(data)
+    lab = open_labels(data, labels)
+    table = con.compute(client, instance_table(lab, img.data, spacing_nm=img.voxel_size_nm),
+                        f"measuring {labels}")
+    write_table(table, out, overwrite=overwrite)
+    return table
+
+
+def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
+    from distributed import span
+
+    from sxtdask.io import open_labels
+
+    if args.out.suffix.lower() not in (".csv", ".parquet"):
+        raise ConfigError(f"{args.out}: the table must end in .csv or .parquet")
+    check_new_path(args.out, args.overwrite)
+    open_labels(args.data, args.labels)  # a clear error before any cluster starts
+    data = args.data.absolute()  # workers open the store by path, in their own working folders
+    with open_cluster(args, con) as client, span(span_name(f"stats {args.labels}", data)):
+        table = run_stats(data, args.labels, args.out, client, con, overwrite=args.overwrite)
+    con.say(f"wrote {args.out}: {len(table)} instances of {args.labels!r}")
+    return {"rows": len(table), "output": str(args.out)}
