@@ -58,6 +58,7 @@ def fake_maskrcnn(tmp_path, monkeypatch):
     ckpt = tmp_path / "fake.pth"
     ckpt.write_bytes(b"unused")
     monkeypatch.setattr(MaskRCNNISG, "_build", lambda self, device: GroundTruthDetector())
+    monkeypatch.setattr(MaskRCNNISG, "_check", lambda self, path: None)  # the file is a stand-in
     return MaskRCNNISG(tile=48, overlap=16, device="cpu", batch_size=5).load_model(ckpt)
 
 

@@ -38,7 +38,7 @@ def _check_structure(structure: ArrayLike | None, ndim: int) -> np.ndarray:
 def _neighbour_shells(
     shells: list[dict[Offset, np.ndarray]], grid: BlockGrid, idx: Index
 ) -> dict[Offset, dict[Offset, np.ndarray]]:
-    return {off: sh for (off, _), sh in zip(neighbour_offsets(grid, idx), shells)}
+    return {off: sh for (off, _), sh in zip(neighbour_offsets(grid, idx), shells, strict=False)}
 
 
 def _local_task(
@@ -106,8 +106,8 @@ def label(
         dsk[(local, *i)] = (_local_task, (arr.name, *i), near, grid, i, s)
         dsk[(core, *i)] = (operator.getitem, (local, *i), 2)
         dsk[(name, *i)] = (relabel_core, (core, *i), (keys.lookup, *i))
-    count = f"sxtdask-label-count-{token}"
-    dsk[count] = (_count_array, (keys.count,))  # a 0-d block, as dask_image's count is
+    count = f"sxtdask-label-n-{token}"  # (the reduction's own count key holds a Python int)
+    dsk[(count,)] = (_count_array, (keys.count,))  # a 0-d block, as dask_image's count is
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=[arr])
     labels = da.Array(graph, name, chunks=arr.chunks, dtype=dtype)
     return labels, da.Array(graph, count, chunks=(), dtype=np.intp)
