@@ -55,7 +55,8 @@ def _cores() -> int:
 def _checkpoint(model: str, width: int, path: Path, sample: np.ndarray) -> Path:
     """Random weights, with the last layer's bias shifted so that every class wins somewhere on
     ``sample`` (the network input of one slice); otherwise one class wins everywhere and the
-    label comparison would say nothing."""
+    label comparison would say nothing.
+    """
     import torch
 
     from sxtdask.models import ModelKind, build_unet
@@ -72,7 +73,8 @@ def _checkpoint(model: str, width: int, path: Path, sample: np.ndarray) -> Path:
 
 def _peer(seg: Any, vol: np.ndarray, device: str) -> tuple[np.ndarray, float, float, float]:
     """The reference style: one slice at a time, float32, no_grad. Returns labels, seconds for
-    the timed slices, and the volume's min and max."""
+    the timed slices, and the volume's min and max.
+    """
     import torch
     import torch.nn.functional as F
 

@@ -19,8 +19,7 @@ The public API:
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .engine import ClusterConfig, connect, segment_array, segment_store
 from .errors import SxtdaskError
 from .io import open_image, open_labels, open_volume, write_image, write_labels
@@ -30,11 +29,11 @@ from .relabel import label
 from .segmenters import (
     ClassicalISG,
     Method,
+    Segmenter,
     SXTCellSegmenter,
     SXTISGMaskRCNNSegmenter,
     SXTISGSegmenter,
     SXTMitoSegmenter,
-    Segmenter,
     Task,
     create_segmenter,
     make_segmenter,

@@ -37,7 +37,7 @@ def _partial_name(path: Path, what: str = "partial") -> Path:
 
 @contextmanager
 def atomic_file(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path`` to write; on success it is renamed to ``path``.
+    r"""Yield a temporary sibling of ``path`` to write; on success it is renamed to ``path``.
 
     The temporary file exists (empty, with mode ``0666`` less the umask) when the block starts,
     so writers that keep an existing file's mode keep that one. On any error (an exception, or
@@ -56,9 +56,9 @@ def atomic_file(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterato
     >>> import tempfile, pathlib
     >>> out = pathlib.Path(tempfile.mkdtemp()) / "table.csv"
     >>> with atomic_file(out) as tmp:
-    ...     _ = tmp.write_text("a,b\\n1,2\\n")
+    ...     _ = tmp.write_text("a,b\n1,2\n")
     >>> out.read_text()
-    'a,b\\n1,2\\n'
+    'a,b\n1,2\n'
     """
     target = Path(path)
     tmp = _partial_name(target)

@@ -144,7 +144,8 @@ def test_every_tomogram_is_processed_and_failures_are_recorded(first, inputs, se
 
     table = pd.read_csv(out / "manifest.csv")
     assert list(table.columns) == list(MANIFEST_COLUMNS)
-    assert dict(zip(table["input"], table["status"])) == {k: r["status"] for k, r in rows.items()}
+    assert dict(zip(table["input"], table["status"], strict=True)) == {
+        k: r["status"] for k, r in rows.items()}
     assert table.loc[table["input"] == "a.mrc", "input_sha256"].item() == sha
 
 
@@ -184,7 +185,8 @@ def test_progress_reports_tomograms_stages_and_chunks(first):
 
 def test_each_tomogram_runs_in_its_own_span(first, client):
     def spans(dask_scheduler=None):
-        return [(s.name, sorted(g.name for g in s.groups)) for s in dask_scheduler.extensions["spans"].spans.values()]
+        return [(s.name, sorted(g.name for g in s.groups))
+                for s in dask_scheduler.extensions["spans"].spans.values()]
 
     named = {name[-1]: groups for name, groups in client.run_on_scheduler(spans)
              if name[-1].startswith("tomogram ")}
@@ -241,7 +243,8 @@ def test_modified_input_is_redone_and_the_rest_skipped(first, inputs, segmenter,
     assert result.counts == {"done": 1, "skipped": 2, "failed": 2}
     rows = _rows(out)
     assert rows["sub/b.tif"]["status"] == "done" and rows["sub/b.tif"]["seconds_convert"] is not None
-    assert rows["sub/b.tif"]["input_sha256"] == hashlib.sha256((inp / "sub" / "b.tif").read_bytes()).hexdigest()
+    expected = hashlib.sha256((inp / "sub" / "b.tif").read_bytes()).hexdigest()
+    assert rows["sub/b.tif"]["input_sha256"] == expected
     after = _label_files(out)
     assert {k: v for k, v in after.items() if "/b.ome.zarr/" not in k} == \
         {k: v for k, v in before.items() if "/b.ome.zarr/" not in k}
@@ -286,7 +289,8 @@ def test_interrupted_tomogram_is_completed_from_its_missing_chunks(first, inputs
     seg = FlakyISG(armed=str(armed))
     result = run_archive(plan_archive(inp, out), seg, client, chunks=CHUNKS)
     row = result.rows[0]
-    assert (row["status"], row["stage"], row["error"]) == ("failed", "segment", "RuntimeError: simulated crash")
+    assert (row["status"], row["stage"], row["error"]) == (
+        "failed", "segment", "RuntimeError: simulated crash")
     store = out / row["output"]
     assert not labels_complete(store, "isg")  # unfinished, and left in place
     _wait_until_workers_idle(client)  # the block that got through has finished writing
@@ -367,7 +371,8 @@ def test_cli_exits_1_naming_the_failed_tomograms(inputs, client, tmp_path, capsy
     err = capsys.readouterr().err
     assert "2 of 5 tomogram(s) failed" in err and "bad.mrc" in err and "flat.tif" in err
     rows = _rows(out)
-    assert {k: r["status"] for k, r in rows.items()} == {**dict.fromkeys(GOOD, "done"), **dict.fromkeys(BAD, "failed")}
+    assert {k: r["status"] for k, r in rows.items()} == {
+        **dict.fromkeys(GOOD, "done"), **dict.fromkeys(BAD, "failed")}
     summary = pd.read_csv(out / "summary.csv")
     assert summary["cell_volume_um3"].isna().all() and summary["isg_count"].notna().all()
     with dask.config.set(scheduler="sync"):

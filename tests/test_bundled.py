@@ -90,7 +90,8 @@ def test_segment_without_model_or_method_uses_the_bundled_unet(tmp_path: Path, s
 
 def test_slice_context_network_gives_the_same_masks_chunked_as_whole(tmp_path: Path):
     """A mito network reading z-1, z, z+1: its chunks get a one-slice z halo, so any z chunking
-    equals the whole-volume answer, and the answer depends on the neighbouring slices."""
+    equals the whole-volume answer, and the answer depends on the neighbouring slices.
+    """
     import dask.array as da
     import torch
 

@@ -284,7 +284,8 @@ BAD_INPUTS: list[object] = [
     pytest.param(_npy("hyper.npy", lambda: rand((2, 4, 16, 32))), ("4-d",), id="4d-npy"),
     pytest.param(_tif("hyper.tif", lambda: rand((2, 5, 16, 32)), imagej=True, metadata={"axes": "TZYX"}),
                  ("4-d",), id="4d-tif"),
-    pytest.param(_npy("void.npy", lambda: np.zeros((0, 32, 32), np.float32)), ("zero",), id="zero-sized-axis"),
+    pytest.param(_npy("void.npy", lambda: np.zeros((0, 32, 32), np.float32)), ("zero",),
+                 id="zero-sized-axis"),
     pytest.param(_npy("phase.npy", lambda: rand(GOOD).astype(np.complex64)), ("complex",), id="complex-npy"),
     pytest.param(_npy("nan.npy", lambda: _with(np.nan)), ("nan",), id="nan-npy"),
     pytest.param(_npy("inf.npy", lambda: _with(-np.inf, (15, 31, 31))), ("inf",), id="inf-last-voxel-npy"),
@@ -634,8 +635,8 @@ def test_segment_overwrite_is_idempotent(pipeline: dict, scheduler: str, tmp_pat
     data = tmp_path / "again.zarr"
     shutil.copytree(pipeline["data"], data)
     before = tree(data / "labels")
-    proc = sxtdask("segment", data, "--task", "isg-instances", "--method", "classical", "--overwrite", "--scheduler", scheduler,
-                   cwd=tmp_path)
+    proc = sxtdask("segment", data, "--task", "isg-instances", "--method", "classical", "--overwrite",
+                   "--scheduler", scheduler, cwd=tmp_path)
     assert_ok(proc)
     assert tree(data / "labels") == before, "a second run changed the labels"
     assert not (data / "_sxtdask_scratch").exists()
@@ -646,11 +647,13 @@ def test_segment_is_nearly_invariant_to_chunking(pipeline: dict, tmp_path: Path)
     data = tmp_path / "rechunked.zarr"
     shutil.copytree(pipeline["unsegmented"], data)
     report = tmp_path / "run.json"
-    proc = sxtdask("segment", data, "--task", "isg-instances", "--method", "classical", "--chunks", "16,32,32", "--report", report,
-                   "--workers", "2", "--dashboard-address", "127.0.0.1:0", cwd=tmp_path)
+    proc = sxtdask("segment", data, "--task", "isg-instances", "--method", "classical",
+                   "--chunks", "16,32,32", "--report", report, "--workers", "2",
+                   "--dashboard-address", "127.0.0.1:0", cwd=tmp_path)
     assert_ok(proc)
     rep = json.loads(report.read_text())
-    assert rep["chunk_count"] == math.ceil(SHAPE[0] / 16) * math.ceil(SHAPE[1] / 32) * math.ceil(SHAPE[2] / 32)
+    assert rep["chunk_count"] == (math.ceil(SHAPE[0] / 16) * math.ceil(SHAPE[1] / 32)
+                                  * math.ceil(SHAPE[2] / 32))
     assert len(rep["model_loads_per_worker"]) == 2
     assert all(isinstance(v, dict) for v in rep["model_loads_per_worker"].values())
     other = read_labels(data)
@@ -684,7 +687,8 @@ def test_stats_table(pipeline: dict, scheduler: str, tmp_path: Path, suffix: str
 def test_segment_on_a_file_that_is_not_ome_zarr(tmp_path: Path) -> None:
     np.save(tmp_path / "volume.npy", rand(GOOD))
     before = tree(tmp_path)
-    proc = sxtdask("segment", tmp_path / "volume.npy", "--task", "isg-instances", "--method", "classical", *CLUSTER, cwd=tmp_path)
+    proc = sxtdask("segment", tmp_path / "volume.npy", "--task", "isg-instances", "--method", "classical",
+                   *CLUSTER, cwd=tmp_path)
     assert_user_error(proc, "volume.npy", ("not an ome-zarr",))
     assert tree(tmp_path) == before
 
@@ -696,8 +700,8 @@ def test_segment_on_a_folder_that_is_not_ome_zarr(tmp_path: Path, kind: str) -> 
         data.mkdir()
         (data / "readme.txt").write_text("not zarr\n")
     before = tree(tmp_path)
-    proc = sxtdask("segment", data, "--task", "isg-instances", "--method", "classical", "--report", tmp_path / "r.json", *CLUSTER,
-                   cwd=tmp_path)
+    proc = sxtdask("segment", data, "--task", "isg-instances", "--method", "classical",
+                   "--report", tmp_path / "r.json", *CLUSTER, cwd=tmp_path)
     assert_user_error(proc, "cell.zarr", ("not an ome-zarr", "no such"))
     assert tree(tmp_path) == before
 
@@ -710,8 +714,8 @@ def existing_labels_run(pipeline: dict, scheduler: str, tmp_path_factory: pytest
     shutil.copytree(pipeline["data"], data)
     before = tree(data)
     report = d / "run.json"
-    proc = sxtdask("segment", data, "--task", "isg-instances", "--method", "classical", "--report", report, "--scheduler", scheduler,
-                   cwd=d)
+    proc = sxtdask("segment", data, "--task", "isg-instances", "--method", "classical", "--report", report,
+                   "--scheduler", scheduler, cwd=d)
     return {"data": data, "before": before, "report": report, "proc": proc}
 
 
@@ -729,13 +733,14 @@ def test_segment_existing_labels_refused_before_any_cluster_starts(existing_labe
     assert "dashboard" not in proc.stdout and "global statistics" not in proc.stdout, describe(proc)
 
 
-def test_segment_refuses_non_finite_voxels_in_the_zarr(good_zarr: Path, scheduler: str, tmp_path: Path) -> None:
+def test_segment_refuses_non_finite_voxels_in_the_zarr(good_zarr: Path, scheduler: str,
+                                                        tmp_path: Path) -> None:
     """convert refuses NaN, but a Zarr written by another tool may hold some."""
     data = tmp_path / "cell.zarr"
     shutil.copytree(good_zarr, data)
     zarr.open_array(data / "0", mode="r+")[9, 4, 4] = np.nan
-    proc = sxtdask("segment", data, "--task", "isg-instances", "--method", "classical", "--report", tmp_path / "r.json",
-                   "--scheduler", scheduler, cwd=tmp_path)
+    proc = sxtdask("segment", data, "--task", "isg-instances", "--method", "classical",
+                   "--report", tmp_path / "r.json", "--scheduler", scheduler, cwd=tmp_path)
     assert_user_error(proc, "cell.zarr", ("nan", "non-finite", "infinite"))
     assert listed_labels(data) == []
     assert not (data / "_sxtdask_scratch").exists()
@@ -747,7 +752,8 @@ def test_segment_report_in_a_missing_folder(pipeline: dict, tmp_path: Path) -> N
     shutil.copytree(pipeline["unsegmented"], data)
     before = tree(data)
     report = tmp_path / "nowhere" / "run.json"
-    proc = sxtdask("segment", data, "--task", "isg-instances", "--method", "classical", "--report", report, *CLUSTER, cwd=tmp_path)
+    proc = sxtdask("segment", data, "--task", "isg-instances", "--method", "classical", "--report", report,
+                   *CLUSTER, cwd=tmp_path)
     assert_user_error(proc, "run.json", ("does not exist", "cannot write", "not writable"))
     assert tree(data) == before
 
@@ -756,7 +762,8 @@ def test_segment_unknown_method(pipeline: dict, tmp_path: Path) -> None:
     data = tmp_path / "cell.zarr"
     shutil.copytree(pipeline["unsegmented"], data)
     before = tree(data)
-    proc = sxtdask("segment", data, "--task", "isg-instances", "--method", "telepathy", *CLUSTER, cwd=tmp_path)
+    proc = sxtdask("segment", data, "--task", "isg-instances", "--method", "telepathy", *CLUSTER,
+                   cwd=tmp_path)
     assert_user_error(proc, "telepathy", ("not available",))
     assert tree(data) == before
 
@@ -818,7 +825,8 @@ def test_constant_volume_gives_empty_labels_and_a_warning(request: pytest.Fixtur
     data = tmp_path / "flat.zarr"
     assert_ok(sxtdask("convert", tmp_path / "flat.npy", data, "--chunks", "8,40,40", cwd=tmp_path))
     report = tmp_path / "run.json"
-    proc = sxtdask("segment", data, "--task", "isg-instances", "--method", "classical", "--report", report, *cluster, cwd=tmp_path)
+    proc = sxtdask("segment", data, "--task", "isg-instances", "--method", "classical", "--report", report,
+                   *cluster, cwd=tmp_path)
     assert_ok(proc)
     warning = [line for line in stderr_lines(proc) if "constant" in line.lower()]
     assert len(warning) == 1, describe(proc)
@@ -891,7 +899,8 @@ def test_convert_real_mrc_with_damaged_header_warns(tmp_path: Path) -> None:
     proc = sxtdask("convert", src, out, cwd=tmp_path)
     assert_ok(proc)
     lines = stderr_lines(proc)
-    assert len(lines) == 1 and "psftomo_phantom.mrc" in lines[0] and "header" in lines[0].lower(), describe(proc)
+    assert len(lines) == 1 and "psftomo_phantom.mrc" in lines[0] and "header" in lines[0].lower(), \
+        describe(proc)
     from sxtdask.io import open_image
 
     img = open_image(out)

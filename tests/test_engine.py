@@ -9,7 +9,6 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
-import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
@@ -17,7 +16,7 @@ from skimage import measure
 
 from sxtdask.engine import cached_model, load_counts, segment_array, segment_store
 from sxtdask.engine._run import SCRATCH_DIR
-from sxtdask.io import open_image, labels_complete, list_labels, open_labels, write_image
+from sxtdask.io import labels_complete, list_labels, open_image, open_labels, write_image
 from sxtdask.relabel import Match
 from sxtdask.segmenters import ClassicalISG, OutputKind, OutputSpec, Segmenter, Task
 from sxtdask.stats import IntensityStats, global_stats
@@ -106,7 +105,7 @@ def test_stitched_instances_equal_the_input_instances(case, n_objects):
     vol = np.zeros(shape, np.uint32)
     for k in range(1, n_objects + 1):  # random boxes; later ones overwrite (touching, odd shapes)
         lo = [int(rng.integers(0, s)) for s in shape]
-        hi = [min(s, a + int(rng.integers(1, 6))) for a, s in zip(lo, shape)]
+        hi = [min(s, a + int(rng.integers(1, 6))) for a, s in zip(lo, shape, strict=True)]
         vol[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = k
     # Instances are connected: a box cut in two by a later one becomes two instances.
     vol = measure.label(vol, background=0, connectivity=1).astype(np.uint32)

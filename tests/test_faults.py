@@ -85,7 +85,8 @@ def fresh_warning(monkeypatch):
 
 class FakeNet:
     """A 'network' that runs out of memory above ``limit`` items (on a fake CUDA device, or on
-    any device)."""
+    any device).
+    """
 
     def __init__(self, limit: int, error: type[Exception] = torch.cuda.OutOfMemoryError,
                  anywhere: bool = False):
@@ -158,7 +159,8 @@ def test_what_cannot_be_helped_is_raised_never_hidden(fresh_warning):
 
 def test_mask_rcnn_splits_its_batches_on_out_of_memory(fresh_warning, tmp_path, monkeypatch):
     """The real Mask R-CNN route: a detector that fails above one tile per batch gives the same
-    labels as one that takes four."""
+    labels as one that takes four.
+    """
     from test_maskrcnn import GroundTruthDetector, _balls
 
     from sxtdask.engine import clear_models

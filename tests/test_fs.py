@@ -215,12 +215,6 @@ def test_check_new_path_refuses_an_unwritable_folder(tmp_path) -> None:
         folder.chmod(0o700)
 
 
-def test_paths_module_is_the_same_check() -> None:
-    from sxtdask import _paths
-
-    assert _paths.check_new_path is check_new_path
-
-
 # --- exclusive_lock -------------------------------------------------------------------------------
 
 def test_exclusive_lock_refuses_a_second_holder(tmp_path) -> None:

@@ -15,9 +15,9 @@ import mrcfile
 import numpy as np
 import pytest
 import tifffile
+import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-import zarr
 
 from sxtdask.errors import ConfigError, InputError, InvalidVolumeError, OutputError, UnsupportedFormatError
 from sxtdask.io import (
@@ -53,7 +53,8 @@ def rand(shape: tuple[int, ...], dtype: str = "float32", seed: int = 0) -> np.nd
     return rng.integers(max(info.min, -1000), min(info.max, 1000), shape, endpoint=True).astype(dtype)
 
 
-def write_mrc(path: Path, data: np.ndarray, voxel_angstrom: float = 25.0, unsigned_bytes: bool = False) -> Path:
+def write_mrc(path: Path, data: np.ndarray, voxel_angstrom: float = 25.0,
+              unsigned_bytes: bool = False) -> Path:
     """Write an MRC file; uint8 data are stored as mode 0 with the IMOD unsigned-bytes convention."""
     stored = data.view(np.int8) if unsigned_bytes else data
     with mrcfile.new(path, overwrite=True) as mrc, warnings.catch_warnings():
@@ -206,7 +207,8 @@ def test_tiff_imagej_round_trip(tmp_path: Path, compression: str | None) -> None
     assert img.voxel_size_nm == pytest.approx((30.0, 25.0, 25.0))
 
 
-def test_compressed_tiff_slab_read_decodes_only_its_pages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compressed_tiff_slab_read_decodes_only_its_pages(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     data = rand((10, 16, 16), "int16")
     tifffile.imwrite(tmp_path / "c.tif", data, compression="zlib")
     vol = open_volume(tmp_path / "c.tif")
@@ -223,7 +225,8 @@ def test_compressed_tiff_slab_read_decodes_only_its_pages(tmp_path: Path, monkey
     assert sorted(set(decoded)) == [4, 5]  # only the slab's own pages
 
 
-def test_npy_round_trip_fortran_order_and_singleton_squeeze(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_npy_round_trip_fortran_order_and_singleton_squeeze(tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
     data = rand((9, 10, 11), "float64")
     np.save(tmp_path / "f.npy", np.asfortranarray(data))
     np.save(tmp_path / "s.npy", data[None])
@@ -271,7 +274,8 @@ def test_uneven_chunks_round_trip(tmp_path: Path) -> None:
 def test_default_chunks_are_slice_stacks_and_large_chunks_clip(tmp_path: Path) -> None:
     data = rand((40, 30, 20))
     assert open_image(write_image(data, tmp_path / "d.ome.zarr")).data.chunksize == (32, 30, 20)
-    assert open_image(write_image(data, tmp_path / "c.ome.zarr", chunks=(99, 99, 7))).data.chunksize == (40, 30, 7)
+    written = write_image(data, tmp_path / "c.ome.zarr", chunks=(99, 99, 7))
+    assert open_image(written).data.chunksize == (40, 30, 7)
     for bad in [(0, 8, 8), (8, -1, 8), (8, 8)]:
         with pytest.raises(ConfigError):
             write_image(data, tmp_path / "bad.ome.zarr", chunks=bad)
@@ -283,7 +287,8 @@ def test_default_chunks_are_slice_stacks_and_large_chunks_clip(tmp_path: Path) -
     [((37, 50, 45), [(37, 50, 45)]),
      ((70, 66, 130), [(70, 66, 130), (35, 33, 65)]),
      ((128, 128, 128), [(128,) * 3, (64,) * 3, (32,) * 3]),
-     ((1024, 1100, 1000), [(1024, 1100, 1000), (512, 550, 500), (256, 275, 250), (128, 138, 125), (64, 69, 63)])],
+     ((1024, 1100, 1000), [(1024, 1100, 1000), (512, 550, 500), (256, 275, 250), (128, 138, 125),
+                           (64, 69, 63)])],
     ids=["no-level", "one-level-odd", "cube", "capped-at-4"],
 )
 def test_pyramid_shapes(shape: tuple[int, int, int], expected: list[tuple[int, int, int]]) -> None:
@@ -314,11 +319,12 @@ def test_level1_is_2x2x2_mean(tmp_path: Path, dtype: str) -> None:
     shape=st.tuples(st.integers(1, 40), st.integers(1, 24), st.integers(1, 24)),
     chunks=st.tuples(st.integers(1, 50), st.integers(1, 30), st.integers(1, 30)),
 )
-def test_round_trip_for_any_chunking(tmp_path: Path, shape: tuple[int, int, int], chunks: tuple[int, int, int]) -> None:
+def test_round_trip_for_any_chunking(tmp_path: Path, shape: tuple[int, int, int],
+                                     chunks: tuple[int, int, int]) -> None:
     data = rand(shape, "int16")
     out = write_image(data, tmp_path / "h.ome.zarr", chunks=chunks, overwrite=True)
     img = open_image(out)
-    assert img.data.chunksize == tuple(min(c, n) for c, n in zip(chunks, shape))
+    assert img.data.chunksize == tuple(min(c, n) for c, n in zip(chunks, shape, strict=True))
     np.testing.assert_array_equal(img.data.compute(), data)
 
 
@@ -333,7 +339,8 @@ def test_progress_counts_every_slab_of_every_level(tmp_path: Path) -> None:
 
 def test_image_and_labels_validate_with_ome_zarr_models_and_ome_zarr_reader(tmp_path: Path) -> None:
     data = rand((64, 70, 66))
-    out = write_image(data, tmp_path / "v.ome.zarr", chunks=(16, 35, 66), voxel_size_nm=(30, 25, 25), name="cell")
+    out = write_image(data, tmp_path / "v.ome.zarr", chunks=(16, 35, 66), voxel_size_nm=(30, 25, 25),
+                      name="cell")
     model = ome_validates(out)
     assert model.ome_attributes.multiscales[0].name == "cell"
     assert len(model.datasets[0]) == 2
@@ -484,7 +491,8 @@ def test_zero_sized_axis(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("array", "match"), [(np.zeros((2, 3, 4), np.complex64), "complex"),
-                                              (np.zeros((2, 3, 4), "U3"), "not numeric")], ids=["complex", "str"])
+                                              (np.zeros((2, 3, 4), "U3"), "not numeric")],
+                         ids=["complex", "str"])
 def test_non_real_dtype(tmp_path: Path, array: np.ndarray, match: str) -> None:
     np.save(tmp_path / "c.npy", array)
     with pytest.raises(InvalidVolumeError, match=match):
@@ -526,7 +534,8 @@ def test_failed_overwrite_keeps_old_output(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("where", ["parent-is-a-file", "parent-missing"])
-def test_unwritable_output_fails_before_reading(tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unwritable_output_fails_before_reading(tmp_path: Path, where: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "afile").write_text("x")
     out = tmp_path / "afile" / "o.ome.zarr" if where == "parent-is-a-file" else tmp_path / "no" / "o.ome.zarr"
     np.save(tmp_path / "v.npy", rand((4, 4, 4)))

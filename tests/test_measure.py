@@ -177,7 +177,7 @@ def chunked_volumes(draw: st.DrawFn) -> tuple[np.ndarray, tuple[tuple[int, ...],
     for size in shape:
         cuts = draw(st.sets(st.integers(1, size - 1), max_size=3)) if size > 1 else set()
         edges = [0, *sorted(cuts), size]
-        chunks.append(tuple(b - a for a, b in zip(edges[:-1], edges[1:])))
+        chunks.append(tuple(b - a for a, b in zip(edges[:-1], edges[1:], strict=True)))
     return labels, tuple(chunks)
 
 

@@ -1,5 +1,6 @@
 """Evaluation metrics: chunked results against in-memory references (numpy, match_instances,
-pycocotools), bounded memory, morphometrics on spheres, and the ``sxtdask evaluate`` command."""
+pycocotools), bounded memory, morphometrics on spheres, and the ``sxtdask evaluate`` command.
+"""
 
 from __future__ import annotations
 
@@ -163,7 +164,8 @@ def test_slice_rles_equal_pycocotools_encode(shape) -> None:
         assert [lab for lab, _, _ in got] == sorted(set(np.unique(labels)) - {0})
         for lab, rle, area in got:
             ref = mask_utils.encode(np.asfortranarray((labels == lab).astype(np.uint8)))
-            assert (rle["counts"], rle["size"], area) == (ref["counts"], ref["size"], int((labels == lab).sum()))
+            assert (rle["counts"], rle["size"], area) == (ref["counts"], ref["size"],
+                                                          int((labels == lab).sum()))
 
 
 def _direct_coco(gt: np.ndarray, pred: np.ndarray, scores: dict[int, float] | None = None) -> np.ndarray:
@@ -200,7 +202,8 @@ def test_coco_equals_direct_pycocotools(small_phantom, scored: bool) -> None:
     gt = small_phantom.isg
     pred = ndi.grey_erosion(ndi.shift(gt, (0, 1, 0), order=0), size=(1, 2, 2))
     ids = np.unique(pred[pred > 0])
-    scores = {int(i): float(s) for i, s in zip(ids, np.random.default_rng(0).random(ids.size))} if scored else None
+    draws = np.random.default_rng(0).random(ids.size)
+    scores = {int(i): float(s) for i, s in zip(ids, draws, strict=True)} if scored else None
     with _sync():
         got = coco_metrics(_dask(pred, (5, 30, 96)), _dask(gt, (8, 48, 48)), scores=scores).compute()
     np.testing.assert_allclose(_as_stats(got), _direct_coco(gt, pred, scores), rtol=0, atol=1e-12)
@@ -379,9 +382,11 @@ def _cli(*args: object) -> int:
 
 def test_cli_perfect_and_perturbed(stores, client, capsys) -> None:
     d, sched = stores["dir"], client.scheduler.address
-    assert _cli("-q", "evaluate", stores["gt"], stores["gt"], "--out", d / "self.json", "--scheduler", sched) == 0
+    assert _cli("-q", "evaluate", stores["gt"], stores["gt"], "--out", d / "self.json",
+                "--scheduler", sched) == 0
     perfect = json.loads((d / "self.json").read_text())["labels"]
-    assert perfect["isg"]["match_50"]["f1"] == perfect["isg"]["ap_3d"]["ap"] == perfect["isg"]["coco_2d"]["map"] == 1.0
+    isg = perfect["isg"]
+    assert isg["match_50"]["f1"] == isg["ap_3d"]["ap"] == isg["coco_2d"]["map"] == 1.0
     assert perfect["cell"]["classes"]["nucleus"]["dice"] == perfect["mito"]["classes"]["1"]["dice"] == 1.0
     assert perfect["cell"]["morphometrics"]["nucleus"]["surface_to_volume_per_um_rel_error"] == 0.0
     capsys.readouterr()

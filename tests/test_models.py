@@ -66,7 +66,8 @@ def shapes_of(model: torch.nn.Module) -> list[tuple[str, list[int]]]:
 @pytest.fixture(scope="module", params=KINDS, ids=IDS)
 def reference(request, fixtures_dir, tmp_path_factory):
     """Per kind: the manifest, a random state dict saved bare and with ``module.``, and one
-    reference-width model."""
+    reference-width model.
+    """
     kind = request.param
     shapes = manifest(fixtures_dir, kind)
     state = random_state(shapes, seed=KINDS.index(kind))

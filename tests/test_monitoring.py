@@ -318,7 +318,8 @@ def test_quiet_console_says_nothing_but_the_json_summary() -> None:
 
 def test_nested_bars_share_one_display(capsys: pytest.CaptureFixture[str]) -> None:
     """An archive-level bar with per-stage bars and spinners inside join one display (rich < 14
-    allows a single live display); finished inner bars are removed, the outer one stays."""
+    allows a single live display); finished inner bars are removed, the outer one stays.
+    """
     from sxtdask.cli import Console
 
     con = Console()

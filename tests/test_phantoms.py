@@ -26,7 +26,7 @@ def touching_pairs(isg: np.ndarray) -> set[tuple[int, int]]:
         b = np.moveaxis(isg, axis, 0)[1:]
         hit = (a != b) & (a > 0) & (b > 0)
         lo, hi = np.minimum(a[hit], b[hit]), np.maximum(a[hit], b[hit])
-        pairs.update(zip(lo.tolist(), hi.tolist()))
+        pairs.update(zip(lo.tolist(), hi.tolist(), strict=True))
     return pairs
 
 
@@ -206,7 +206,8 @@ def test_intensities_are_on_the_scale_of_a_real_tomogram(fixtures_dir) -> None:
     from sxtdask.io import open_volume
 
     real = np.asarray(open_volume(fixtures_dir / "real_sxt" / "sample_12.rec")[:])
-    real_cell = np.median(real[np.asarray(open_volume(fixtures_dir / "real_sxt" / "sample_12.labels")[:]) == 1])
+    real_labels = np.asarray(open_volume(fixtures_dir / "real_sxt" / "sample_12.labels")[:])
+    real_cell = np.median(real[real_labels == 1])
     for seed in (0, 1):
         p = make_phantom(SMALL, seed=seed)
         cyto = np.median(p.image[(p.cell == 1) & (p.isg == 0) & (p.mito == 0)])

@@ -64,7 +64,8 @@ def test_planning_writes_nothing_and_the_graph_does_everything(store):
 
 def test_each_block_is_segmented_once_with_metrics(store, monkeypatch):
     """The metrics read the new labels through the same graph: nothing runs twice (array
-    optimisation once renamed the shared keys and segmented every block again)."""
+    optimisation once renamed the shared keys and segmented every block again).
+    """
     calls = []
     real = engine_run._segment_and_write
 
@@ -113,4 +114,5 @@ def test_pyramids_are_built_on_the_workers(store, client):
         assert [f.result() for f in futures[1:]] == [False] * run.n_chunks
     pyramids = [t for t in ts.data if str(t["key"]).startswith("pyramid.")]
     assert len(pyramids) == 3 and {t["worker"] for t in pyramids} <= set(client.scheduler_info()["workers"])
-    assert sorted(report["outputs"]) == sorted(f"{store.absolute()}/labels/{n}" for n in ("cell", "isg", "mito"))
+    assert sorted(report["outputs"]) == sorted(f"{store.absolute()}/labels/{n}"
+                                               for n in ("cell", "isg", "mito"))

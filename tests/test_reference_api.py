@@ -41,7 +41,8 @@ def volume(small_phantom) -> np.ndarray:
 
 def test_documented_sequence_loads_in_place(volume):
     """``seg.load_model(); seg.predict(volume)``: load_model loads in place and returns the
-    segmenter (it once returned a new object and left ``seg`` without a model)."""
+    segmenter (it once returned a new object and left ``seg`` without a model).
+    """
     seg = sxtdask.create_segmenter(modality="sxt", task="cell", device="cpu")
     returned = seg.load_model()
     assert returned is seg and seg.model_path == str(bundled_weights("cell"))
@@ -68,7 +69,7 @@ def test_reference_classes_take_device_and_fix_their_task(cls, task, kind, volum
     else:
         np.testing.assert_array_equal(out, plain)
     other = Task.ISG if task is not Task.ISG else Task.MITO
-    with pytest.raises(ConfigError, match="segments"):
+    with pytest.raises(TypeError, match="task"):  # the task is the class's, not an option
         cls(task=other)
 
 
@@ -195,3 +196,81 @@ def test_training_reads_the_registry_s_networks():
     from sxtdask.train._data import TASK_LABELS
 
     assert TASKS == trainable() and set(TASK_LABELS) == set(trainable())
+
+
+def test_a_planned_run_keeps_its_segmenter_when_load_model_changes_it_after(tmp_path, small_phantom):
+    """load_model works in place, so a plan holds its own copy: loading another checkpoint after
+    planning changes neither the planned graph nor what it computes.
+    """
+    from sxtdask.io import open_labels, write_image
+    from sxtdask.pipeline import segment_tomogram
+
+    store = write_image(small_phantom.image[:16, :64, :64], tmp_path / "a.zarr", chunks=(8, 64, 64))
+    seg = sxtdask.SXTISGSegmenter(device="cpu").load_model()
+    run = segment_tomogram(store, seg)
+    key = run.result.key
+    other = tmp_path / "isg-other.pt"
+    torch.manual_seed(5)
+    save_checkpoint(other, build_unet(ModelKind.ISG, width=4), {"task": "isg"})
+    seg.load_model(other)
+    assert seg.model_files == (str(other),) and run.segmenter.model_files == (str(bundled_weights("isg")),)
+    assert run.result.key == key
+    run.result.compute(scheduler="sync")
+    expected = sxtdask.SXTISGSegmenter(device="cpu").load_model().predict(small_phantom.image[:16, :64, :64])
+    np.testing.assert_array_equal(open_labels(store, "isg-mask").compute(), expected)
+
+
+def test_another_task_s_bare_state_dict_is_refused_at_load(tmp_path):
+    """A mito state dict (3 input channels) and an ISG one (1) share a layout: the channel count
+    tells them apart before any worker runs them.
+    """
+    mito = tmp_path / "mito_raw.pt"
+    torch.save(build_unet(ModelKind.MITO, width=4).state_dict(), mito)
+    isg = tmp_path / "isg_raw.pt"
+    torch.save(build_unet(ModelKind.ISG, width=4).state_dict(), isg)
+    with pytest.raises(SxtdaskError, match="input channel"):
+        sxtdask.SXTISGSegmenter(device="cpu").load_model(mito)
+    with pytest.raises(SxtdaskError, match="input channel"):
+        sxtdask.SXTMitoSegmenter(device="cpu").load_model(isg)
+    assert sxtdask.SXTISGSegmenter(device="cpu").load_model(isg).model_files == (str(isg),)
+
+
+def test_a_halo_smaller_than_the_context_is_refused(small_phantom):
+    import dask.array as da
+
+    from sxtdask.engine import segment_array
+
+    mito = sxtdask.SXTMitoSegmenter(device="cpu").load_model()
+    assert mito.context_radius[0] >= 1
+    image = da.from_array(small_phantom.image[:16, :64, :64], chunks=(4, 64, 64))
+    stats = sxtdask.global_stats(image).compute()
+    with pytest.raises(ConfigError, match="smaller than .*context along z"):
+        segment_array(image, mito, stats, halo=(0, 0, 0))
+    with pytest.raises(ConfigError, match="non-negative"):
+        segment_array(image, ClassicalISG(), stats, halo=(-3, 0, 0))
+
+
+def test_combined_load_model_keeps_the_checkpoints_given(tmp_path):
+    cell = tmp_path / "cell.pt"
+    save_checkpoint(cell, build_unet(ModelKind.CELL_NUCLEUS, width=4), {"task": "cell"})
+    seg = make_segmenter(["cell", "mito"], models={"cell": cell}, device="cpu")
+    assert seg.load_model() is seg
+    assert seg.model_files == (str(cell), str(bundled_weights("mito")))
+    with pytest.raises(ConfigError, match="not among the tasks"):
+        make_segmenter(["cell"], models={"mito": cell})
+
+
+@pytest.mark.parametrize("make", [
+    lambda t: MaskRCNNISG(score_threshold=t), lambda t: ClassicalISG(threshold=t),
+    lambda t: UNetSegmenter(task=Task.ISG, threshold=t)], ids=["maskrcnn", "classical", "unet"])
+def test_thresholds_are_checked_for_every_method(make):
+    for bad in (float("nan"), "0.5", True):
+        with pytest.raises(ConfigError, match="threshold"):
+            make(bad)
+
+
+def test_cli_halo_takes_zero_where_a_method_needs_none():
+    from sxtdask.cli import build_parser
+
+    args = build_parser().parse_args(["segment", "x.zarr", "--task", "isg-instances", "--halo", "12,0,0"])
+    assert args.halo == (12, 0, 0) and args.batch_size is None

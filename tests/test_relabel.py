@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dask
 import dask.array as da
-from dask.core import get_dependencies
 import numpy as np
 import pytest
+from dask.core import get_dependencies
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
@@ -137,10 +137,10 @@ def test_mutual_best_keeps_touching_instances_apart_despite_boundary_disagreemen
     a[:, 0:15], a[:, 15:30] = 1, 2  # block A puts the boundary at x = 15
     b[:, 0:20], b[:, 20:30] = 1, 2  # block B at x = 20
     la, lb = mutual_best_pairs(a, b)
-    assert sorted(zip(la.tolist(), lb.tolist())) == [(1, 1), (2, 2)]
+    assert sorted(zip(la.tolist(), lb.tolist(), strict=True)) == [(1, 1), (2, 2)]
     # Any-contact merging (what cellpose does) would also link A's 2 with B's 1: one object.
     la, lb = face_edges(a, b, Match.TOUCHING)
-    assert (2, 1) in set(zip(la.tolist(), lb.tolist()))
+    assert (2, 1) in set(zip(la.tolist(), lb.tolist(), strict=True))
 
 
 def test_mutual_best_ignores_a_piece_that_mostly_meets_background():
@@ -160,7 +160,7 @@ def _instances_two_blocks(labels_z: np.ndarray, cut: int, halo: int) -> np.ndarr
     results = [renumber_block(labels_z[grid.ext(i)], grid, i) for i in grid.indices()]
     ia, ib = face_edges(results[0].crops[1], results[1].crops[-1], Match.MUTUAL_BEST)
     res = resolve([r.meta for r in results], [FaceEdges(0, 1, ia, ib)], np.uint32)
-    return np.concatenate([lut[r.core] for lut, r in zip(res.luts, results)])
+    return np.concatenate([lut[r.core] for lut, r in zip(res.luts, results, strict=True)])
 
 
 def test_instance_crossing_a_face_keeps_one_id_and_touching_pair_keeps_two():
@@ -206,3 +206,13 @@ def test_the_count_works_like_dask_images():
     assert n.dtype == computed.dtype == np.intp
     ref_labels, ref_n = ndimage.label(x.compute())
     assert int(n) == ref_n and np.array_equal(labels.compute(), ref_labels)
+
+
+def test_the_count_enters_further_dask_expressions():
+    x = da.from_array(np.array([[1, 0, 1, 0], [1, 0, 0, 1]]), chunks=(1, 2))
+    labels, n = label(x)
+    assert int((n + 1).compute()) == 4
+    assert int((labels == n).sum().compute()) == 1
+    assert da.stack([n, n]).compute().tolist() == [3, 3]
+    both = dask.compute(labels, n)
+    assert int(both[1]) == 3 and both[0].max() == 3

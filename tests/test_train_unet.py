@@ -67,7 +67,8 @@ TINY = UNetTrainConfig(width=4, epochs=2, steps_per_epoch=2, batch_size=2, patch
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     """One intra-op thread: these networks are tiny, and on a busy machine torch's thread pool
-    spins for longer than the work takes."""
+    spins for longer than the work takes.
+    """
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -110,7 +111,8 @@ def disk_data(tmp_path_factory) -> list[Path]:
 @pytest.fixture(scope="module")
 def trained(disk_data, tmp_path_factory) -> dict[str, Any]:
     """An ISG U-Net trained for 32 steps on two disk tomograms, validated on the third; the
-    network object as it was when its checkpoint was written is kept too."""
+    network object as it was when its checkpoint was written is kept too.
+    """
     out = tmp_path_factory.mktemp("trained") / "isg.pt"
     volumes = open_training_data(disk_data, "isg")
     train, val = volumes[:2], volumes[2:]
@@ -227,7 +229,8 @@ def test_segmenter_reproduces_the_trained_network(trained):
 
 def test_segmenter_scores_the_recorded_validation_dice(trained):
     """The segmenter's masks on the validation slices give the Dice the trainer recorded
-    (scored against the training target: granule interiors without touching rims)."""
+    (scored against the training target: granule interiors without touching rims).
+    """
     seg = UNetSegmenter(task=Task.ISG, device="cpu").load_model(trained["path"])
     inter = total = 0
     for image, labels, stats in validation_slices(trained["val"], trained["config"].val_slices):
@@ -427,7 +430,7 @@ def test_pairs_of_different_shapes_are_refused(tmp_path):
 
 def test_same_named_tomograms_in_different_folders_are_told_apart(tmp_path):
     paths = []
-    for seed, folder in ((1, "cell01"), (2, "cell02")):
+    for _seed, folder in ((1, "cell01"), (2, "cell02")):
         (tmp_path / folder).mkdir()
         paths.append(disk_store(tmp_path / folder, 0, shape=(2, 32, 32)).rename(
             tmp_path / folder / "tomo.zarr"))
@@ -530,7 +533,8 @@ def test_cli_trains_a_checkpoint_that_segment_accepts(phantoms, tmp_path):
 
 def main_in_process(argv: list[object], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     """``sxtdask ARGV`` through the CLI's entry point in this process (no interpreter start-up),
-    with the logging and warning settings it makes undone afterwards."""
+    with the logging and warning settings it makes undone afterwards.
+    """
     from sxtdask.cli import main
 
     log = logging.getLogger("sxtdask")

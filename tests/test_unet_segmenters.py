@@ -82,7 +82,8 @@ def test_isg_instances_chunked_equals_whole(tmp_path, volume):
 
 
 def test_in_plane_chunks_are_refused(tmp_path, volume):
-    seg = UNetSegmenter(task=Task.CELL, device="cpu").load_model(_checkpoint(tmp_path, ModelKind.CELL_NUCLEUS))
+    seg = UNetSegmenter(task=Task.CELL, device="cpu").load_model(
+        _checkpoint(tmp_path, ModelKind.CELL_NUCLEUS))
     with pytest.raises(ConfigError, match="whole slices"):
         segment_array(da.from_array(volume, chunks=(4, 32, 80)), seg, _stats(volume))
 
@@ -198,6 +199,8 @@ def test_cuda_bf16_agrees_with_cpu(tmp_path, volume):
 def test_cuda_batch_size_invariance(tmp_path, volume):
     path = _checkpoint(tmp_path, ModelKind.ISG)
     stats = _stats(volume)
-    p1 = UNetSegmenter(task=Task.ISG, device="cuda", batch_size=1).load_model(path).probabilities(volume, stats)
-    p8 = UNetSegmenter(task=Task.ISG, device="cuda", batch_size=8).load_model(path).probabilities(volume, stats)
+    p1 = UNetSegmenter(task=Task.ISG, device="cuda", batch_size=1).load_model(path).probabilities(
+        volume, stats)
+    p8 = UNetSegmenter(task=Task.ISG, device="cuda", batch_size=8).load_model(path).probabilities(
+        volume, stats)
     assert np.mean(np.abs(p1 - p8) < 1e-2) > 0.999

@@ -1,5 +1,6 @@
 """The archive manifest: one row per tomogram, as ``manifest.json`` (read back on a rerun) and
-``manifest.csv`` (the same rows, flat), both replaced atomically."""
+``manifest.csv`` (the same rows, flat), both replaced atomically.
+"""
 
 from __future__ import annotations
 
@@ -102,7 +103,8 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise InputError(f"{path}: unreadable archive manifest ({err}); move it away to start afresh") from err
+        raise InputError(f"{path}: unreadable archive manifest ({err}); "
+                         "move it away to start afresh") from err
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("rows"), list):
         raise InputError(f"{path}: not an sxtdask archive manifest; move it away to start afresh")
     rows = {}

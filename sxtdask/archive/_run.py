@@ -42,8 +42,8 @@ from typing import Any
 import dask
 import distributed
 
-from sxtdask import __version__
 from sxtdask._fs import exclusive_lock
+from sxtdask._version import __version__
 from sxtdask.errors import InputError, InvalidVolumeError, OutputError, SxtdaskError
 from sxtdask.io import labels_complete, normalize_chunks, open_image
 from sxtdask.pipeline import METRIC_COLUMNS, segment_tomogram
@@ -358,7 +358,8 @@ class _Driver:
 
     def _submit(self, job: _Job, stage: str, make: Callable[[], Any]) -> None:
         """Run ``make`` (which builds the stage's graph and submits it) inside the tomogram's span:
-        graph layers keep the annotations current when they are built, so building counts too."""
+        graph layers keep the annotations current when they are built, so building counts too.
+        """
         job.stage, job.stage_open, job.t_stage = stage, True, time.perf_counter()
         job.row["stage"] = stage
         self.stage_counts[stage][0] += 1
@@ -375,7 +376,8 @@ class _Driver:
 
     def _key(self, stage: str, job: _Job) -> str:
         """``stage.tomogram-token``: one dash-free word before the token, so the dashboard
-        (``dask.utils.key_split``) shows stage and tomogram, as the engine's keys do."""
+        (``dask.utils.key_split``) shows stage and tomogram, as the engine's keys do.
+        """
         return f"{stage}.{_safe(job.tomo.key)}-{self.nonce[:8]}{uuid.uuid4().hex[:24]}"
 
     def _end(self, job: _Job, status: str, error: str | None = None) -> None:
@@ -453,7 +455,8 @@ class _Driver:
 
     def _parts_to_run(self, job: _Job) -> tuple[list[_Part], bool]:
         """Parts whose labels are missing, unfinished or made otherwise; overwrite if any of those
-        is complete (made with another configuration)."""
+        is complete (made with another configuration).
+        """
         need, overwrite = [], False
         for part in self.parts:
             complete = [labels_complete(job.out, name) for name in part.outputs]
@@ -474,7 +477,8 @@ class _Driver:
     def _start_pipeline(self, job: _Job) -> None:
         """The pipeline's one graph for this tomogram: statistics → segment → pyramids, and the
         metrics too when every label image is made now (else they are measured after, from the
-        store, with the labels an earlier run made)."""
+        store, with the labels an earlier run made).
+        """
         for part in job.parts:
             job.config.pop(part.task, None)
         job.measured = any(self.metric_labels.values()) and len(job.parts) == len(self.parts)

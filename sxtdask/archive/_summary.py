@@ -126,7 +126,8 @@ def _figure(df: pd.DataFrame, out: Path) -> None:
 
 def write_summary(rows: Sequence[dict[str, Any]], folder: str | os.PathLike[str]) -> list[Path]:
     """Write ``summary.csv``, ``summary.parquet`` and ``summary.png`` (distributions across
-    tomograms) into ``folder``, each atomically; return their paths."""
+    tomograms) into ``folder``, each atomically; return their paths.
+    """
     folder = Path(folder)
     df = summary_frame(rows)
     paths = [folder / "summary.csv", folder / "summary.parquet", folder / "summary.png"]

@@ -28,7 +28,8 @@ _BLOCK = 4 << 20
 @dataclass(frozen=True)
 class TaskError:
     """A user error (``SxtdaskError``) met by a task, returned instead of raised (a corrupt input is
-    an expected outcome of an archive run, not a worker error with a traceback in the logs)."""
+    an expected outcome of an archive run, not a worker error with a traceback in the logs).
+    """
 
     message: str
 

@@ -1,5 +1,6 @@
 """The Dask cluster of a command: its configuration from the ``workers`` options, the client with
-its dashboard line, the performance report, and the dashboard's names for the work."""
+its dashboard line, the performance report, and the dashboard's names for the work.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def cluster_config(args: argparse.Namespace) -> Any:
 @contextmanager
 def open_cluster(args: argparse.Namespace, con: Console, config: Any = None) -> Iterator[Any]:
     """The run's Dask client (``config``, default from the cluster options): its dashboard link is
-    said first, and the work inside is recorded into ``--performance-report`` when given."""
+    said first, and the work inside is recorded into ``--performance-report`` when given.
+    """
     from sxtdask.engine import connect
 
     report = getattr(args, "performance_report", None)
@@ -46,7 +48,8 @@ def open_cluster(args: argparse.Namespace, con: Console, config: Any = None) -> 
 @contextmanager
 def _performance_report(path: Path | None) -> Iterator[None]:
     """distributed's performance report of the work inside (needs a current client), written under a
-    temporary name and renamed to ``path`` only when the work succeeded."""
+    temporary name and renamed to ``path`` only when the work succeeded.
+    """
     if path is None:
         yield
         return

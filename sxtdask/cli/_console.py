@@ -110,7 +110,8 @@ class Console:
     def steps(self, label: str, total: int | None) -> Iterator[Callable[..., None]]:
         """A progress bar (or JSON progress events) fed by ``callback(done, total, note=None)``;
         ``total`` None until the first callback says it; ``note`` (e.g. a running loss) is shown
-        after the label."""
+        after the label.
+        """
         if self.quiet:
             yield lambda done, total, note=None: None
         elif self.json_log:
@@ -230,7 +231,7 @@ def _task_bar_class() -> type:
     """A distributed progress listener that draws into our bar instead of stdout."""
     from distributed.diagnostics.progressbar import TextProgressBar
 
-    class TaskBar(TextProgressBar):  # type: ignore[misc]
+    class TaskBar(TextProgressBar):
         def __init__(self, keys: Any, update: Callable[[int, int], None], **kw: Any) -> None:
             self._update = update
             super().__init__(keys, **kw)
@@ -265,7 +266,8 @@ class _JsonLogHandler(logging.Handler):
 
 def configure_logging(verbose: int, console: Console | None = None) -> None:
     """sxtdask's log records: text on stderr, or JSON lines with the console's other events when it
-    writes JSON (``--json-log``)."""
+    writes JSON (``--json-log``).
+    """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     handler: logging.Handler
     if console is not None and console.json_log:

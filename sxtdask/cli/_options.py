@@ -28,7 +28,18 @@ def _triple(text: str) -> tuple[int, int, int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not three integers Z,Y,X") from None
     if len(values) != 3 or any(v <= 0 for v in values):
         raise argparse.ArgumentTypeError(f"{text!r} must be three positive integers Z,Y,X")
-    return values  # type: ignore[return-value]
+    return values
+
+
+def _halo(text: str) -> tuple[int, int, int]:
+    """``Z,Y,X`` voxels of halo: non-negative (0 where a method needs none, e.g. ``12,0,0``)."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not three integers Z,Y,X") from None
+    if len(values) != 3 or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r} must be three non-negative integers Z,Y,X")
+    return values
 
 
 def _tasks(text: str) -> tuple[str, ...]:
@@ -55,7 +66,8 @@ def _positive(text: str) -> int:
 
 def model_options(chunks_help: str) -> argparse.ArgumentParser:
     """The options that choose and run the segmenters (``segment``, ``archive``); ``chunks_help``
-    says what ``--chunks`` means for the command."""
+    says what ``--chunks`` means for the command.
+    """
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--method", default=None, metavar="{" + ",".join(METHOD_WORDS) + "}",
                    help="method (default: unet, with the bundled weights unless --model is given)")
@@ -64,19 +76,23 @@ def model_options(chunks_help: str) -> argparse.ArgumentParser:
                         "several tasks, one TASK=PATH each")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="where networks run (default: cuda when a GPU is visible)")
-    p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="slices (U-Nets) or tiles (Mask R-CNN) per forward pass (default 8 slices, "
+                        "4 tiles)")
     p.add_argument("--chunks", type=_triple, default=None, metavar="Z,Y,X", help=chunks_help)
-    p.add_argument("--halo", type=_triple, default=None, metavar="Z,Y,X",
+    p.add_argument("--halo", type=_halo, default=None, metavar="Z,Y,X",
                    help="voxels read around each block (default: the method's)")
     return p
 
 
 def cluster_options() -> argparse.ArgumentParser:
     """The ``workers`` options: a local cluster's size, or an existing scheduler; the dashboard
-    and the performance report (read by ``_cluster.open_cluster``)."""
+    and the performance report (read by ``_cluster.open_cluster``).
+    """
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("workers")
-    g.add_argument("--workers", type=int, default=None, help="local worker processes (default: cores, at most 4)")
+    g.add_argument("--workers", type=int, default=None,
+                   help="local worker processes (default: cores, at most 4)")
     g.add_argument("--threads-per-worker", type=int, default=1, help="threads per local worker (default 1)")
     g.add_argument("--memory-limit", default="auto", help="memory per local worker, e.g. 4GiB (default auto)")
     g.add_argument("--scheduler", default=None, metavar="ADDRESS",
@@ -102,7 +118,8 @@ _OUTPUT_FLAGS = ((("-q", "--quiet"), QUIET_HELP), (("--json-log",), JSON_LOG_HEL
 
 def output_options() -> argparse.ArgumentParser:
     """``-q/--quiet`` and ``--json-log`` on a command, so that they work after the command word as
-    well as before it (on the main parser)."""
+    well as before it (on the main parser).
+    """
     p = argparse.ArgumentParser(add_help=False)
     _add_output_group(p)
     return p
@@ -124,7 +141,8 @@ def _add_output_group(p: argparse.ArgumentParser) -> None:
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
     """``--json-log`` on the main parser, and ``-q/--quiet`` and ``--json-log`` on every command
     too, so that they work before or after the command word. Adds only what is missing
-    (:func:`sxtdask.cli.build_parser` already gives every command :func:`output_options`)."""
+    (:func:`sxtdask.cli.build_parser` already gives every command :func:`output_options`).
+    """
     if "--json-log" not in parser._option_string_actions:
         parser.add_argument("--json-log", action="store_true", help=JSON_LOG_HELP)
     for action in parser._actions:

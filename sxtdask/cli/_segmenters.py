@@ -38,7 +38,8 @@ def _models(values: list[str] | None, tasks: tuple[str, ...]) -> dict[str, Path 
 
 def make_segmenter(args: argparse.Namespace) -> Segmenter:
     """The segmenter of the model options (``--task``, ``--method``, ``--model``, ``--device``,
-    ``--batch-size``, ``--halo``): one task's, or a ``CombinedSegmenter`` of several."""
+    ``--batch-size``, ``--halo``): one task's, or a ``CombinedSegmenter`` of several.
+    """
     models = _models(getattr(args, "model", None), args.task)
     return build(args.task, getattr(args, "method", None), models=dict(models),
                  device=args.device, batch_size=getattr(args, "batch_size", None),

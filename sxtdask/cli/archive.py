@@ -98,11 +98,12 @@ def _say_row(con: Console, row: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
+    """Plan and run the archive of ``args.input_dir`` into ``args.out`` on a Dask cluster."""
     from sxtdask.archive import plan_archive, run_archive
     from sxtdask.engine import uses_gpu
 
     t0 = time.perf_counter()
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size ({args.batch_size}) must be at least 1")
     segmenter = make_segmenter(args)
     plan = plan_archive(args.input_dir, args.out, exclude=args.exclude)  # errors before any cluster

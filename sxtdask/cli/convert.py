@@ -26,6 +26,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
+    """Convert the tomogram file ``args.input`` to an OME-Zarr image at ``args.output``."""
     from sxtdask.io import open_image, open_volume, write_image
 
     t0 = time.perf_counter()

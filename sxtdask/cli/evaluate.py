@@ -57,7 +57,8 @@ def _rows(name: str, res: dict[str, Any]) -> list[tuple[str, str, str]]:
         return rows
     classes = res["classes"]
     prefix = "class " if res["kind"] == "semantic" else ""
-    rows = [(name, f"{prefix}{c}: Dice / IoU", f"{_f(s['dice'])} / {_f(s['iou'])}") for c, s in classes.items()]
+    rows = [(name, f"{prefix}{c}: Dice / IoU", f"{_f(s['dice'])} / {_f(s['iou'])}")
+            for c, s in classes.items()]
     for part, m in res.get("morphometrics", {}).items():
         errors = (_f(m["volume_um3_rel_error"], True), _f(m["surface_to_volume_per_um_rel_error"], True))
         rows.append((name, f"{part}: volume / S/V error", " / ".join(errors)))

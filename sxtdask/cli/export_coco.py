@@ -46,6 +46,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
+    """Write the COCO-style ISG patches of the labelled tomograms, one folder per split."""
     from sxtdask.train import check_patching, export_coco, open_training_data, split_by_tomogram
 
     t0 = time.perf_counter()

@@ -41,7 +41,8 @@ def run_segment(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """The pipeline's one graph on ``client`` (statistics → segment and relabel → pyramids), with
-    a bar per stage fed by the graph's own futures; returns the run report."""
+    a bar per stage fed by the graph's own futures; returns the run report.
+    """
     from distributed import as_completed, wait
 
     from sxtdask.models import load_counts
@@ -52,19 +53,17 @@ def run_segment(
     t0 = time.time()
     futures = client.compute([run.result, run.stats, *run.blocks])
     result, stats_future, blocks = futures[0], futures[1], futures[2:]
-    try:
-        with con.busy("global statistics"):
-            wait(stats_future)
-        if stats_future.status == "finished":
-            check_stats(stats_future.result(), str(data))  # warns here for a constant volume
-        with con.steps(f"segmenting {run.n_chunks} chunks + relabel", run.n_chunks) as tick:
-            for k, _ in enumerate(as_completed(blocks), 1):
-                tick(k, run.n_chunks)
-        with con.busy("writing label pyramids"):
-            report = result.result()
-    except BaseException:
-        client.cancel(futures)
-        raise
+    # On an error or Ctrl-C the futures go with the client (cancelling them here only adds
+    # distributed's own tracebacks to the one line the user should see).
+    with con.busy("global statistics"):
+        wait(stats_future)
+    if stats_future.status == "finished":
+        check_stats(stats_future.result(), str(data))  # warns here for a constant volume
+    with con.steps(f"segmenting {run.n_chunks} chunks + relabel", run.n_chunks) as tick:
+        for k, _ in enumerate(as_completed(blocks), 1):
+            tick(k, run.n_chunks)
+    with con.busy("writing label pyramids"):
+        report = result.result()
     ended, start, stages = report["stage_ended"], t0, {}
     for stage, end in ended.items():
         stages[stage], start = max(0.0, end - start), end
@@ -97,6 +96,7 @@ def run_segment(
 
 
 def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
+    """Segment the OME-Zarr image ``args.data`` chunk by chunk on a Dask cluster."""
     from distributed import span
 
     from sxtdask.engine import plan_store
@@ -122,7 +122,8 @@ def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
         report["performance_report"] = str(args.performance_report)
     if args.report is not None:
         write_json(args.report, report)
-    n = ", ".join(f"{k}: {v}" for k, v in report["instance_count"].items())
-    con.say(f"{args.data}: {report['chunk_count']} chunks, {n} instances; wrote "
-            f"{', '.join(report['outputs'])} ({report['total_seconds']:.1f} s)")
+    instances = {o.name for o in segmenter.outputs if o.kind.value == "instances"}
+    n = ", ".join(f"{k}: {v}" for k, v in report["instance_count"].items() if k in instances)
+    con.say(f"{args.data}: {report['chunk_count']} chunks{f', {n} instances' if n else ''}; "
+            f"wrote {', '.join(report['outputs'])} ({report['total_seconds']:.1f} s)")
     return report

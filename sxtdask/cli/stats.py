@@ -30,7 +30,8 @@ def add_parser(sub: Any) -> None:
 def run_stats(data: Path, labels: str, out: Path, client: Any, con: Console, *,
               overwrite: bool = False) -> Any:
     """Measure every instance of the label image ``labels`` of ``data``; write the table to
-    ``out`` and return it."""
+    ``out`` and return it.
+    """
     from sxtdask.io import open_image, open_labels
     from sxtdask.measure import instance_table, write_table
 
@@ -43,6 +44,7 @@ def run_stats(data: Path, labels: str, out: Path, client: Any, con: Console, *,
 
 
 def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
+    """Compute the per-instance table of one label image and write it (CSV or Parquet)."""
     from distributed import span
 
     from sxtdask.io import open_labels

@@ -28,6 +28,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
+    """Write a synthetic cell (MRC) and its ground truth (``.gt.zarr``)."""
     from sxtdask.io import open_labels
     from sxtdask.phantoms import write_phantom
 

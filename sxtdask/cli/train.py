@@ -35,7 +35,8 @@ def add_parser(sub: Any) -> None:
     own.add_argument("--steps-per-epoch", type=int, default=None,
                      help="optimiser steps per epoch (default: U-Net 100)")
     own.add_argument("--batch-size", type=int, default=None, help="default: U-Net 8, Mask R-CNN 4")
-    own.add_argument("--patch", type=int, default=None, help="patch side (default: U-Net 128, Mask R-CNN 256)")
+    own.add_argument("--patch", type=int, default=None,
+                     help="patch side (default: U-Net 128, Mask R-CNN 256)")
     own.add_argument("--lr", type=float, default=None,
                      help="peak learning rate (default: U-Net 3e-3 AdamW, Mask R-CNN 0.005 SGD)")
     own.add_argument("--width", type=int, default=16, help="U-Net base width (default 16; reference 64)")
@@ -64,6 +65,7 @@ def _options(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
+    """Train the network of ``args.task`` on the labelled tomograms ``args.data`` into ``args.out``."""
     from sxtdask.errors import ConfigError, InputError
     from sxtdask.train import (
         UNetTrainConfig,

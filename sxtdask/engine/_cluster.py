@@ -80,7 +80,8 @@ class ClusterConfig:
 
     def security(self) -> Security | None:
         """The client's TLS settings: from the options, else Dask's configuration for a ``tls://``
-        scheduler, else None (plain TCP)."""
+        scheduler, else None (plain TCP).
+        """
         if self.tls_ca_file:
             return Security(tls_ca_file=self.tls_ca_file, tls_client_cert=self.tls_cert,
                             tls_client_key=self.tls_key, require_encryption=True)

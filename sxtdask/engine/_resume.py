@@ -96,7 +96,7 @@ def _parse_block(name: str, grid: BlockGrid, suffix: str) -> Index | None:
     if len(parts) != grid.ndim or not all(p.isdigit() for p in parts):
         return None
     idx = tuple(int(p) for p in parts)
-    return idx if all(i < n for i, n in zip(idx, grid.numblocks)) else None
+    return idx if all(i < n for i, n in zip(idx, grid.numblocks, strict=True)) else None
 
 
 def save_record(path: Path, small: Small, names: Iterable[str]) -> None:
@@ -111,6 +111,7 @@ def save_record(path: Path, small: Small, names: Iterable[str]) -> None:
         for side, crop in crops.items():
             arrays[f"{k}_crop_{int(side)}"] = np.asarray(crop)
     buf = io.BytesIO()
+    # numpy's stub types **kwds as ArrayLike but also matches them against allow_pickle: bool
     np.savez(buf, **arrays)  # type: ignore[arg-type]
     write_atomic(path, buf.getvalue())
 

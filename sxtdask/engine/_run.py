@@ -8,6 +8,7 @@ global IDs, and one task per chunk applies that chunk's slice of the lookup tabl
 
 from __future__ import annotations
 
+import copy
 import logging
 import operator
 import re
@@ -98,8 +99,25 @@ def plan_grid(
     """Block grid with the halo kept only along axes that are split into several chunks."""
     if len(halo) != len(shape):
         raise ConfigError(f"halo {tuple(halo)} must have one value per axis of {shape}")
-    eff = tuple(int(h) if len(c) > 1 else 0 for h, c in zip(halo, chunks))
+    eff = tuple(int(h) if len(c) > 1 else 0 for h, c in zip(halo, chunks, strict=False))
     return BlockGrid(tuple(shape), tuple(chunks), eff)
+
+
+def check_halo(segmenter: Segmenter, halo: Sequence[int]) -> tuple[int, int, int]:
+    """The halo to read, checked: three non-negative integers, at least the segmenter's context
+    radius along each axis (a U-Net reading ±1 slice needs 1 slice of z halo to be exact).
+    """
+    values = tuple(int(h) for h in halo)
+    if len(values) != 3 or any(h < 0 for h in values):
+        raise ConfigError(f"halo {tuple(halo)} must be three non-negative integers (Z, Y, X)")
+    radius = segmenter.context_radius
+    if radius is not None:
+        for axis, h, r in zip("zyx", values, radius, strict=True):
+            if h < r:
+                raise ConfigError(f"halo {values} is smaller than {type(segmenter).__name__}'s "
+                                  f"context along {axis} ({r} voxels): chunked results would "
+                                  "differ from whole-volume ones")
+    return values
 
 
 def check_full_plane(segmenter: Segmenter, grid: BlockGrid) -> None:
@@ -123,7 +141,8 @@ def stitch_grid(grid: BlockGrid, segmenter: Segmenter) -> BlockGrid:
 
 def _trusted_pieces(arr: np.ndarray, spec: OutputSpec) -> np.ndarray:
     """Labels in the trusted box; connected-component labels split into their connected parts
-    there, so that nothing stays joined only through the untrusted rim."""
+    there, so that nothing stays joined only through the untrusted rim.
+    """
     if spec.match is Match.TOUCHING:
         return measure.label(arr, background=0, connectivity=arr.ndim)
     return arr
@@ -206,7 +225,9 @@ def segment_array(
     dict of name → dask.array.Array
         Chunked like ``image``. Instance outputs have IDs ``1..n`` numbered by first voxel.
     """
-    grid = plan_grid(image.shape, image.chunks, halo if halo is not None else segmenter.halo)
+    segmenter = copy.deepcopy(segmenter)  # the plan keeps its own (load_model works in place)
+    grid = plan_grid(image.shape, image.chunks,
+                     check_halo(segmenter, halo if halo is not None else segmenter.halo))
     check_full_plane(segmenter, grid)
     token = tokenize(image, segmenter, stats, voxel_size_nm, grid.halo)
     seg = f"{task_prefix('segment', [s.name for s in segmenter.outputs])}-{token}"
@@ -242,7 +263,8 @@ def segment_array(
 
 def _zarr_array(path: str, mode: str) -> zarr.Array:
     """Open an array in the task itself: a cache on long-lived workers would go stale when a
-    later run recreates the array with other chunks (opening reads one small JSON file)."""
+    later run recreates the array with other chunks (opening reads one small JSON file).
+    """
     return zarr.open_array(store=path, mode=mode)
 
 
@@ -384,7 +406,8 @@ def _finalize_output(path: Path, name: str, *_written: Any) -> str:
 
 def _list_outputs(path: Path, names: list[str], *_finalized: Any) -> float:
     """List the run's label images in ``labels/``, in output order, once all are finalized:
-    only now do they look complete."""
+    only now do they look complete.
+    """
     list_label_images(path, names)
     return time.time()
 
@@ -403,15 +426,16 @@ def _report(counts: list[int], names: list[str], blocks: list[bool], relabel_nam
             relabel_flags: list[list[bool]], outputs: list[str] | None,
             stats: IntensityStats, times: list[float], *_after: Any) -> dict[str, Any]:
     """What the run did: instance counts, blocks segmented or reused, outputs written, the
-    statistics it normalised with, and when each stage ended (``time.time()`` on the workers)."""
+    statistics it normalised with, and when each stage ended (``time.time()`` on the workers).
+    """
     return {
         "intensity_stats": stats,
-        "stage_ended": dict(zip(("statistics", "segment_and_relabel", "pyramids"), times)),
-        "instance_count": dict(zip(names, (int(c) for c in counts))),
+        "stage_ended": dict(zip(("statistics", "segment_and_relabel", "pyramids"), times, strict=False)),
+        "instance_count": dict(zip(names, (int(c) for c in counts), strict=False)),
         "chunks_total": len(blocks),
         "chunks_reused": int(sum(blocks)),
         "chunks_computed": len(blocks) - int(sum(blocks)),
-        "relabel_reused": {k: int(sum(v)) for k, v in zip(relabel_names, relabel_flags)},
+        "relabel_reused": {k: int(sum(v)) for k, v in zip(relabel_names, relabel_flags, strict=False)},
         "outputs": outputs,
     }
 
@@ -526,8 +550,11 @@ def plan_store(
     chunk = tuple(chunks) if chunks is not None else tuple(img.data.chunksize)
     if len(chunk) != 3 or any(int(c) <= 0 for c in chunk):
         raise ConfigError(f"chunks {chunk} must be three positive integers (Z, Y, X)")
-    full = BlockGrid.regular(img.data.shape, tuple(min(c, s) for c, s in zip(chunk, img.data.shape)), (0, 0, 0))
-    grid = plan_grid(full.shape, full.chunks, halo if halo is not None else segmenter.halo)
+    clipped = tuple(min(c, s) for c, s in zip(chunk, img.data.shape, strict=False))
+    full = BlockGrid.regular(img.data.shape, clipped, (0, 0, 0))
+    segmenter = copy.deepcopy(segmenter)  # the plan keeps its own (load_model works in place)
+    grid = plan_grid(full.shape, full.chunks,
+                     check_halo(segmenter, halo if halo is not None else segmenter.halo))
     check_full_plane(segmenter, grid)
     if not overwrite:
         for spec in segmenter.outputs:
@@ -622,8 +649,8 @@ def _label_arrays(path: Path, outputs: Sequence[OutputSpec], grid: BlockGrid, ov
     for spec in outputs:
         level0 = path / "labels" / spec.name / "0"
         existed = existed and (level0 / "zarr.json").is_file()
-        create_labels(path, spec.name, shape=grid.shape,  # type: ignore[arg-type]
-                      chunks=label_chunks, dtype=spec.dtype, overwrite=overwrite)  # type: ignore[arg-type]
+        create_labels(path, spec.name, shape=grid.shape,
+                      chunks=label_chunks, dtype=spec.dtype, overwrite=overwrite)
     return existed
 
 
@@ -694,9 +721,9 @@ def _store_graph(layout: _Layout, stats: IntensityStats | Delayed, finalize: boo
     if finalize:
         finals = []
         for spec in outputs:
-            key = f"{task_prefix('pyramid', [spec.name], tomo)}-{token}"
-            dsk[key] = (_finalize_output, layout.path, spec.name, stamps[1], *written[spec.name])
-            finals.append(key)
+            final_key = f"{task_prefix('pyramid', [spec.name], tomo)}-{token}"
+            dsk[final_key] = (_finalize_output, layout.path, spec.name, stamps[1], *written[spec.name])
+            finals.append(final_key)
         done_key = f"{task_prefix('finish', what, tomo)}-pyramids-{token}"
         dsk[done_key] = (_list_outputs, layout.path, what, *finals)
         drop = f"{task_prefix('finish', what, tomo)}-scratch-{token}"
@@ -730,7 +757,8 @@ def _relabel_tasks(
     targets: dict[str, str], token: str, tomo: str, before: set[Index],
 ) -> tuple[tuple[str], list[Any]]:
     """The reduction and final chunk writes of one instance output; returns its count key and
-    the write keys."""
+    the write keys.
+    """
     grid, finals = layout.grid, layout.finals()
     local, keys = _stitch_tasks(dsk, stitch_grid(grid, layout.segmenter), spec, token, tomo)
     prefix = task_prefix("relabel", [spec.name], tomo)

@@ -12,12 +12,13 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
 from sxtdask.errors import InputError, UnsupportedFormatError
 from sxtdask.io._checks import check_shape, voxel_size_or_default
-from sxtdask.io._volume import RawLayout, Volume
+from sxtdask.io._volume import ByteOrder, RawLayout, Volume
 
 __all__ = ["AMIRA_MAGIC", "AMIRA_SUFFIXES", "AmiraHeader", "open_amira", "parse_amira_header"]
 
@@ -61,7 +62,7 @@ def _split_header(path: Path, buf: bytes, index: int) -> tuple[str, int]:
     return buf[: marker.start()].decode("latin-1"), marker.end()
 
 
-def _byteorder(path: Path, text: str) -> str:
+def _byteorder(path: Path, text: str) -> ByteOrder:
     m = _FIRST_LINE.match(text)
     if m is None:
         first = text.splitlines()[0] if text else ""
@@ -76,11 +77,13 @@ def _field(path: Path, text: str) -> tuple[str, int, int]:
     """Return (numpy type code, components, @index) of the first lattice field."""
     m = _FIELD.search(text)
     if m is None:
-        raise UnsupportedFormatError(f"{path}: AmiraMesh file without a 'Lattice {{ <type> <name> }} @N' field")
+        raise UnsupportedFormatError(
+            f"{path}: AmiraMesh file without a 'Lattice {{ <type> <name> }} @N' field")
     kind, comps, _name, index, encoding = m.groups()
     if encoding:
         raise UnsupportedFormatError(
-            f"{path}: compressed AmiraMesh data ({encoding.split(',')[0]}) are not supported; save uncompressed")
+            f"{path}: compressed AmiraMesh data ({encoding.split(',')[0]}) are not supported; "
+            "save uncompressed")
     if kind not in _TYPES:
         raise UnsupportedFormatError(f"{path}: AmiraMesh data type {kind!r} is not supported "
                                      f"(supported: {', '.join(_TYPES)})")
@@ -120,7 +123,7 @@ def _bbox_voxel_size(path: Path, hdr: AmiraHeader) -> tuple[tuple[float, float, 
     sizes = tuple(float((hi - lo) / (n - 1)) if n > 1 else float(np.mean(steps)) for lo, hi, n in spans)
     logger.info("%s: voxel size %s from the AmiraMesh BoundingBox, read as nanometres "
                 "(AmiraMesh stores no unit)", path, sizes)
-    return sizes, ""  # type: ignore[return-value]
+    return cast(tuple[float, float, float], sizes), ""  # one size per axis of the 3-D lattice
 
 
 def open_amira(path: Path, size: int) -> Volume:
@@ -141,7 +144,8 @@ def open_amira(path: Path, size: int) -> Volume:
     if size < hdr.offset + nbytes:
         raise InputError(
             f"{path}: truncated AmiraMesh file: the header describes {hdr.shape[::-1]} (x, y, z) voxels of "
-            f"{np.dtype(hdr.dtype).name} ({hdr.offset + nbytes} bytes with the header), but the file has {size} bytes")
+            f"{np.dtype(hdr.dtype).name} ({hdr.offset + nbytes} bytes with the header), "
+            f"but the file has {size} bytes")
     voxel = voxel_size_or_default(path, *_bbox_voxel_size(path, hdr))
     layout = RawLayout(hdr.offset, hdr.dtype, hdr.shape, shape)
     return Volume(path, layout, voxel, "amira")

@@ -49,8 +49,9 @@ def check_shape(path: Path | str, shape: tuple[int, ...], axes: str | None = Non
         nd = len(out) if len(shape) > 3 else len(shape)
         raise InvalidVolumeError(f"{path}: data are {nd}-D ({where}); a tomogram must be 3-D (Z, Y, X)")
     if 0 in out:
-        raise InvalidVolumeError(f"{path}: data have a zero-sized axis ({where}); a tomogram needs Z, Y, X >= 1")
-    return out  # type: ignore[return-value]
+        raise InvalidVolumeError(
+            f"{path}: data have a zero-sized axis ({where}); a tomogram needs Z, Y, X >= 1")
+    return out
 
 
 def voxel_size_or_default(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,11 @@ import zarr
 from sxtdask.errors import ConfigError, InputError, OutputError
 from sxtdask.io._omezarr import (
     OME_VERSION,
+    array_at,
     check_voxel_size,
     count_slabs,
     create_level,
+    group_at,
     multiscale_metadata,
     normalize_chunks,
     open_image,
@@ -38,7 +41,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-LABEL_DTYPES = tuple(np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64"))
+LABEL_DTYPES = tuple(np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "uint32", "int32",
+                                            "uint64", "int64"))
 PathLike = str | os.PathLike[str]
 
 
@@ -53,7 +57,8 @@ def _label_dtype(dtype: Any) -> np.dtype:
     if dt == np.bool_:
         return np.dtype(np.uint8)
     if dt not in LABEL_DTYPES:
-        raise ConfigError(f"label dtype {dt} is not an OME-Zarr label type ({', '.join(map(str, LABEL_DTYPES))})")
+        raise ConfigError(
+            f"label dtype {dt} is not an OME-Zarr label type ({', '.join(map(str, LABEL_DTYPES))})")
     return dt
 
 
@@ -61,7 +66,7 @@ def _listed(root: zarr.Group) -> list[str]:
     """Names listed in ``labels/`` attributes (complete label images)."""
     if "labels" not in root:
         return []
-    ome = root["labels"].attrs.asdict().get("ome", {})
+    ome: Any = root["labels"].attrs.asdict().get("ome", {})
     return [str(n) for n in ome.get("labels", [])]
 
 
@@ -80,8 +85,9 @@ def labels_complete(path: PathLike, name: str) -> bool:
     if name not in _listed(root):
         return False
     try:
-        group = root["labels"][name]
-        datasets = group.attrs.asdict()["ome"]["multiscales"][0]["datasets"]
+        group = group_at(root, "labels", name)
+        attrs: dict[str, Any] = group.attrs.asdict()
+        datasets = attrs["ome"]["multiscales"][0]["datasets"]
         return all(d["path"] in group for d in datasets)
     except (KeyError, IndexError, TypeError):
         return False
@@ -95,7 +101,8 @@ def _labels_group(root: zarr.Group) -> zarr.Group:
     return group
 
 
-def _reuse(group: zarr.Group, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: np.dtype) -> zarr.Array | None:
+def _reuse(group: zarr.Group, shape: tuple[int, ...], chunks: tuple[int, ...],
+           dtype: np.dtype) -> zarr.Array | None:
     """The existing level-0 array of an unfinished label image, if it matches (a resumed run)."""
     arr = group.get("0")
     if isinstance(arr, zarr.Array) and arr.shape == shape and arr.chunks == chunks and arr.dtype == dtype:
@@ -104,7 +111,7 @@ def _reuse(group: zarr.Group, shape: tuple[int, ...], chunks: tuple[int, ...], d
 
 
 def create_labels(
-    path: PathLike, name: str, *, shape: tuple[int, int, int], chunks: tuple[int, int, int] | None,
+    path: PathLike, name: str, *, shape: Sequence[int], chunks: Sequence[int] | None,
     dtype: Any = "uint32", overwrite: bool = False,
 ) -> zarr.Array:
     """Create the empty level-0 array ``labels/<name>/0`` for chunk-by-chunk writing.
@@ -136,7 +143,8 @@ def create_labels(
     _check_name(name)
     image = open_image(path)
     if tuple(shape) != image.data.shape:
-        raise ConfigError(f"{path}: label shape {tuple(shape)} differs from the image shape {image.data.shape}")
+        raise ConfigError(
+            f"{path}: label shape {tuple(shape)} differs from the image shape {image.data.shape}")
     chunks = normalize_chunks(chunks if chunks is not None else image.data.chunksize, image.data.shape)
     dt = _label_dtype(dtype)
     root = open_root(path, mode="r+")
@@ -144,7 +152,7 @@ def create_labels(
     if name in group:
         if labels_complete(path, name) and not overwrite:
             raise OutputError(f"{path}: label image {name!r} exists; pass --overwrite to replace it")
-        reuse = None if overwrite else _reuse(group[name], image.data.shape, chunks, dt)
+        reuse = None if overwrite else _reuse(group_at(group, name), image.data.shape, chunks, dt)
         if reuse is not None:
             logger.info("%s: resuming the unfinished label image %r", path, name)
             return reuse
@@ -191,8 +199,8 @@ def finalize_labels(
     image = open_image(path)
     root = open_root(path, mode="r+")
     try:
-        group = root["labels"][name]
-        level0 = group["0"]
+        group = group_at(root, "labels", name)
+        level0 = array_at(group, "0")
     except KeyError as err:
         raise InputError(f"{path}: no label array labels/{name}/0; call create_labels first") from err
     shapes = [tuple(level0.shape)]
@@ -220,10 +228,11 @@ def list_label_images(path: PathLike, names: list[str]) -> None:
         One has no multiscales metadata yet (:func:`finalize_labels` with ``listed=False``).
     """
     root = open_root(path, mode="r+")
-    labels_group = root["labels"]
+    labels_group = group_at(root, "labels")
     for name in names:
         _check_name(name)
-        if "multiscales" not in labels_group[name].attrs.get("ome", {}):
+        ome: Any = labels_group[name].attrs.get("ome", {})
+        if "multiscales" not in ome:
             raise InputError(f"{path}: label image {name!r} is not finalized; cannot list it")
     listed = _listed(root)
     _set_listed(labels_group, listed + [n for n in names if n not in listed])
@@ -243,10 +252,11 @@ def write_labels(
         Default the image's level-0 chunks.
     """
     dtype = _label_dtype(labels.dtype)
-    arr = create_labels(path, name, shape=tuple(labels.shape), chunks=chunks, dtype=dtype,  # type: ignore[arg-type]
+    arr = create_labels(path, name, shape=tuple(labels.shape), chunks=chunks, dtype=dtype,
                         overwrite=overwrite)
     if isinstance(labels, da.Array):
-        da.store(labels.astype(dtype).rechunk(arr.chunks), arr, lock=False)
+        # dask types the targets as NumPy-like arrays; any object with __setitem__ works (zarr's do)
+        da.store(labels.astype(dtype).rechunk(arr.chunks), arr, lock=False)  # type: ignore[arg-type]
     else:
         cz = arr.chunks[0]
         for z0 in range(0, arr.shape[0], cz):
@@ -267,4 +277,4 @@ def open_labels(path: PathLike, name: str) -> da.Array:
     names = _listed(root)
     if name not in names:
         raise InputError(f"{path}: no label image {name!r}; available: {', '.join(names) or 'none'}")
-    return da.from_zarr(root["labels"][name]["0"])
+    return da.from_zarr(array_at(root, "labels", name, "0"))

@@ -13,13 +13,14 @@ import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import mrcfile
 import numpy as np
 
 from sxtdask.errors import InputError, InvalidVolumeError, UnsupportedFormatError
 from sxtdask.io._checks import check_dtype, check_shape
-from sxtdask.io._volume import HeaderWarning, RawLayout, Volume
+from sxtdask.io._volume import ByteOrder, HeaderWarning, RawLayout, Volume
 
 __all__ = ["MRC_SUFFIXES", "MrcHeader", "open_mrc", "probe_mrc"]
 
@@ -36,7 +37,7 @@ _MAX_DIM = 1 << 24
 class MrcHeader:
     """The fields of an MRC header needed to locate and check the data block."""
 
-    byteorder: str
+    byteorder: ByteOrder
     nx: int
     ny: int
     nz: int
@@ -64,8 +65,9 @@ def probe_mrc(head: bytes) -> MrcHeader | None:
     """
     if len(head) < HEADER_BYTES:
         return None
-    orders = ">" if head[212:214] == b"\x11\x11" else "<"
-    for bo in orders + ("<" if orders == ">" else ">"):
+    # the machine stamp's order first, then the other one
+    orders: tuple[ByteOrder, ByteOrder] = (">", "<") if head[212:214] == b"\x11\x11" else ("<", ">")
+    for bo in orders:
         nx, ny, nz, mode = struct.unpack(bo + "4i", head[:16])
         (nsymbt,) = struct.unpack(bo + "i", head[92:96])
         if _plausible(nx, ny, nz, mode) and 0 <= nsymbt < (1 << 31) - HEADER_BYTES:
@@ -106,22 +108,24 @@ def _mrcfile_layout(path: Path, hdr: MrcHeader) -> tuple[RawLayout, tuple[float,
         with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
             data = mrc.data
             if data is None:
-                notes = "; ".join(str(w.message) for w in caught)
-                raise InputError(f"{path}: mrcfile could not map the MRC data block ({notes})")
+                detail = "; ".join(str(w.message) for w in caught)
+                raise InputError(f"{path}: mrcfile could not map the MRC data block ({detail})")
             h = mrc.header
             with np.errstate(all="ignore"):
                 cell = np.array([h.cella.z, h.cella.y, h.cella.x], dtype=np.float64)
                 grid = np.array([h.mz, h.my, h.mx], dtype=np.float64)
-                angstrom = tuple(float(v) for v in cell / grid)
+                az, ay, ax = (float(v) for v in cell / grid)
+                angstrom = (az, ay, ax)
             dtype = np.dtype(np.uint8) if hdr.unsigned_bytes else data.dtype
             layout_dtype = dtype.newbyteorder(hdr.byteorder).str if dtype.itemsize > 1 else dtype.str
             shape = check_shape(path, data.shape)
             layout = RawLayout(int(data.offset), layout_dtype, tuple(data.shape), shape)
     notes = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
-    return layout, angstrom, notes  # type: ignore[return-value]
+    return layout, angstrom, notes
 
 
-def _voxel_size_nm(path: Path, angstrom: tuple[float, float, float], notes: list[str]) -> tuple[float, float, float]:
+def _voxel_size_nm(path: Path, angstrom: tuple[float, float, float],
+                   notes: list[str]) -> tuple[float, float, float]:
     """Header voxel size in nm, or 1.0 nm with a :class:`HeaderWarning` when the header is damaged."""
     valid = all(np.isfinite(a) and a > 0 for a in angstrom)
     if not valid:
@@ -132,7 +136,7 @@ def _voxel_size_nm(path: Path, angstrom: tuple[float, float, float], notes: list
         msg = f"{path}: damaged MRC header ({'; '.join(dict.fromkeys(notes))}); {action}"
         logger.warning("%s", msg)
         warnings.warn(msg, HeaderWarning, stacklevel=4)
-    return nm  # type: ignore[return-value]
+    return cast(tuple[float, float, float], nm)
 
 
 def open_mrc(path: Path, head: bytes, size: int) -> Volume:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import dask.array as da
 import numpy as np
@@ -54,15 +54,16 @@ def pyramid_shapes(shape: Shape3) -> list[Shape3]:
         if min(nxt) < MIN_LEVEL_SIZE:
             break
         shapes.append(nxt)
-    return shapes  # type: ignore[return-value]
+    return cast(list[Shape3], shapes)  # tuples of len(shape) == 3 values
 
 
-def normalize_chunks(chunks: tuple[int, int, int] | None, shape: Shape3) -> Shape3:
+def normalize_chunks(chunks: Sequence[Any] | None, shape: Shape3) -> Shape3:
     """Validate chunk sizes and clip them to ``shape``; default ``(min(32, Z), Y, X)`` (slice stacks)."""
     if chunks is None:
         return (min(DEFAULT_CHUNK_DEPTH, shape[0]), shape[1], shape[2])
-    chunks = tuple(chunks)  # type: ignore[assignment]
-    ok = len(chunks) == 3 and all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in chunks)
+    chunks = tuple(chunks)
+    ok = len(chunks) == 3 and all(isinstance(c, (int, np.integer)) and not isinstance(c, bool)
+                                  for c in chunks)
     if not ok:
         raise ConfigError(f"chunks {chunks!r} must be three integers (cz, cy, cx)")
     if min(chunks) <= 0:
@@ -70,9 +71,9 @@ def normalize_chunks(chunks: tuple[int, int, int] | None, shape: Shape3) -> Shap
     return level_chunks(chunks, shape)
 
 
-def level_chunks(chunks: tuple[int, ...], shape: tuple[int, ...]) -> Shape3:
+def level_chunks(chunks: Sequence[int], shape: Sequence[int]) -> Shape3:
     """``chunks`` clipped to ``shape``."""
-    return tuple(int(min(c, n)) for c, n in zip(chunks, shape, strict=True))  # type: ignore[return-value]
+    return cast(Shape3, tuple(int(min(c, n)) for c, n in zip(chunks, shape, strict=True)))
 
 
 _METHODS = {"mean": "2x2x2 local mean", "nearest": "stride-2 subsampling (nearest neighbour)"}
@@ -104,7 +105,7 @@ def check_voxel_size(voxel_size_nm: Any) -> tuple[float, float, float]:
         raise ConfigError(f"voxel_size_nm {voxel_size_nm!r} must be three numbers (z, y, x)") from err
     if len(vs) != 3 or not all(np.isfinite(v) and v > 0 for v in vs):
         raise ConfigError(f"voxel_size_nm {voxel_size_nm!r} must be three positive finite numbers (z, y, x)")
-    return vs  # type: ignore[return-value]
+    return vs
 
 
 # --- atomic output --------------------------------------------------------------------------------
@@ -160,7 +161,8 @@ def _check_finite(label: str, slab: np.ndarray, z0: int) -> None:
     z = int(np.argmin(finite))
     kind = "NaN" if np.isnan(slab[z]).any() else "infinite"
     raise InvalidVolumeError(
-        f"{label}: {kind} voxel values at slice z={z0 + z}; a tomogram must be finite (fix or mask the input)")
+        f"{label}: {kind} voxel values at slice z={z0 + z}; a tomogram must be finite "
+        "(fix or mask the input)")
 
 
 def _pad_even(block: np.ndarray) -> np.ndarray:
@@ -190,7 +192,8 @@ def _subsample2(block: np.ndarray) -> np.ndarray:
 REDUCERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"mean": _mean2, "nearest": _subsample2}
 
 
-def create_level(group: zarr.Group, k: int, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: Any) -> zarr.Array:
+def create_level(group: zarr.Group, k: int, shape: tuple[int, ...], chunks: tuple[int, ...],
+                 dtype: Any) -> zarr.Array:
     """Create (replacing any) array ``str(k)`` of ``group`` with z, y, x dimension names."""
     return group.create_array(
         str(k), shape=shape, chunks=level_chunks(chunks, shape), dtype=dtype, fill_value=0,
@@ -212,11 +215,12 @@ def _write_level0(src: _Source, arr: zarr.Array, tick: Callable[[], None]) -> No
 
 
 def write_pyramid(
-    group: zarr.Group, shapes: list[Shape3], chunks: tuple[int, ...], method: str, tick: Callable[[], None],
+    group: zarr.Group, shapes: Sequence[tuple[int, ...]], chunks: tuple[int, ...], method: str,
+    tick: Callable[[], None],
 ) -> None:
     """Write levels ``1..len(shapes)-1`` of ``group``, each slab by slab from the level above it."""
     reduce = REDUCERS[method]
-    prev = group["0"]
+    prev = array_at(group, "0")
     for k, shape in enumerate(shapes[1:], start=1):
         arr = create_level(group, k, shape, chunks, prev.dtype)
         for z0, z1 in _slabs(shape[0], arr.chunks[0]):
@@ -225,18 +229,20 @@ def write_pyramid(
         prev = arr
 
 
-def _reduce_slab(prev: zarr.Array, z0: int, z1: int, reduce: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """Slices ``z0:z1`` of the next level, from slices ``2*z0:2*z1`` of ``prev`` read about one chunk at a time.
+def _reduce_slab(prev: zarr.Array, z0: int, z1: int,
+                 reduce: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Slices ``z0:z1`` of the next level, from slices ``2*z0:2*z1`` of ``prev`` read about one chunk
+    at a time.
 
     Pieces have an even depth, so no 2x2x2 block is split between two reads.
     """
     step = max(2, prev.chunks[0] - prev.chunks[0] % 2)
     lo, hi = 2 * z0, min(2 * z1, prev.shape[0])
-    parts = [reduce(prev[a: min(a + step, hi)]) for a in range(lo, hi, step)]
+    parts = [reduce(cast(np.ndarray, prev[a: min(a + step, hi)])) for a in range(lo, hi, step)]
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def count_slabs(shapes: list[Shape3], chunks: tuple[int, ...]) -> int:
+def count_slabs(shapes: Sequence[tuple[int, ...]], chunks: tuple[int, ...]) -> int:
     """Number of slabs written for a pyramid (one per chunk depth per level)."""
     return sum(-(-s[0] // level_chunks(chunks, s)[0]) for s in shapes)
 
@@ -254,7 +260,8 @@ def _counter(total: int, progress: Progress | None) -> Callable[[], None]:
 
 
 def write_image(
-    volume: Volume | np.ndarray, out: str | os.PathLike[str], *, chunks: tuple[int, int, int] | None = None,
+    volume: Volume | np.ndarray | da.Array | zarr.Array, out: str | os.PathLike[str], *,
+    chunks: tuple[int, int, int] | None = None,
     voxel_size_nm: tuple[float, float, float] | None = None, overwrite: bool = False,
     name: str | None = None, progress: Progress | None = None,
 ) -> Path:
@@ -302,11 +309,12 @@ def write_image(
     with atomic_directory(out, overwrite) as partial:
         root = zarr.open_group(partial, mode="w", zarr_format=3)
         create_level(root, 0, src.shape, chunks, dtype)
-        _write_level0(src, root["0"], tick)
+        _write_level0(src, array_at(root, "0"), tick)
         write_pyramid(root, shapes, chunks, "mean", tick)
         ms = multiscale_metadata(name or src.name, vs, len(shapes), "mean")
         root.attrs.update({"ome": {"version": OME_VERSION, "multiscales": [ms]}})
-    logger.info("%s: wrote OME-Zarr image %s %s, chunks %s, %d levels", out, src.shape, dtype, chunks, len(shapes))
+    logger.info("%s: wrote OME-Zarr image %s %s, chunks %s, %d levels", out, src.shape, dtype, chunks,
+                len(shapes))
     return out
 
 
@@ -347,7 +355,7 @@ class OmeImage:
         return da.from_zarr(zarr.open_array(self.path / key, mode="r"))
 
 
-def open_root(path: str | os.PathLike[str], mode: str = "r") -> zarr.Group:
+def open_root(path: str | os.PathLike[str], mode: Literal["r", "r+"] = "r") -> zarr.Group:
     """Open the root group of a local OME-Zarr 0.5 image; InputError naming the path if it is not one."""
     p = Path(path)
     if not p.exists():
@@ -357,9 +365,29 @@ def open_root(path: str | os.PathLike[str], mode: str = "r") -> zarr.Group:
             raise InputError(f"{p}: Zarr v2 (OME-Zarr 0.4 or older); sxtdask reads OME-Zarr 0.5 (Zarr v3)")
         raise InputError(f"{p}: not an OME-Zarr 0.5 image (no zarr.json)")
     try:
-        return zarr.open_group(p, mode=mode, zarr_format=3)  # type: ignore[arg-type]
+        return zarr.open_group(p, mode=mode, zarr_format=3)
     except Exception as err:  # zarr raises several types for a bad zarr.json
         raise InputError(f"{p}: not an OME-Zarr 0.5 image ({err})") from err
+
+
+def group_at(parent: zarr.Group, *keys: str) -> zarr.Group:
+    """``parent[keys[0]][keys[1]]...``: the sub-group the OME-Zarr layout has there.
+
+    Zarr types every member as ``Array | Group``; this names the one the layout puts at that path
+    (it checks nothing: a missing member raises ``KeyError`` as ``parent[key]`` does).
+    """
+    node: Any = parent
+    for key in keys:
+        node = node[key]
+    return cast(zarr.Group, node)
+
+
+def array_at(parent: zarr.Group, *keys: str) -> zarr.Array:
+    """``parent[keys[0]][keys[1]]...``: the array the OME-Zarr layout has there (see :func:`group_at`)."""
+    node: Any = parent
+    for key in keys:
+        node = node[key]
+    return cast(zarr.Array, node)
 
 
 def read_multiscale(path: Path, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -380,7 +408,7 @@ def read_multiscale(path: Path, attrs: dict[str, Any]) -> dict[str, Any]:
 def _scale(path: Path, dataset: dict[str, Any]) -> tuple[float, float, float]:
     for t in dataset.get("coordinateTransformations", []):
         if t.get("type") == "scale":
-            return tuple(float(v) for v in t["scale"])  # type: ignore[return-value]
+            return cast(tuple[float, float, float], tuple(float(v) for v in t["scale"]))
     raise InputError(f"{path}: dataset {dataset.get('path')!r} has no scale transformation")
 
 

@@ -1,6 +1,6 @@
-"""Open a tomogram file as a lazy :class:`Volume`, choosing the reader by content.
+r"""Open a tomogram file as a lazy :class:`Volume`, choosing the reader by content.
 
-The first bytes decide the format (``\\x93NUMPY``, TIFF byte-order marks, ``# AmiraMesh``, a
+The first bytes decide the format (``\x93NUMPY``, TIFF byte-order marks, ``# AmiraMesh``, a
 plausible MRC header); the extension is only a hint (``.rec`` may be MRC or AmiraMesh, and a weak MRC
 header without the ``MAP `` identifier is accepted only under an MRC extension).
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -79,7 +80,8 @@ def _unrecognised(path: Path, head: bytes, size: int) -> InputError:
     for fmt, suffixes in _SUFFIXES.items():
         if suffix in suffixes:
             return UnsupportedFormatError(
-                f"{path}: not {_ARTICLES[fmt]} {_NAMES[fmt]} file (first bytes {head[:16]!r} do not match the format)")
+                f"{path}: not {_ARTICLES[fmt]} {_NAMES[fmt]} file "
+                f"(first bytes {head[:16]!r} do not match the format)")
     known = ", ".join(sorted(SUPPORTED_SUFFIXES))
     return UnsupportedFormatError(
         f"{path}: unknown extension {suffix or '(none)'!r} and unrecognised content; supported: {known}")
@@ -89,7 +91,8 @@ def _npy_truncated(path: Path) -> InputError:
     """The error for a .npy file shorter than its header says, naming expected and actual bytes."""
     with open(path, "rb") as fh:
         major, _ = np.lib.format.read_magic(fh)
-        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                       else np.lib.format.read_array_header_2_0)
         shape, _, dtype = read_header(fh)
         expected = fh.tell() + int(np.prod(shape)) * dtype.itemsize
     return InputError(f"{path}: truncated .npy file: the header describes {shape} {dtype} "
@@ -104,7 +107,8 @@ def _open_npy(path: Path) -> Volume:
         if "mmap length" in str(err):
             raise _npy_truncated(path) from err
         if "object" in str(err).lower() or "pickle" in str(err).lower():
-            raise InvalidVolumeError(f"{path}: .npy holds Python objects; a tomogram must be numeric") from err
+            raise InvalidVolumeError(
+                f"{path}: .npy holds Python objects; a tomogram must be numeric") from err
         raise UnsupportedFormatError(f"{path}: not a valid .npy file ({err})") from err
     except EOFError as err:
         raise InputError(f"{path}: truncated .npy file ({err})") from err
@@ -112,7 +116,7 @@ def _open_npy(path: Path) -> Volume:
         raise UnsupportedFormatError(f"{path}: not a plain .npy array")
     check_dtype(path, arr.dtype)
     shape = check_shape(path, arr.shape)
-    order = "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
+    order: Literal["C", "F"] = "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
     layout = RawLayout(int(arr.offset), arr.dtype.str, tuple(arr.shape), shape, order)
     del arr
     voxel = voxel_size_or_default(path, None, ".npy files carry no voxel size")

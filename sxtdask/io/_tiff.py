@@ -72,10 +72,12 @@ def _layout(path: Path, tif: tifffile.TiffFile, shape: tuple[int, int, int]) -> 
     pages = series.pages
     if len(pages) != shape[0] or any(p is None for p in pages):
         raise UnsupportedFormatError(
-            f"{path}: TIFF layout not supported: {len(pages)} pages for {shape[0]} slices and not memory-mappable")
+            f"{path}: TIFF layout not supported: {len(pages)} pages for {shape[0]} slices "
+            "and not memory-mappable")
     first: Any = pages[0]
     if int(np.prod(first.shape)) != shape[1] * shape[2]:
-        raise UnsupportedFormatError(f"{path}: TIFF pages of shape {first.shape} are not (Y, X) = {shape[1:]}")
+        raise UnsupportedFormatError(
+            f"{path}: TIFF pages of shape {first.shape} are not (Y, X) = {shape[1:]}")
     return TiffPagesLayout(0, shape, series.dtype.str)
 
 
@@ -109,7 +111,7 @@ def _check_pages_in_file(path: Path, tif: tifffile.TiffFile) -> None:
     for page in tif.series[0].pages:
         if page is None:
             raise InputError(f"{path}: truncated or corrupted TIFF (a page is missing)")
-        ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts)]
+        ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=False)]
         if ends and max(ends) > size:
             raise InputError(
                 f"{path}: truncated TIFF (page data end at byte {max(ends)}, the file has {size})")

@@ -14,13 +14,16 @@ import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import numpy as np
 
 __all__ = ["HeaderWarning", "Layout", "RawLayout", "TiffPagesLayout", "Volume"]
 
 logger = logging.getLogger(__name__)
+
+#: A byte order as NumPy dtypes spell it: little- or big-endian.
+ByteOrder = Literal["<", ">"]
 
 
 class HeaderWarning(UserWarning):
@@ -59,13 +62,13 @@ class RawLayout:
     dtype: str
     disk_shape: tuple[int, ...]
     shape: tuple[int, int, int]
-    order: str = "C"
+    order: Literal["C", "F"] = "C"
 
     def open(self, path: Path) -> np.ndarray:
         """Memory-map the block read-only and return it as a (Z, Y, X) view."""
         mm = np.memmap(
             path, dtype=np.dtype(self.dtype), mode="r", offset=self.offset,
-            shape=self.disk_shape, order=self.order,  # type: ignore[arg-type]
+            shape=self.disk_shape, order=self.order,
         )
         return mm.reshape(self.shape, order="A")
 
@@ -105,7 +108,9 @@ class _TiffPages:
         out = np.empty((len(zs),) + self._layout.shape[1:], dtype=np.dtype(self._layout.dtype))
         with self._lock:  # a TiffFile shares one file handle
             for i, z in enumerate(zs):
-                out[i] = np.asarray(self._pages[int(z)].asarray()).reshape(self._layout.shape[1:])
+                page = self._pages[int(z)]
+                assert page is not None  # TiffPagesLayout is made only for a series without gaps
+                out[i] = np.asarray(page.asarray()).reshape(self._layout.shape[1:])
         out = out[(slice(None),) + key[1:]]
         return out[0] if np.ndim(zsel) == 0 else out
 
@@ -152,10 +157,10 @@ class Volume:
     ) -> None:
         self.path = Path(path)
         self.layout = layout
-        self.shape: tuple[int, int, int] = tuple(int(n) for n in layout.shape)  # type: ignore[assignment]
+        self.shape = cast(tuple[int, int, int], tuple(int(n) for n in layout.shape))
         self.dtype = np.dtype(layout.dtype).newbyteorder("=")
         vs = tuple(float(v) for v in voxel_size_nm)
-        self.voxel_size_nm: tuple[float, float, float] = vs  # type: ignore[assignment]
+        self.voxel_size_nm = cast(tuple[float, float, float], vs)
         self.format = fmt
         self._data: Any = None
         self._lock = threading.Lock()

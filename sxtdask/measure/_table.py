@@ -3,8 +3,8 @@
 The graph has one ``sxtdask-stats-partial`` task per block of ``labels`` (holding one block of the
 labels and of the image), ``sxtdask-stats-combine`` tasks that merge at most ``_FAN_IN`` partials
 each, level by level (:func:`sxtdask._tree.tree_reduce`), and one ``sxtdask-stats-table`` task
-that turns the final partial into a :class:`pandas.DataFrame`. Its size is linear in the number of blocks, and no task sees the whole
-volume.
+that turns the final partial into a :class:`pandas.DataFrame`. Its size is linear in the number of
+blocks, and no task sees the whole volume.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def _check_spacing(spacing_nm: Sequence[float]) -> tuple[float, float, float]:
         raise ConfigError(
             f"spacing_nm must be 3 finite positive voxel sizes (z, y, x) in nm; got {tuple(spacing_nm)}"
         )
-    return values  # type: ignore[return-value]
+    return values
 
 
 def _check_inputs(labels: da.Array, image: da.Array | None) -> da.Array | None:
@@ -97,7 +97,7 @@ def _partial_tasks(labels: da.Array, image: da.Array | None, token: str) -> list
     task = dask.delayed(block_partial, pure=True)
     tasks = []
     for index in np.ndindex(*label_blocks.shape):
-        offset = tuple(int(o[i]) for o, i in zip(offsets, index))
+        offset = tuple(int(o[i]) for o, i in zip(offsets, index, strict=True))
         image_block = None if image_blocks is None else image_blocks[index]
         tasks.append(task(label_blocks[index], image_block, offset, dask_key_name=(name, *index)))
     return tasks
@@ -115,11 +115,11 @@ def partial_to_frame(
         "volume_voxels": count.astype(np.int64),
         "volume_um3": volume_nm3 / _NM3_PER_UM3,
     }
-    for axis, spacing in zip(_AXES, spacing_nm):
+    for axis, spacing in zip(_AXES, spacing_nm, strict=True):
         columns[f"centroid_{axis}_nm"] = partial[f"sum_{axis}"] / count * spacing
-    for axis, spacing in zip(_AXES, spacing_nm):
+    for axis, spacing in zip(_AXES, spacing_nm, strict=True):
         columns[f"bbox_min_{axis}_nm"] = partial[f"min_{axis}"] * spacing
-    for axis, spacing in zip(_AXES, spacing_nm):
+    for axis, spacing in zip(_AXES, spacing_nm, strict=True):
         columns[f"bbox_max_{axis}_nm"] = (partial[f"max_{axis}"] + 1) * spacing
     columns["equivalent_diameter_nm"] = np.cbrt(6.0 * volume_nm3 / np.pi)
     if has_image:
@@ -130,10 +130,10 @@ def partial_to_frame(
 
 
 def instance_table(
-    labels: da.Array,
-    image: da.Array | None = None,
+    labels: da.Array | np.ndarray,
+    image: da.Array | np.ndarray | None = None,
     *,
-    spacing_nm: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    spacing_nm: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> Delayed:
     """Build the lazy per-instance statistics table of a label volume.
 
@@ -185,7 +185,7 @@ def regionprops_table(
     labels: da.Array | np.ndarray,
     image: da.Array | np.ndarray | None = None,
     *,
-    spacing_nm: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    spacing_nm: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> pd.DataFrame:
     """Compute the per-instance statistics table now (``instance_table(...).compute()``).
 

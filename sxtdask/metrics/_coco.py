@@ -40,7 +40,7 @@ AR@100 by area (COCO's area ranges, in pixels²)."""
 _CATEGORY = 1
 
 
-def slice_rles(labels: np.ndarray) -> list[tuple[int, dict[str, Any], int]]:
+def slice_rles(labels: np.ndarray) -> list[tuple[int, Mapping[str, Any], int]]:
     """Compressed COCO RLEs of every instance in one 2-D label image.
 
     Runs are found from the column-major positions of each label's pixels (no mask per instance
@@ -67,8 +67,8 @@ def slice_rles(labels: np.ndarray) -> list[tuple[int, dict[str, Any], int]]:
     order = np.argsort(values, kind="stable")  # positions stay ascending within a label
     pos, values = pos[order], values[order]
     starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
-    out = []
-    for a, b in zip(starts, np.r_[starts[1:], pos.size]):
+    out: list[tuple[int, Mapping[str, Any], int]] = []
+    for a, b in zip(starts, np.r_[starts[1:], pos.size], strict=True):
         p = pos[a:b]
         breaks = np.flatnonzero(np.diff(p) != 1) + 1
         edges = np.empty(2 * (breaks.size + 1), dtype=np.int64)
@@ -100,7 +100,8 @@ def block_annotations(block: np.ndarray, z0: int) -> list[dict[str, Any]]:
 
 def _slabs(labels: da.Array) -> da.Array:
     """``labels`` rechunked to slabs of whole slices holding about as many voxels as one of its
-    chunks (at least one slice, at most the chunk depth)."""
+    chunks (at least one slice, at most the chunk depth).
+    """
     cz, cy, cx = labels.chunksize
     depth = max(1, min(cz, cz * cy * cx // (labels.shape[1] * labels.shape[2])))
     return labels.rechunk((depth, -1, -1))
@@ -115,13 +116,14 @@ def _cocoeval(gt: list[dict[str, Any]], dt: list[dict[str, Any]], image_ids: ran
               shape: tuple[int, int]) -> COCOeval:
     """A ``COCOeval(iouType="segm")`` of prepared annotations (ids from 1, gt bboxes set)."""
     coco_gt = COCO()
-    coco_gt.dataset = _dataset(gt, image_ids, shape)
+    # types-pycocotools types ``dataset`` as a TypedDict of every COCO field; COCOeval reads these
+    coco_gt.dataset = _dataset(gt, image_ids, shape)  # type: ignore[assignment]
     coco_gt.createIndex()
     if dt:
         coco_dt = coco_gt.loadRes(dt)
     else:  # loadRes refuses an empty list
         coco_dt = COCO()
-        coco_dt.dataset = _dataset([], image_ids, shape)
+        coco_dt.dataset = _dataset([], image_ids, shape)  # type: ignore[assignment]  # as above
         coco_dt.createIndex()
     ev = COCOeval(coco_gt, coco_dt, iouType="segm")
     ev.params.imgIds, ev.params.catIds = list(image_ids), [_CATEGORY]
@@ -155,7 +157,7 @@ def block_coco(
     images = range(z0, z0 + gt.shape[0])
     text = io.StringIO()
     with contextlib.redirect_stdout(text):  # pycocotools prints
-        ev = _cocoeval(gt_anns, dt_anns, images, tuple(gt.shape[1:]))  # type: ignore[arg-type]
+        ev = _cocoeval(gt_anns, dt_anns, images, (gt.shape[1], gt.shape[2]))
         ev.evaluate()
     n = len(images)
     per_area = [ev.evalImgs[a * n:(a + 1) * n] for a in range(len(ev.params.areaRng))]
@@ -177,7 +179,8 @@ def coco_accumulate(parts: list[dict[str, Any]], n_slices: int) -> dict[str, Any
     """
     ev = COCOeval(iouType="segm")
     ev.params.imgIds, ev.params.catIds = list(range(n_slices)), [_CATEGORY]
-    ev._paramsEval = copy.deepcopy(ev.params)
+    # evaluate() sets _paramsEval, which types-pycocotools does not declare
+    ev._paramsEval = copy.deepcopy(ev.params)  # type: ignore[attr-defined]
     n_areas = len(ev.params.areaRng)
     ev.evalImgs = [e for a in range(n_areas) for part in parts for e in part["eval_imgs"][a]]
     text = io.StringIO()
@@ -185,7 +188,8 @@ def coco_accumulate(parts: list[dict[str, Any]], n_slices: int) -> dict[str, Any
         ev.accumulate()
         ev.summarize()
     logger.debug("pycocotools:\n%s", text.getvalue())
-    out: dict[str, Any] = {k: (None if v < 0 else float(v)) for k, v in zip(COCO_STATS, ev.stats)}
+    out: dict[str, Any] = {k: (None if v < 0 else float(v))
+                           for k, v in zip(COCO_STATS, ev.stats, strict=False)}
     out.update(gt_objects=sum(p["gt_objects"] for p in parts),
                pred_objects=sum(p["pred_objects"] for p in parts), slices=n_slices)
     return out
@@ -224,7 +228,8 @@ def coco_metrics(pred: Any, gt: Any, *, scores: Mapping[int, float] | None = Non
                                                       name=f"sxtdask-evaluate-coco-scores-{token}")
     task = dask.delayed(block_coco, pure=True)
     g, p = gt_slabs.to_delayed(), pred_slabs.to_delayed()
-    parts = [task(p[i, 0, 0], g[i, 0, 0], int(z0[i]), shared, dask_key_name=(f"sxtdask-evaluate-coco-{token}", i))
+    parts = [task(p[i, 0, 0], g[i, 0, 0], int(z0[i]), shared,
+                  dask_key_name=(f"sxtdask-evaluate-coco-{token}", i))
              for i in range(g.shape[0])]
     return dask.delayed(coco_accumulate, pure=True)(parts, gt.shape[0],
                                                     dask_key_name=f"sxtdask-evaluate-coco-summary-{token}")

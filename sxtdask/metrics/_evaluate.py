@@ -154,7 +154,8 @@ def _instance_result(table: Contingency, coco: dict[str, Any] | None) -> dict[st
     m = match_contingency(table, 0.5)
     iou = table.pair_iou()
     matched = iou[iou > 0.5]
-    overlap, truth, pred = int(table.pair_voxels.sum()), int(table.gt_sizes.sum()), int(table.pred_sizes.sum())
+    overlap = int(table.pair_voxels.sum())
+    truth, pred = int(table.gt_sizes.sum()), int(table.pred_sizes.sum())
     return {
         "kind": LabelKind.INSTANCES.value,
         "gt_instances": int(table.gt_ids.size), "pred_instances": int(table.pred_ids.size),

@@ -82,7 +82,8 @@ class Contingency:
         return self.pair_voxels / (size_g + size_p - self.pair_voxels)
 
 
-def _group_sum(keys: np.ndarray, counts: np.ndarray, axis: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _group_sum(keys: np.ndarray, counts: np.ndarray,
+               axis: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Distinct keys (ascending) and the sum of ``counts`` per key (rows of ``keys`` when axis=1)."""
     if keys.shape[-1] == 0:
         return keys.astype(np.int64), np.zeros(0, dtype=np.int64)

@@ -7,7 +7,8 @@ cubes between 8 neighbouring voxel centres, and each cube's triangles depend on 
 only. Each block therefore takes its own voxels plus one voxel of the next block along each axis
 (the block before it handles the cubes across their shared face), the first block along an axis
 also one voxel of background before the volume and the last one after it: the blocks' cubes
-partition the cubes of the padded volume, and the blocks' areas add up to the whole volume's area exactly (up to rounding).
+partition the cubes of the padded volume, and the blocks' areas add up to the whole volume's area
+exactly (up to rounding).
 
 On a binary mask the mesh follows the voxel staircase with cut corners, which overestimates
 smooth surfaces: a voxelised sphere of radius r gives 4πr² × 1.09 at r of 10–30 voxels (× 1.12 at
@@ -45,7 +46,8 @@ def block_surface_area(
     docstring). Returns a (1, 1, 1) float64 array.
     """
     info = block_info[0] if block_info else {"chunk-location": (0, 0, 0), "num-chunks": (1, 1, 1)}
-    pad = [(int(i == 0), int(i == n - 1)) for i, n in zip(info["chunk-location"], info["num-chunks"])]
+    pad = [(int(i == 0), int(i == n - 1))
+           for i, n in zip(info["chunk-location"], info["num-chunks"], strict=True)]
     area = 0.0
     view = np.pad(block.astype(np.float32), pad)
     if view.min() < view.max():  # else no surface crosses the block

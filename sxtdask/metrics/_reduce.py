@@ -54,6 +54,7 @@ def align(pred: Any, gt: Any) -> tuple[da.Array, da.Array]:
     if pred.shape != gt.shape:
         raise InputError(f"prediction shape {pred.shape} differs from the ground truth shape {gt.shape}")
     if pred.chunks != gt.chunks:
-        logger.debug("rechunking the prediction from %s to the ground truth's %s", pred.chunksize, gt.chunksize)
+        logger.debug("rechunking the prediction from %s to the ground truth's %s", pred.chunksize,
+                     gt.chunksize)
         pred = pred.rechunk(gt.chunks)
     return pred, gt

@@ -14,7 +14,11 @@
 
 from __future__ import annotations
 
-from ._build import build_maskrcnn, build_unet
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Light modules load now; those that need torch load on first use (PEP 562 ``__getattr__``), so
+# ``import sxtdask`` and every Dask worker stay free of torch until a network is asked for.
 from ._bundled import bundled_weights
 from ._cache import (
     ModelCache,
@@ -24,20 +28,46 @@ from ._cache import (
     load_counts,
     register_model_cache,
 )
-from ._cell_unet import CellNucleusUNet
-from ._checkpoint import (
-    CheckpointError,
-    check_fit,
-    load_state_dict_file,
-    load_weights,
-    read_checkpoint,
-    read_checkpoint_meta,
-    save_checkpoint,
-)
 from ._device import resolve_device
-from ._infer import check_unet, infer_unet_config, load_unet
 from ._kinds import ModelKind
-from ._unet import UNet
+
+if TYPE_CHECKING:
+    from ._build import build_maskrcnn, build_unet
+    from ._cell_unet import CellNucleusUNet
+    from ._checkpoint import (
+        CheckpointError,
+        check_fit,
+        load_state_dict_file,
+        load_weights,
+        read_checkpoint,
+        read_checkpoint_meta,
+        save_checkpoint,
+    )
+    from ._infer import check_unet, infer_unet_config, load_unet
+    from ._unet import UNet
+
+_LAZY = {
+    "build_maskrcnn": "_build", "build_unet": "_build", "CellNucleusUNet": "_cell_unet",
+    "CheckpointError": "_checkpoint", "check_fit": "_checkpoint",
+    "load_state_dict_file": "_checkpoint", "load_weights": "_checkpoint",
+    "read_checkpoint": "_checkpoint", "read_checkpoint_meta": "_checkpoint",
+    "save_checkpoint": "_checkpoint", "check_unet": "_infer", "infer_unet_config": "_infer",
+    "load_unet": "_infer", "UNet": "_unet",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "CellNucleusUNet",

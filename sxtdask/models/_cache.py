@@ -80,7 +80,7 @@ class ModelCache(WorkerPlugin):
         return {}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__()  # type: ignore[misc]
+        type(self).__init__(self)
 
 
 _process_cache = ModelCache()

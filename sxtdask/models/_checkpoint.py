@@ -9,7 +9,9 @@ layouts:
 - sxtdask's own format, ``{"format": "sxtdask-checkpoint", "version": 1, "meta": {...},
   "state_dict": {...}}``, whose ``meta`` is JSON-able (task, width, channels, preprocessing, ...).
 
-A ``module.`` prefix on every key (``torch.nn.DataParallel``) is removed.
+A ``module.`` prefix on every key (``torch.nn.DataParallel``) is removed. ``infer_config`` tells
+which iPA U-Net a state dict holds (for the hints of a file that does not fit, and for
+``_infer.load_unet``, which imports it from here: this module imports nothing of ``_infer``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torch import nn
 
 from .._fs import atomic_file, check_new_path
 from ..errors import ConfigError, InputError, OutputError
+from ._kinds import ModelKind, UNetConfig
 
 __all__ = [
     "FORMAT",
@@ -47,6 +50,10 @@ VERSION = 1
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
 _PREFIX = "module."
 _SHOW = 3  # keys named per kind of mismatch
+# (first conv, last conv, deepest block's first conv) per U-Net family
+_CELL_KEYS = ("conv1.conv.0.weight", "Conv.weight", "conv5.conv.0.weight")
+_UNET_KEYS = ("inc.double_conv.0.weight", "outc.conv.weight",
+              "down4.maxpool_conv.1.double_conv.0.weight")
 
 StateDict = dict[str, torch.Tensor]
 
@@ -261,7 +268,6 @@ def _listed(count: int, what: str, items: list[str]) -> str:
 def _hint(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str:
     """Name the U-Net the file holds, when it is one and differs from ``model``."""
     from ._build import unet_config_of
-    from ._infer import infer_config
 
     try:
         found = infer_config(state, "")
@@ -273,6 +279,39 @@ def _hint(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str:
         return ""
     return (f"; it holds a {found.kind.value} U-Net with width={found.width}, "
             f"in_channels={found.in_channels}, n_classes={found.n_classes} (load_unet rebuilds it)")
+
+
+def infer_config(state: Mapping[str, torch.Tensor], source: str,
+                 kind: ModelKind | None = None) -> UNetConfig:
+    """:func:`~sxtdask.models.infer_unet_config` as a :class:`UNetConfig`; ``kind`` settles mito vs ISG."""
+    family: tuple[ModelKind, ...]
+    if _CELL_KEYS[0] in state and _CELL_KEYS[1] in state:
+        keys, family = _CELL_KEYS, (ModelKind.CELL_NUCLEUS,)
+    elif _UNET_KEYS[0] in state and _UNET_KEYS[1] in state:
+        keys, family = _UNET_KEYS, (ModelKind.MITO, ModelKind.ISG)
+        if "up1.up.weight" not in state:
+            raise CheckpointError(f"{source} holds a U-Net with bilinear upsampling (no "
+                                  "up1.up.weight); only the transposed-conv variant is supported")
+    else:
+        first = ", ".join(list(state)[:3])
+        raise CheckpointError(
+            f"{source} is not an iPA U-Net state dict: it has neither {_CELL_KEYS[0]} + "
+            f"{_CELL_KEYS[1]} (cell/nucleus) nor {_UNET_KEYS[0]} + {_UNET_KEYS[1]} (mito/ISG); "
+            f"first keys: {first}")
+    head, tail, deep = (state.get(k) for k in keys)
+    if head is None or tail is None or head.ndim != 4 or tail.ndim != 4:
+        raise CheckpointError(f"{source}: {keys[0]} and {keys[1]} must be 4-d conv weights")
+    width, in_channels, n_classes = int(head.shape[0]), int(head.shape[1]), int(tail.shape[0])
+    if deep is None or deep.ndim != 4 or int(deep.shape[0]) != 16 * width:
+        found = "missing" if deep is None else f"{int(deep.shape[0])} channels"
+        raise CheckpointError(f"{source}: the deepest block {keys[2]} is {found}; a U-Net of "
+                              f"width {width} has {16 * width} there")
+    if kind is not None and kind not in family:
+        raise CheckpointError(f"{source} holds a {family[0].value} U-Net, not a {kind.value} one")
+    if kind is None:
+        kind = family[0] if len(family) == 1 else (
+            ModelKind.MITO if in_channels == 3 else ModelKind.ISG)
+    return UNetConfig(kind, width, in_channels, n_classes)
 
 
 def describe_model(model: nn.Module) -> str:

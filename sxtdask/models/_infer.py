@@ -14,6 +14,7 @@ from ._build import _as_kind, _build_from_config
 from ._checkpoint import (
     CheckpointError,
     check_fit,
+    infer_config,
     read_checkpoint,
     strip_module_prefix,
 )
@@ -22,11 +23,6 @@ from ._kinds import ModelKind, UNetConfig
 __all__ = ["check_unet", "infer_config", "infer_unet_config", "load_unet"]
 
 logger = logging.getLogger(__name__)
-
-# (first conv, last conv, deepest block's first conv) per family
-_CELL_KEYS = ("conv1.conv.0.weight", "Conv.weight", "conv5.conv.0.weight")
-_UNET_KEYS = ("inc.double_conv.0.weight", "outc.conv.weight",
-              "down4.maxpool_conv.1.double_conv.0.weight")
 
 
 def infer_unet_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -51,39 +47,6 @@ def infer_unet_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         The keys are not those of an iPA U-Net.
     """
     return infer_config(strip_module_prefix(state_dict), "the state dict").as_dict()
-
-
-def infer_config(state: Mapping[str, torch.Tensor], source: str,
-                 kind: ModelKind | None = None) -> UNetConfig:
-    """:func:`infer_unet_config` as a :class:`UNetConfig`; ``kind`` settles mito vs ISG."""
-    family: tuple[ModelKind, ...]
-    if _CELL_KEYS[0] in state and _CELL_KEYS[1] in state:
-        keys, family = _CELL_KEYS, (ModelKind.CELL_NUCLEUS,)
-    elif _UNET_KEYS[0] in state and _UNET_KEYS[1] in state:
-        keys, family = _UNET_KEYS, (ModelKind.MITO, ModelKind.ISG)
-        if "up1.up.weight" not in state:
-            raise CheckpointError(f"{source} holds a U-Net with bilinear upsampling (no "
-                                  "up1.up.weight); only the transposed-conv variant is supported")
-    else:
-        first = ", ".join(list(state)[:3])
-        raise CheckpointError(
-            f"{source} is not an iPA U-Net state dict: it has neither {_CELL_KEYS[0]} + "
-            f"{_CELL_KEYS[1]} (cell/nucleus) nor {_UNET_KEYS[0]} + {_UNET_KEYS[1]} (mito/ISG); "
-            f"first keys: {first}")
-    head, tail, deep = (state.get(k) for k in keys)
-    if head is None or tail is None or head.ndim != 4 or tail.ndim != 4:
-        raise CheckpointError(f"{source}: {keys[0]} and {keys[1]} must be 4-d conv weights")
-    width, in_channels, n_classes = int(head.shape[0]), int(head.shape[1]), int(tail.shape[0])
-    if deep is None or deep.ndim != 4 or int(deep.shape[0]) != 16 * width:
-        found = "missing" if deep is None else f"{int(deep.shape[0])} channels"
-        raise CheckpointError(f"{source}: the deepest block {keys[2]} is {found}; a U-Net of "
-                              f"width {width} has {16 * width} there")
-    if kind is not None and kind not in family:
-        raise CheckpointError(f"{source} holds a {family[0].value} U-Net, not a {kind.value} one")
-    if kind is None:
-        kind = family[0] if len(family) == 1 else (
-            ModelKind.MITO if in_channels == 3 else ModelKind.ISG)
-    return UNetConfig(kind, width, in_channels, n_classes)
 
 
 def load_unet(path: str | os.PathLike[str], *, kind: ModelKind | str | None = None,

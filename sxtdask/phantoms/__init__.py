@@ -6,8 +6,8 @@ triples), optional lipid droplets and vacuoles, and optional partial neighbourin
 through an anisotropic Gaussian PSF with additive Gaussian noise. Image values are linear
 absorption coefficients per voxel (µm⁻¹ × the voxel size in µm, dimensionless, like real SXT
 reconstructions: cytoplasm ≈0.007, granules ≈0.01–0.016 at 30 nm); the drawn material values in
-``Phantom.params`` stay in µm⁻¹ (``Phantom.lac_scale`` converts). Everything is drawn from ``np.random.default_rng(seed)``: the same seed,
-shape and overrides give bit-identical arrays.
+``Phantom.params`` stay in µm⁻¹ (``Phantom.lac_scale`` converts). Everything is drawn from
+``np.random.default_rng(seed)``: the same seed, shape and overrides give bit-identical arrays.
 """
 
 from __future__ import annotations

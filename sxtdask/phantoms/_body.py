@@ -69,12 +69,12 @@ class Body:
         hi = np.minimum(np.ceil(self.center + half).astype(int) + 1, shape)
         if np.any(hi <= lo):
             return None
-        return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
 
     def factor(self, u: np.ndarray) -> np.ndarray:
         """Radius factor ``f(u)`` for unit vectors ``u`` (..., 3) in the body frame."""
         f = np.ones(u.shape[:-1])
-        for d, a, w, phi in zip(self.dirs, self.amps, self.freqs, self.phases):
+        for d, a, w, phi in zip(self.dirs, self.amps, self.freqs, self.phases, strict=True):
             f += a * np.sin(w * (u @ d) + phi)
         return f
 
@@ -96,7 +96,7 @@ class Body:
     def sdf_grid(self, box: tuple[slice, ...]) -> np.ndarray:
         """Approximate signed distance (voxels, positive inside) on the voxels of ``box``, float32."""
         axes = [np.arange(s.start, s.stop, dtype=np.float32) - np.float32(c)
-                for s, c in zip(box, self.center)]
+                for s, c in zip(box, self.center, strict=False)]
         rel = [axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]]
         q = [_combine(rel, self.rot[:, i] / self.semi[i]) for i in range(3)]
         dist = np.sqrt(_combine([r * r for r in rel], np.ones(3)))
@@ -104,7 +104,7 @@ class Body:
         np.maximum(r, np.float32(1e-6), out=r)
         inv_r = np.float32(1.0) / r
         f = np.ones_like(r)
-        for d, a, w, phi in zip(self.dirs, self.amps, self.freqs, self.phases):
+        for d, a, w, phi in zip(self.dirs, self.amps, self.freqs, self.phases, strict=True):
             s = _combine(q, w * d)
             s *= inv_r
             s += np.float32(phi)

@@ -23,7 +23,7 @@ def add_texture(
               for spacing, weight in _OCTAVES]
     for z0 in range(0, lac.shape[0], _SLAB):
         zs = slice(z0, min(z0 + _SLAB, lac.shape[0]))
-        total = sum(_upsample(f, 0, zs, spacing) for f, (spacing, _) in zip(fields, _OCTAVES))
+        total = sum(_upsample(f, 0, zs, spacing) for f, (spacing, _) in zip(fields, _OCTAVES, strict=True))
         total *= region[zs] != ICE
         lac[zs] += total
 

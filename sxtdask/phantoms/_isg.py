@@ -57,7 +57,7 @@ def place_isgs(
         radii = p.isg_radius[0] + (p.isg_radius[1] - p.isg_radius[0]) * rng.beta(2.0, 2.0, size)
         values = rng.uniform(*p.lac_isg, size)
         failures[size] += 1
-        for _, start in zip(range(_TRIES), points):
+        for _, start in zip(range(_TRIES), points, strict=False):
             centers = _grow_cluster(rng, start, radii)
             if centers is not None and _stamp(region, lac, isg, centers, radii, values, next_id):
                 next_id, failures[size] = next_id + size, 0
@@ -93,7 +93,7 @@ def _stamp(region: np.ndarray, lac: np.ndarray, isg: np.ndarray, centers: np.nda
     box = box_around((centers - reach).min(0), (centers + reach).max(0), region.shape)
     if box is None:
         return False
-    depth = np.stack([distances(box, c) - np.float32(r) for c, r in zip(centers, radii)])
+    depth = np.stack([distances(box, c) - np.float32(r) for c, r in zip(centers, radii, strict=False)])
     owner = np.argmin(depth, axis=0)
     nearest = np.take_along_axis(depth, owner[None], axis=0)[0]
     inside = nearest <= 0

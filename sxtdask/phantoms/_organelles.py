@@ -81,7 +81,7 @@ def place_distractors(
     for code, r_lo, r_hi in kinds:
         radius = rng.uniform(r_lo, r_hi)
         value = p.lac_lipid if code == LIPID else p.lac_vacuole
-        for _, center in zip(range(_TRIES), points):
+        for _, center in zip(range(_TRIES), points, strict=False):
             if _stamp_ball(region, lac, center, radius, code, value, rim=p.lac_membrane):
                 placed, failures = placed + 1, 0
                 break
@@ -125,7 +125,7 @@ def place_mitos(
         radius = rng.uniform(*p.mito_radius)
         length = rng.uniform(*p.mito_length)
         value = p.lac_mito + rng.uniform(-0.01, 0.01)
-        for _, start in zip(range(_TRIES), points):
+        for _, start in zip(range(_TRIES), points, strict=False):
             tube = _grow_tube(rng, region, start, length, radius, p)
             if tube is not None:
                 _commit(region, lac, tube, value)
@@ -180,7 +180,7 @@ def _centre_line(rng: np.random.Generator, region: np.ndarray, start: np.ndarray
 def _capsules(region: np.ndarray, line: np.ndarray, radius: float) -> list[Piece]:
     """Capsules along every second step of ``line``, stopping at the first that is not free."""
     pieces: list[Piece] = []
-    for a, b in zip(line[:-2:2], line[2::2]):
+    for a, b in zip(line[:-2:2], line[2::2], strict=True):
         reach = radius + _HALO + 1.0
         box = box_around(np.minimum(a, b) - reach, np.maximum(a, b) + reach, region.shape)
         if box is None:

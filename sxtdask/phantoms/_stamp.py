@@ -60,19 +60,19 @@ def box_around(
 def distances(box: Box, center: np.ndarray) -> np.ndarray:
     """Euclidean distance (voxels, float32) from ``center`` to every voxel of ``box``."""
     axes = [(np.arange(s.start, s.stop, dtype=np.float32) - np.float32(c)) ** 2
-            for s, c in zip(box, center)]
+            for s, c in zip(box, center, strict=False)]
     return np.sqrt(axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :])
 
 
 def segment_distances(box: Box, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Distance (voxels, float32) from the segment ``a``–``b`` to every voxel of ``box``."""
-    rel = [np.arange(s.start, s.stop, dtype=np.float32) - np.float32(c) for s, c in zip(box, a)]
+    rel = [np.arange(s.start, s.stop, dtype=np.float32) - np.float32(c) for s, c in zip(box, a, strict=False)]
     grid = [rel[0][:, None, None], rel[1][None, :, None], rel[2][None, None, :]]
     d = (b - a).astype(np.float32)
     length2 = max(float(d @ d), 1e-12)
     t = (grid[0] * d[0] + grid[1] * d[1] + grid[2] * d[2]) / np.float32(length2)
     np.clip(t, 0.0, 1.0, out=t)
-    squared = sum((g - t * np.float32(di)) ** 2 for g, di in zip(grid, d))
+    squared = sum((g - t * np.float32(di)) ** 2 for g, di in zip(grid, d, strict=False))
     return np.sqrt(squared)
 
 

@@ -1,5 +1,6 @@
 """The one pipeline: a tomogram's statistics, segmentation, relabel, pyramids and metrics as one
-lazy graph (:func:`segment_tomogram`), which ``segment``, ``archive`` and ``demo`` all run."""
+lazy graph (:func:`segment_tomogram`), which ``segment``, ``archive`` and ``demo`` all run.
+"""
 
 from __future__ import annotations
 

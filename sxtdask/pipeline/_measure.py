@@ -58,7 +58,8 @@ def _combine(parts: dict[str, Any], voxel_um3: float) -> dict[str, float]:
 
 def _delayed(total: da.Array) -> Delayed:
     """A 0-d array's task as a Delayed, its graph left as built: array optimisation would rename
-    the keys it shares with the run that writes the labels, and run that twice."""
+    the keys it shares with the run that writes the labels, and run that twice.
+    """
     return total.to_delayed(optimize_graph=False).ravel()[0]
 
 

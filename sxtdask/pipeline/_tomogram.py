@@ -13,6 +13,7 @@ runs); computing :attr:`TomogramRun.result` on any Dask scheduler does everythin
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Sequence
@@ -169,6 +170,7 @@ def segment_tomogram(
     {'isg': 812}
     """
     path = Path(path)
+    segmenter = copy.deepcopy(segmenter)  # the run keeps its own (load_model works in place)
     img = open_image(path)
     lazy_stats = global_stats(img.data) if stats is None else stats
     store = segment_store(path, segmenter, lazy_stats, chunks=chunks, halo=halo,

@@ -1,9 +1,10 @@
 """The task graph of the relabel reduction, linear in the number of blocks.
 
 Per block: a meta pick and a crops pick (so the reduction and the edge tasks receive only those),
-one edge task (its forward faces), one lookup pick; plus one reduction task. The per-block local tasks come from the caller under ``(local_name, *index)``. The graph is
-built as one plain task dict (building it from ``dask.delayed`` objects merges graphs per task,
-which is quadratic in the number of blocks). Keys carry readable prefixes for the dashboard.
+one edge task (its forward faces), one lookup pick; plus one reduction task. The per-block local
+tasks come from the caller under ``(local_name, *index)``. The graph is built as one plain task dict
+(building it from ``dask.delayed`` objects merges graphs per task, which is quadratic in the number
+of blocks). Keys carry readable prefixes for the dashboard.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def _edges_task(
 ) -> list[FaceEdges]:
     """Edges on all forward faces of block ``a``; ``links`` holds ``(axis, b)`` per neighbour."""
     out = []
-    for (axis, b), crops_b in zip(links, forward):
+    for (axis, b), crops_b in zip(links, forward, strict=True):
         if axis + 1 not in crops_a:  # no halo along this axis: the blocks share no voxels
             continue
         ids_a, ids_b = face_edges(crops_a[axis + 1], crops_b[-(axis + 1)], match)

@@ -41,7 +41,7 @@ class BlockGrid:
                 f"chunks ({len(self.chunks)} axes) and halo ({len(self.halo)} axes) must match "
                 f"the array's {len(self.shape)} axes"
             )
-        for axis, (size, sizes) in enumerate(zip(self.shape, self.chunks)):
+        for axis, (size, sizes) in enumerate(zip(self.shape, self.chunks, strict=True)):
             if sum(sizes) != size or any(c <= 0 for c in sizes):
                 raise ConfigError(f"chunks {sizes} along axis {axis} do not tile its length {size}")
         if any(h < 0 for h in self.halo):
@@ -53,7 +53,7 @@ class BlockGrid:
     ) -> BlockGrid:
         """Grid of chunks of size ``chunk`` (the last chunk along an axis may be smaller)."""
         chunks = tuple(
-            tuple(min(c, s - start) for start in range(0, s, c)) for s, c in zip(shape, chunk)
+            tuple(min(c, s - start) for start in range(0, s, c)) for s, c in zip(shape, chunk, strict=False)
         )
         return cls(tuple(shape), chunks, tuple(halo))
 
@@ -91,14 +91,14 @@ class BlockGrid:
         """Global slices of the block grown by the halo, clipped to the array."""
         return tuple(
             slice(max(s.start - h, 0), min(s.stop + h, n))
-            for s, h, n in zip(self.core(idx), self.halo, self.shape)
+            for s, h, n in zip(self.core(idx), self.halo, self.shape, strict=False)
         )
 
     def core_in_ext(self, idx: Index) -> tuple[slice, ...]:
         """The core as slices into the extended block."""
         return tuple(
             slice(c.start - e.start, c.stop - e.start)
-            for c, e in zip(self.core(idx), self.ext(idx))
+            for c, e in zip(self.core(idx), self.ext(idx), strict=False)
         )
 
     def forward_neighbours(self, idx: Index) -> Iterator[tuple[int, Index]]:
@@ -111,11 +111,11 @@ class BlockGrid:
         """Global box that the extended blocks ``a`` and ``b`` have in common (may be empty)."""
         return tuple(
             slice(max(sa.start, sb.start), min(sa.stop, sb.stop))
-            for sa, sb in zip(self.ext(a), self.ext(b))
+            for sa, sb in zip(self.ext(a), self.ext(b), strict=False)
         )
 
     def crop_in_ext(self, idx: Index, box: tuple[slice, ...]) -> tuple[slice, ...]:
         """A global box as slices into block ``idx``'s extended block."""
         return tuple(
-            slice(b.start - e.start, b.stop - e.start) for b, e in zip(box, self.ext(idx))
+            slice(b.start - e.start, b.stop - e.start) for b, e in zip(box, self.ext(idx), strict=False)
         )

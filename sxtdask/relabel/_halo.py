@@ -26,17 +26,17 @@ def neighbour_offsets(grid: BlockGrid, idx: Index) -> Iterator[tuple[Offset, Ind
     for off in product(*steps):
         if not any(off):
             continue
-        n = tuple(i + o for i, o in zip(idx, off))
-        if all(0 <= j < nb for j, nb in zip(n, grid.numblocks)):
+        n = tuple(i + o for i, o in zip(idx, off, strict=False))
+        if all(0 <= j < nb for j, nb in zip(n, grid.numblocks, strict=False)):
             yield off, n
 
 
 def _box_in(box: tuple[slice, ...], frame: tuple[slice, ...]) -> tuple[slice, ...]:
-    return tuple(slice(b.start - f.start, b.stop - f.start) for b, f in zip(box, frame))
+    return tuple(slice(b.start - f.start, b.stop - f.start) for b, f in zip(box, frame, strict=False))
 
 
 def _intersect(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...]:
-    return tuple(slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b))
+    return tuple(slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b, strict=False))
 
 
 def shell_pieces(chunk: np.ndarray, grid: BlockGrid, idx: Index) -> dict[Offset, np.ndarray]:

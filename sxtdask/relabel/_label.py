@@ -106,11 +106,16 @@ def label(
         dsk[(local, *i)] = (_local_task, (arr.name, *i), near, grid, i, s)
         dsk[(core, *i)] = (operator.getitem, (local, *i), 2)
         dsk[(name, *i)] = (relabel_core, (core, *i), (keys.lookup, *i))
-    count = f"sxtdask-label-n-{token}"  # (the reduction's own count key holds a Python int)
-    dsk[(count,)] = (_count_array, (keys.count,))  # a 0-d block, as dask_image's count is
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[arr])
+    # dask.array.Array does not match dask's own DaskCollection protocol (__dask_scheduler__ is a
+    # staticmethod there, a function on Array), though it is a Dask collection
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[arr])  # type: ignore[list-item]
     labels = da.Array(graph, name, chunks=arr.chunks, dtype=dtype)
-    return labels, da.Array(graph, count, chunks=(), dtype=np.intp)
+    # The count is a 0-d block in a layer of its own (as dask_image's is), so it can enter
+    # further Dask expressions; the reduction's own count key holds a Python int.
+    count = f"sxtdask-label-n-{token}"
+    n_graph = HighLevelGraph.from_collections(
+        count, {(count,): (_count_array, (keys.count,))}, dependencies=[labels])  # type: ignore[list-item]
+    return labels, da.Array(n_graph, count, chunks=(), dtype=np.intp)
 
 
 def _count_array(n: int) -> np.ndarray:

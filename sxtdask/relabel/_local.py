@@ -179,7 +179,7 @@ def _global_flat(
         return np.zeros(0, dtype=np.int64)
     coords = np.unravel_index(first_flat, core_shape)
     origin = [s.start for s in grid.core(idx)]
-    shifted = tuple(c.astype(np.int64) + o for c, o in zip(coords, origin))
+    shifted = tuple(c.astype(np.int64) + o for c, o in zip(coords, origin, strict=False))
     return np.ravel_multi_index(shifted, grid.shape).astype(np.int64)
 
 

@@ -64,7 +64,7 @@ def _components(n_nodes: int, edges: Sequence[FaceEdges], offsets: np.ndarray) -
 
 def _first_voxels(metas: Sequence[BlockMeta], offsets: np.ndarray, n_nodes: int) -> np.ndarray:
     first = np.full(n_nodes, _NO_VOXEL, dtype=np.int64)
-    for meta, off in zip(metas, offsets):
+    for meta, off in zip(metas, offsets, strict=False):
         first[off + 1 : off + 1 + meta.n_core] = meta.first_index
     return first
 
@@ -113,7 +113,7 @@ def resolve(
     lut_all = final[comp].astype(dtype)
     luts = tuple(
         np.concatenate([[0], lut_all[off + 1 : off + 1 + m.n_core]]).astype(dtype)
-        for m, off in zip(metas, offsets)
+        for m, off in zip(metas, offsets, strict=False)
     )
     logger.debug("resolved %d pieces in %d blocks into %d objects", n_nodes - 1, len(metas), n)
     return Resolution(n, luts)

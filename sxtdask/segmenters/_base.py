@@ -13,7 +13,7 @@ import abc
 import dataclasses
 import enum
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, cast
 
 import dask.array as da
 import numpy as np
@@ -88,7 +88,8 @@ class SegmenterInfo:
 
 def first_voxel_order(labels: np.ndarray, dtype: Any = np.uint32) -> np.ndarray:
     """Renumber instances ``1..n`` in the raster order of each one's first voxel (0 stays 0),
-    as the chunked engine numbers them."""
+    as the chunked engine numbers them.
+    """
     flat = labels.ravel()
     nz = np.flatnonzero(flat)
     ids, first = np.unique(flat[nz], return_index=True)
@@ -125,6 +126,9 @@ class Segmenter(abc.ABC):
     context_radius: tuple[int, int, int] | None = None
     #: The field ``predict(..., threshold=t)`` sets (None: the method has no threshold).
     threshold_field: ClassVar[str | None] = None
+    #: Segmenters are dataclasses (``dataclasses.replace`` copies them); declared for the type
+    #: checker only, the ``@dataclass`` decorator of each subclass sets it.
+    __dataclass_fields__: ClassVar[dict[str, Any]]
 
     # ----------------------------------------------------------------- self-description
 
@@ -148,7 +152,7 @@ class Segmenter(abc.ABC):
         return resolve_device(self.device).startswith("cuda")
 
     def describe(self) -> SegmenterInfo:
-        """This segmenter's typed description."""
+        """The segmenter's typed description."""
         return SegmenterInfo(
             task=self.task, method=self.method, name=type(self).__name__, outputs=self.outputs,
             halo=tuple(self.halo), context_radius=self.context_radius,
@@ -180,17 +184,17 @@ class Segmenter(abc.ABC):
 
     def _update(self, **changes: Any) -> None:
         """Change fields of this (frozen) configuration in place, validating the result."""
-        new = dataclasses.replace(self, **changes)  # type: ignore[type-var]  # runs __post_init__
+        new = dataclasses.replace(self, **changes)  # runs __post_init__
         for name in changes:
             object.__setattr__(self, name, getattr(new, name))
 
-    def with_threshold(self, threshold: float | None) -> Segmenter:
+    def with_threshold(self, threshold: float | None) -> Self:
         """A copy whose threshold is ``threshold`` (None: this segmenter as it is)."""
         if threshold is None:
             return self
         if self.threshold_field is None:
             raise ConfigError(f"{type(self).__name__} has no threshold to set")
-        return dataclasses.replace(self, **{self.threshold_field: threshold})  # type: ignore[type-var]
+        return dataclasses.replace(self, **{self.threshold_field: threshold})
 
     @abc.abstractmethod
     def segment_block(
@@ -227,7 +231,7 @@ class Segmenter(abc.ABC):
         vol = np.asarray(volume)
         stats = global_stats(da.from_array(vol)).compute(scheduler="sync")
         check_stats(stats, "volume")
-        out = self.segment_block(vol, stats, tuple(voxel_size_nm))  # type: ignore[arg-type]
+        out = self.segment_block(vol, stats, cast(tuple[float, float, float], tuple(voxel_size_nm)))
         result: dict[str, np.ndarray] = {}
         for spec in self.outputs:
             arr = np.asarray(out[spec.name])

@@ -59,6 +59,10 @@ class ClassicalISG(Segmenter):
     outputs = (OutputSpec("isg", OutputKind.INSTANCES, "uint32"),)
 
     def __post_init__(self) -> None:
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
+                or not np.isfinite(self.threshold):
+            raise ConfigError(f"threshold ({self.threshold!r}) must be a finite number (0 is the "
+                              "volume's p_low percentile, 1 its p_high)")
         if self.sigma < 0:
             raise ConfigError(f"sigma ({self.sigma}) must not be negative")
         if self.min_distance < 1:

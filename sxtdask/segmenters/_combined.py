@@ -22,7 +22,7 @@ class CombinedSegmenter(Segmenter):
     The halo is the largest of theirs; each sees the same extended block.
     """
 
-    parts: tuple[Segmenter, ...] = ()  # type: ignore[assignment]
+    parts: tuple[Segmenter, ...] = ()
 
     def __post_init__(self) -> None:
         names = [o.name for p in self.parts for o in p.outputs]
@@ -39,11 +39,19 @@ class CombinedSegmenter(Segmenter):
 
     @property
     def halo(self) -> tuple[int, int, int]:  # type: ignore[override]
-        return tuple(max(h) for h in zip(*(p.halo for p in self.parts)))  # type: ignore[return-value]
+        return tuple(max(h) for h in zip(*(p.halo for p in self.parts), strict=True))
 
     @property
     def full_plane(self) -> bool:  # type: ignore[override]
         return any(p.full_plane for p in self.parts)
+
+    @property
+    def context_radius(self) -> tuple[int, int, int] | None:  # type: ignore[override]
+        radii = [p.context_radius for p in self.parts]
+        if any(r is None for r in radii):
+            known = [r for r in radii if r is not None]
+            return None if not known else tuple(max(v) for v in zip(*known, strict=True))
+        return tuple(max(v) for v in zip(*radii, strict=True))
 
     @property
     def model_files(self) -> tuple[str, ...]:
@@ -59,11 +67,14 @@ class CombinedSegmenter(Segmenter):
         return devices.pop() if len(devices) == 1 else None if not devices else "mixed"
 
     def load_model(self, path: Any = None) -> CombinedSegmenter:
-        """Load every part's default model in place (a combination takes no single path)."""
+        """Load the default model, in place, of every part that has none yet (parts given a
+        checkpoint keep it; a combination takes no single path).
+        """
         if path is not None:
             raise ConfigError("a combined segmenter takes one checkpoint per part: load each part")
         for part in self.parts:
-            part.load_model()
+            if not part.model_files:
+                part.load_model()
         return self
 
     def with_threshold(self, threshold: float | None) -> CombinedSegmenter:

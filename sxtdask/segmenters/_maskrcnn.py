@@ -34,7 +34,8 @@ CHECKPOINT_TASK = "isg-maskrcnn"
 
 
 def prepare_maskrcnn_slices(block: np.ndarray) -> np.ndarray:
-    """(Z, Y, X) LAC per voxel (µm⁻¹ × voxel size in µm, as reconstructions store it) → (Z, Y, X) float32 in [0, 1], the detector's input.
+    """(Z, Y, X) LAC per voxel (µm⁻¹ × voxel size in µm, as reconstructions store it) → (Z, Y, X)
+    float32 in [0, 1], the detector's input.
 
     LAC × 33.33 clipped to [0, 1] (the reference pipeline's scaling). Training
     (``sxtdask.train``) and ``sxtdask export-coco`` prepare their patches with this function.
@@ -49,7 +50,8 @@ def maskrcnn_max_size(min_size: int) -> int:
 
 def _resize_of(path: Any, meta: dict[str, Any], min_size: int) -> dict[str, int]:
     """``min_size``/``max_size`` for the network of a checkpoint: those its metadata records
-    (sxtdask's trainer), else ``min_size`` and its default cap; other tasks are refused."""
+    (sxtdask's trainer), else ``min_size`` and its default cap; other tasks are refused.
+    """
     task = meta.get("task")
     if task is not None and task != CHECKPOINT_TASK:
         raise SxtdaskError(f"{path} was trained for task {task!r}, not {CHECKPOINT_TASK!r}")
@@ -108,6 +110,10 @@ class MaskRCNNISG(Segmenter):
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"batch size ({self.batch_size}) must be at least 1")
+        for name in ("score_threshold", "mask_threshold"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ConfigError(f"{name} ({value!r}) must be a number in [0, 1)")
         if self.model_path is not None and not os.path.isfile(self.model_path):
             raise SxtdaskError(f"{self.model_path}: no such checkpoint file")
 
@@ -151,7 +157,8 @@ class MaskRCNNISG(Segmenter):
     def _build(self, device: str) -> Any:
         from ..models import build_maskrcnn, load_weights, read_checkpoint
 
-        state, meta = read_checkpoint(self.model_path)  # type: ignore[arg-type]
+        assert self.model_path is not None  # model() builds only with a checkpoint
+        state, meta = read_checkpoint(self.model_path)
         net = build_maskrcnn(2, **_resize_of(self.model_path, meta or {}, self.image_min_size))
         return load_weights(net, state).eval().to(device)
 

@@ -31,7 +31,8 @@ class DeviceMemoryWarning(UserWarning):
 
 def is_out_of_memory(err: BaseException) -> bool:
     """True for ``torch.cuda.OutOfMemoryError`` and RuntimeErrors that report an allocation
-    failure on the device (``"out of memory"``, cuDNN/cuBLAS ``ALLOC_FAILED``)."""
+    failure on the device (``"out of memory"``, cuDNN/cuBLAS ``ALLOC_FAILED``).
+    """
     try:
         import torch
 

@@ -11,9 +11,9 @@ snippets run as written::
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
-from ..errors import ConfigError
 from ._maskrcnn import MaskRCNNISG
 from ._names import Task
 from ._unet import UNetSegmenter
@@ -22,40 +22,28 @@ __all__ = ["SXTCellSegmenter", "SXTISGMaskRCNNSegmenter", "SXTISGSegmenter", "SX
 
 
 @dataclass(frozen=True)
-class _FixedTask(UNetSegmenter):
-    _task = Task.CELL
-
-    def __post_init__(self) -> None:
-        if self.task is not self._task:
-            if self.task is not Task.CELL:  # the field's default, set on the base class
-                raise ConfigError(f"{type(self).__name__} segments {self._task.value}, not "
-                                  f"{self.task.value}")
-            object.__setattr__(self, "task", self._task)
-        super().__post_init__()
-
-
-@dataclass(frozen=True)
-class SXTCellSegmenter(_FixedTask):
+class SXTCellSegmenter(UNetSegmenter):
     """The cell/nucleus U-Net; ``predict`` returns ``{"cell_mask", "nucleus_mask"}``."""
 
-    _task = Task.CELL
+    task: Task = dataclasses.field(default=Task.CELL, init=False)
 
 
 @dataclass(frozen=True)
-class SXTMitoSegmenter(_FixedTask):
+class SXTMitoSegmenter(UNetSegmenter):
     """The mitochondria U-Net; ``predict`` returns a binary (Z, Y, X) mask."""
 
-    _task = Task.MITO
+    task: Task = dataclasses.field(default=Task.MITO, init=False)
 
 
 @dataclass(frozen=True)
-class SXTISGSegmenter(_FixedTask):
+class SXTISGSegmenter(UNetSegmenter):
     """The ISG U-Net; ``predict(volume, threshold=0.5)`` returns a binary (Z, Y, X) mask."""
 
-    _task = Task.ISG
+    task: Task = dataclasses.field(default=Task.ISG, init=False)
 
 
 @dataclass(frozen=True)
 class SXTISGMaskRCNNSegmenter(MaskRCNNISG):
     """The ISG Mask R-CNN (tiled, linked across slices); ``predict`` returns (Z, Y, X) instance
-    labels numbered ``1..n``."""
+    labels numbered ``1..n``.
+    """

@@ -163,7 +163,11 @@ def make_segmenter(
         raise ConfigError(f"tasks must be distinct values of {', '.join(Task)}")
     if method is not None and len(names) > 1:
         raise ConfigError("--method applies to one task; with several, each uses its default")
-    given = {Task(k): v for k, v in (models or {}).items()}
+    given = {_task(k): v for k, v in (models or {}).items() if v is not None}
+    extra = sorted(t.value for t in set(given) - set(names))
+    if extra:
+        raise ConfigError(f"a model is given for {', '.join(extra)}, which is not among the tasks "
+                          f"({', '.join(t.value for t in names)})")
     parts = [_one(entry(t, method), given.get(t), device=device, batch_size=batch_size, halo=halo)
              for t in names]
     return parts[0] if len(parts) == 1 else CombinedSegmenter(tuple(parts))
@@ -215,4 +219,9 @@ def create_segmenter(modality: str = "sxt", task: str = "cell", method: str | No
     names = ", ".join(e.reference for e in REGISTRY)
     if task in set(Task):
         return entry(task, method).make(**options)
+    named = next((e for e in REGISTRY if e.reference == task), None)
+    if named is not None:
+        raise ConfigError(f"task {task!r} is done by the {named.method.value} method, not "
+                          f"{method!r}; for another method, name the task ({named.task.value!r}) "
+                          "with method=")
     raise ConfigError(f"task {task!r} is not one of {names} (or {', '.join(Task)} with a method)")

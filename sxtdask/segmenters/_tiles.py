@@ -284,7 +284,7 @@ def _duplicate_groups(kept: _Kept, windows: np.ndarray, iou_merge: float) -> np.
     """Group index ``(M,)`` of every detection: duplicates across tiles chained by union-find."""
     m = kept.scores.size
     ci, cj = _candidate_pairs(kept, windows)
-    dup = np.array([_shared_iou(kept, windows, a, b) >= iou_merge for a, b in zip(ci, cj)], bool)
+    dup = np.array([_shared_iou(kept, windows, a, b) >= iou_merge for a, b in zip(ci, cj, strict=True)], bool)
     graph = coo_matrix((np.ones(int(dup.sum()), np.int8), (ci[dup], cj[dup])), shape=(m, m))
     return connected_components(graph, directed=False)[1]
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, SxtdaskError
-from ..models import cached_network, resolve_device
+from ..models import cached_network, resolve_device  # light: no torch until a network loads
 from ..stats import IntensityStats
 from ._base import OutputKind, OutputSpec, Segmenter
 from ._names import Method, Task
@@ -77,7 +77,8 @@ def prepare_slices(block: np.ndarray, stats: IntensityStats, *, task: Task, prep
 
 def pad_reflect(t: Any, pad: tuple[int, int]) -> Any:
     """Pad (N, C, H, W) at the bottom/right by ``pad`` = (dy, dx), reflecting (edge-replicating
-    where the image is too small to reflect)."""
+    where the image is too small to reflect).
+    """
     import torch.nn.functional as F
 
     dy, dx = pad
@@ -87,7 +88,8 @@ def pad_reflect(t: Any, pad: tuple[int, int]) -> Any:
 
 def checkpoint_model(kind: tuple[Any, ...], path: str | None, device: str, build: Any) -> Any:
     """The network built by ``build(device)`` from the checkpoint at ``path``, once per worker
-    (:func:`sxtdask.models.cached_network`)."""
+    (:func:`sxtdask.models.cached_network`).
+    """
     if path is None:
         raise ConfigError("no checkpoint loaded: call load_model()")
     return cached_network(kind, path, device, build)
@@ -132,7 +134,7 @@ class UNetSegmenter(Segmenter):
         checkpoint's metadata.
     """
 
-    task: Task = Task.CELL  # type: ignore[misc]
+    task: Task = Task.CELL
     model_path: str | None = None
     device: str = "auto"
     batch_size: int = 8
@@ -147,6 +149,9 @@ class UNetSegmenter(Segmenter):
             raise ConfigError(f"task {self.task.value!r} has no U-Net segmenter")
         if self.batch_size < 1:
             raise ConfigError(f"batch size ({self.batch_size}) must be at least 1")
+        if self.threshold is not None and (isinstance(self.threshold, bool) or not isinstance(
+                self.threshold, (int, float))):
+            raise ConfigError(f"threshold ({self.threshold!r}) must be a number")
         if self.threshold is not None and not 0 < self.threshold < 1:
             raise ConfigError(f"threshold ({self.threshold}) must lie strictly between 0 and 1")
         if self.preprocessing not in PREPROCESSING:
@@ -210,7 +215,14 @@ class UNetSegmenter(Segmenter):
         halo = (max(self.halo[0], context), *self.halo[1:])
         kind = {Task.CELL: ModelKind.CELL_NUCLEUS, Task.MITO: ModelKind.MITO,
                 Task.ISG: ModelKind.ISG}[self.task]
-        check_unet(path, kind=kind)  # errors surface here, not on a worker
+        config = check_unet(path, kind=kind)  # errors surface here, not on a worker
+        channels = 2 * context + 1 if context else 3 if self.task is Task.MITO else 1
+        classes = 3 if self.task is Task.CELL else 2
+        if (config.in_channels, config.n_classes) != (channels, classes):
+            raise SxtdaskError(
+                f"{path} holds a U-Net with {config.in_channels} input channel(s) and "
+                f"{config.n_classes} classes; the {self.task.value} network takes {channels} and "
+                f"gives {classes} (is it another task's checkpoint?)")
         self._update(model_path=str(path), preprocessing=name, context=context, halo=halo)
         return self
 
@@ -226,6 +238,7 @@ class UNetSegmenter(Segmenter):
     def _build(self, device: str) -> Any:
         from ..models import load_unet
 
+        assert self.model_path is not None  # model() builds only with a checkpoint
         net = load_unet(self.model_path)
         net.eval().to(device)
         if device.startswith("cuda"):
@@ -256,7 +269,7 @@ class UNetSegmenter(Segmenter):
         net = self.model
         first = str(next(net.parameters()).device)
         resize = self.task is not Task.ISG and self.preprocessing == "reference"
-        pad = (0, 0) if resize else tuple(-n % 16 for n in size)
+        pad = (0, 0) if resize else (-size[0] % 16, -size[1] % 16)
 
         def run(batch: np.ndarray, device: str) -> list[np.ndarray]:
             model = net if device == first else dataclasses.replace(self, device=device).model
@@ -304,7 +317,8 @@ class UNetSegmenter(Segmenter):
     def predict(self, volume: np.ndarray, voxel_size_nm: tuple[float, float, float] = (1.0, 1.0, 1.0),
                 *, threshold: float | None = None) -> Any:
         """Whole-volume prediction; ``Task.CELL`` returns ``{"cell_mask", "nucleus_mask"}`` like
-        the reference, the others a binary (Z, Y, X) mask. ``threshold`` as the field."""
+        the reference, the others a binary (Z, Y, X) mask. ``threshold`` as the field.
+        """
         out = super().predict(volume, voxel_size_nm, threshold=threshold)
         if self.task is Task.CELL:
             return {"cell_mask": (out > 0).astype(np.uint8), "nucleus_mask": (out == 2).astype(np.uint8)}

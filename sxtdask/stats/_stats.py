@@ -143,7 +143,9 @@ def global_stats(
     keys = list(np.ndindex(*image.numblocks))
     dsk: dict[Any, Any] = {(part, *i): (_partial, (image.name, *i), step) for i in keys}
     dsk[name] = (_combine, [(part, *i) for i in keys], percentiles)
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[image])
+    # dask.array.Array does not match dask's own DaskCollection protocol (__dask_scheduler__ is a
+    # staticmethod there, a function on Array), though it is a Dask collection
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[image])  # type: ignore[list-item]
     return Delayed(name, graph)
 
 

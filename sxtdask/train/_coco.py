@@ -187,7 +187,9 @@ def coco_annotation(obj: PatchObject, image_id: int, ann_id: int) -> dict[str, A
     from pycocotools import mask as mask_utils
 
     rle = mask_utils.encode(np.asfortranarray(obj.mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
+    counts = rle["counts"]
+    assert isinstance(counts, bytes)  # encode() gives bytes; JSON needs text
+    rle["counts"] = counts.decode("ascii")
     return {"id": ann_id, "image_id": image_id, "category_id": CATEGORY["id"],
             "segmentation": rle, "area": obj.area, "bbox": [float(v) for v in obj.bbox],
             "iscrowd": 0, "instance_id": obj.instance_id}
@@ -222,7 +224,8 @@ def coco_segm_metrics(gt: dict[str, Any], detections: list[dict[str, Any]]) -> d
     text = io.StringIO()
     with contextlib.redirect_stdout(text):  # pycocotools prints; library code may not
         coco_gt = COCO()
-        coco_gt.dataset = gt
+        # types-pycocotools types ``dataset`` as a TypedDict of every COCO field; COCOeval reads these
+        coco_gt.dataset = gt  # type: ignore[assignment]
         coco_gt.createIndex()
         if not detections:
             return dict.fromkeys(_STATS, 0.0)
@@ -311,7 +314,8 @@ def _export_split(volumes: Sequence[TrainingVolume], folder: Path, patch: int, s
             image_slice = _prepared_u8(v, z) if patches else None
             for tile, labels in patches:
                 name = f"{stem}_z{z:04d}_y{tile.y0:04d}_x{tile.x0:04d}.{image_format}"
-                _write_image(folder / name, image_slice[tile.slices])  # type: ignore[index]
+                assert image_slice is not None  # made for every z with patches
+                _write_image(folder / name, image_slice[tile.slices])
                 image_id = len(images) + 1
                 h, w = labels.shape
                 images.append({"id": image_id, "file_name": name, "height": h, "width": w,
@@ -347,7 +351,7 @@ def _safe_name(name: str) -> str:
 
 def _info(patch: int, stride: int, min_area: int, split: str,
           volumes: Sequence[TrainingVolume]) -> dict[str, Any]:
-    from .. import __version__
+    from .._version import __version__
     from ..segmenters import LAC_FACTOR
 
     return {"description": f"sxtdask export-coco ({split})", "version": __version__,

@@ -69,7 +69,8 @@ def state_path(out: Path) -> Path:
 
 def check_out(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to clobber a checkpoint unless resuming or overwriting; the folder must exist and be
-    writable (:func:`sxtdask._fs.check_new_path`)."""
+    writable (:func:`sxtdask._fs.check_new_path`).
+    """
     if resume:
         check_new_path(out, True)
         if not state_path(out).is_file():

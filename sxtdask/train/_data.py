@@ -15,12 +15,15 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
 from ..errors import ConfigError, InputError
 from ..stats import IntensityStats
+
+if TYPE_CHECKING:
+    from ..io import Volume
 
 __all__ = [
     "PatchSampler",
@@ -62,7 +65,7 @@ class TrainingVolume:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(int(n) for n in self.image.shape)  # type: ignore[return-value]
+        return cast(tuple[int, int, int], tuple(int(n) for n in self.image.shape))
 
     def foreground_per_slice(self) -> np.ndarray:
         """Labelled voxels per z slice (computed once, chunk by chunk)."""
@@ -115,7 +118,8 @@ def source_key(source: str | os.PathLike[str]) -> Path:
 
 def _name_apart(volumes: Sequence[TrainingVolume], keys: Sequence[Path]) -> None:
     """Tomograms of one file name in different folders (``cell01/tomo.zarr``, ``cell02/tomo.zarr``)
-    are named ``folder/name``: names label checkpoints' data lists and exported files."""
+    are named ``folder/name``: names label checkpoints' data lists and exported files.
+    """
     counts = Counter(v.name for v in volumes)
     for v, key in zip(volumes, keys, strict=True):
         if counts[v.name] > 1:
@@ -133,6 +137,8 @@ def _open_one(source: str, label_name: str) -> TrainingVolume:
     from ..io import open_image, open_labels, open_volume
     from ..stats import global_stats
 
+    image: Volume | SlabCache  # image files are Volumes; a store's arrays are read through a cache
+    labels: Volume | SlabCache
     if "," in source:
         image_path, label_path = (Path(p) for p in source.split(",", 1))
         image = open_volume(image_path)
@@ -161,7 +167,8 @@ def _open_one(source: str, label_name: str) -> TrainingVolume:
     if stats.is_constant:
         raise InputError(f"{source}: the image is constant; it cannot train a network")
     logger.info("training volume %s: shape %s, labels %r", name, tuple(data.shape), label_name)
-    return TrainingVolume(name, image, labels, stats, tuple(float(v) for v in vs))  # type: ignore[arg-type]
+    return TrainingVolume(name, image, labels, stats,
+                          cast(tuple[float, float, float], tuple(float(v) for v in vs)))
 
 
 def _zarr_of(arr: Any) -> Any:
@@ -327,7 +334,8 @@ class PatchSampler:
 
 def _with_context(image: Any, z: int, box: tuple[slice, slice], context: int) -> np.ndarray:
     """The patch of slice ``z`` (context 0) or of slices ``z - context .. z + context`` stacked
-    (the nearest slice repeated beyond the volume), each read on its own."""
+    (the nearest slice repeated beyond the volume), each read on its own.
+    """
     if context == 0:
         return np.asarray(image[(z, *box)])
     nz = image.shape[0]
@@ -347,14 +355,15 @@ def _pad_to(a: np.ndarray, p: int) -> np.ndarray:
     dy, dx = max(p - a.shape[-2], 0), max(p - a.shape[-1], 0)
     if dy == 0 and dx == 0:
         return a
-    mode = "reflect" if min(a.shape[-2:]) > max(dy, dx) else "edge"
+    mode: Literal["reflect", "edge"] = "reflect" if min(a.shape[-2:]) > max(dy, dx) else "edge"
     return np.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, dy), (0, dx)], mode=mode)
 
 
 def validation_slices(volumes: Sequence[TrainingVolume], n_slices: int, context: int = 0,
                       ) -> list[tuple[np.ndarray, np.ndarray, IntensityStats]]:
     """Whole slices spread evenly over the validation tomograms' labelled range (deterministic);
-    with ``context``, each image is the stack of its neighbouring slices (see PatchSampler)."""
+    with ``context``, each image is the stack of its neighbouring slices (see PatchSampler).
+    """
     out = []
     per = max(1, n_slices // max(len(volumes), 1))
     for v in volumes:

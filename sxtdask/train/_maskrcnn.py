@@ -361,7 +361,7 @@ def _config_record(config: MaskRCNNTrainConfig, train: Sequence[TrainingVolume],
 
 def _meta(config: MaskRCNNTrainConfig, train: Sequence[TrainingVolume],
           val: Sequence[TrainingVolume]) -> dict[str, Any]:
-    from .. import __version__
+    from .._version import __version__
     from ..segmenters import LAC_FACTOR
 
     return {
@@ -466,7 +466,8 @@ def _val_dataset(volumes: Sequence[TrainingVolume], refs: list[PatchRef],
 def predict_patches(net: Any, images: list[np.ndarray], device: str,
                     batch_size: int) -> list[dict[str, np.ndarray]]:
     """The detector's raw output (``boxes``, ``scores``, ``masks`` as NumPy) for prepared patches,
-    run as the segmenter runs it (eval mode, bfloat16 autocast on CUDA)."""
+    run as the segmenter runs it (eval mode, bfloat16 autocast on CUDA).
+    """
     import torch
 
     was_training = net.training

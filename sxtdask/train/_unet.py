@@ -125,8 +125,7 @@ def train_unet(task: str, train: Sequence[TrainingVolume], val: Sequence[Trainin
     """
     import torch
 
-    from ..models import build_unet, save_checkpoint
-    from ..models import ModelKind
+    from ..models import ModelKind, build_unet, save_checkpoint
 
     if task not in _N_CLASSES:
         raise ConfigError(f"task {task!r} has no U-Net (cell, mito or isg)")
@@ -166,8 +165,8 @@ def train_unet(task: str, train: Sequence[TrainingVolume], val: Sequence[Trainin
         net.train()
         t0, losses = time.perf_counter(), []
         for step in range(config.steps_per_epoch):
-            x, y = _batch(sampler, config.batch_size, task, in_channels, rng)
-            x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+            xb, yb = _batch(sampler, config.batch_size, task, in_channels, rng)
+            x, y = torch.from_numpy(xb).to(device), torch.from_numpy(yb).to(device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                 logits = net(x)
             loss = _loss(logits.float(), y, config.dice_weight)
@@ -178,7 +177,7 @@ def train_unet(task: str, train: Sequence[TrainingVolume], val: Sequence[Trainin
             losses.append(float(loss.detach()))
             if progress is not None:
                 progress(epoch + 1, step + 1, config.steps_per_epoch,
-                         {"loss": losses[-1], "lr": sched.get_last_lr()[0]})
+                         {"loss": losses[-1], "lr": float(sched.get_last_lr()[0])})
         entry: dict[str, float] = {"epoch": epoch + 1, "loss": float(np.mean(losses)),
                                    "seconds": time.perf_counter() - t0}
         if val_set:
@@ -207,7 +206,7 @@ def _config_record(task: str, config: UNetTrainConfig) -> dict[str, Any]:
 
 def _meta(task: str, config: UNetTrainConfig, train: Sequence[TrainingVolume],
           val: Sequence[TrainingVolume]) -> dict[str, Any]:
-    from .. import __version__
+    from .._version import __version__
 
     return {
         "task": task,
@@ -224,8 +223,7 @@ def _meta(task: str, config: UNetTrainConfig, train: Sequence[TrainingVolume],
 
 def _batch(sampler: PatchSampler, n: int, task: str, in_channels: int,
            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    from ..segmenters import Task
-    from ..segmenters import prepare_slices
+    from ..segmenters import Task, prepare_slices
 
     xs, ys = [], []
     t = Task.CELL if task == "cell" else Task.MITO if task == "mito" else Task.ISG
@@ -242,7 +240,8 @@ def _batch(sampler: PatchSampler, n: int, task: str, in_channels: int,
 def _augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
              ) -> tuple[np.ndarray, np.ndarray]:
     """Flips, 90° rotations, contrast/brightness jitter and Gaussian noise (image only); ``x`` is
-    (C, Y, X), every channel moved with the labels."""
+    (C, Y, X), every channel moved with the labels.
+    """
     k = int(rng.integers(4))
     x, y = np.rot90(x, k, axes=(-2, -1)), np.rot90(y, k)
     if rng.random() < 0.5:
@@ -274,11 +273,11 @@ def _validate(net: Any, val_set: list[tuple[np.ndarray, np.ndarray, Any]], task:
               in_channels: int, device: str) -> dict[str, float]:
     """Dice per foreground class (and cell = any foreground, for ``cell``) over whole slices,
     against the training target (for ISGs: interiors with touching rims removed, so the best
-    epoch is the one that separates granules, not the one that merges them least wrongly)."""
+    epoch is the one that separates granules, not the one that merges them least wrongly).
+    """
     import torch
 
-    from ..segmenters import Task
-    from ..segmenters import pad_reflect, prepare_slices
+    from ..segmenters import Task, pad_reflect, prepare_slices
 
     t = Task.CELL if task == "cell" else Task.MITO if task == "mito" else Task.ISG
     n_classes = _N_CLASSES[task]
@@ -301,7 +300,7 @@ def _validate(net: Any, val_set: list[tuple[np.ndarray, np.ndarray, Any]], task:
                 total[c] += np.sum(pred == c) + np.sum(truth == c)
             inter[n_classes] += np.sum((pred > 0) & (truth > 0))
             total[n_classes] += np.sum(pred > 0) + np.sum(truth > 0)
-    dice = [dice_from_counts(i, t) for i, t in zip(inter, total)]  # 1.0 where both are empty
+    dice = [dice_from_counts(i, t) for i, t in zip(inter, total, strict=True)]  # 1.0 where both are empty
     names = _CLASS_NAMES[task]
     out = {f"val_dice_{names[c]}": float(dice[c]) for c in range(1, n_classes)}
     if task == "cell":
