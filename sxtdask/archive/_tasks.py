@@ -1,4 +1,4 @@
-"""What runs on the workers for one tomogram: checksum, conversion, label pyramids.
+"""What runs on the workers for one tomogram besides the pipeline: checksum and conversion.
 
 These are plain functions of paths (picklable, idempotent): Dask may run them again on another
 worker after a worker dies, and each either finishes its whole output or leaves none that looks

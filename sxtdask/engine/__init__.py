@@ -1,4 +1,6 @@
-"""The chunked engine: block planning, per-worker model cache, cluster connection."""
+"""The chunked engine: block planning and the store run's graph, cluster connection (the
+per-worker model cache lives in ``sxtdask.models`` and is re-exported here).
+"""
 
 from ..models import cached_model, clear_models, load_counts
 from ._cluster import ClusterConfig, connect
