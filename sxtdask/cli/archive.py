@@ -100,7 +100,6 @@ def _say_row(con: Console, row: dict[str, Any]) -> None:
 def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
     """Plan and run the archive of ``args.input_dir`` into ``args.out`` on a Dask cluster."""
     from sxtdask.archive import plan_archive, run_archive
-    from sxtdask.engine import uses_gpu
 
     t0 = time.perf_counter()
     if args.batch_size is not None and args.batch_size < 1:
@@ -109,7 +108,7 @@ def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
     plan = plan_archive(args.input_dir, args.out, exclude=args.exclude)  # errors before any cluster
     con.say(f"{len(plan.tomograms)} tomogram(s) under {args.input_dir}; archive in {args.out}")
     config = cluster_config(args)
-    if uses_gpu(segmenter) and not args.scheduler:
+    if segmenter.needs_gpu and not args.scheduler:
         config = dataclasses.replace(config, gpu=True)  # dask-cuda: one worker per GPU
     with open_cluster(args, con, config) as client, ExitStack() as stack:
         bars = None if con.quiet else _Bars(con, stack, len(plan.tomograms))

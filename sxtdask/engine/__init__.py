@@ -12,7 +12,6 @@ from ._run import (
     segment_store,
     task_prefix,
     tomogram_name,
-    uses_gpu,
 )
 
 __all__ = [
@@ -28,5 +27,4 @@ __all__ = [
     "segment_store",
     "task_prefix",
     "tomogram_name",
-    "uses_gpu",
 ]

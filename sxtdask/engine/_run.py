@@ -56,7 +56,7 @@ from ._resume import (
 )
 
 __all__ = ["SCRATCH_DIR", "StoreRun", "plan_grid", "plan_store", "segment_array", "segment_store",
-           "task_prefix", "tomogram_name", "uses_gpu"]
+           "task_prefix", "tomogram_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -334,9 +334,9 @@ def _prepare(layout: _Layout, stats: IntensityStats, _after: Any = None) -> bool
             "layout": layout.fingerprint(None), "image": str(layout.path),
             "segmenter": repr(layout.segmenter), "chunks": grid.chunks, "halo": grid.halo,
             "outputs": [s.name for s in layout.segmenter.outputs]})
-    elif len(progress.segmented(grid)):
-        logger.info("%s: resuming: %d of %d blocks already segmented", layout.path,
-                    len(progress.segmented(grid)), grid.nblocks)
+    elif done := len(progress.segmented(grid)):
+        logger.info("%s: resuming: %d of %d blocks already segmented", layout.path, done,
+                    grid.nblocks)
     return resume
 
 
@@ -486,7 +486,13 @@ class StoreRun:
     scratch: dict[str, Path] = field(default_factory=dict)
     chunks_reused: int = 0
     relabel_reused: dict[str, int] = field(default_factory=dict)
-    finalized: bool = False
+    #: With ``finalize``: the key of the task after which every label image is complete and
+    #: listed (what readers of the new labels wait for); None otherwise.
+    complete_key: str | None = None
+
+    @property
+    def finalized(self) -> bool:
+        return self.complete_key is not None
 
     @property
     def n_chunks(self) -> int:
@@ -633,10 +639,10 @@ def segment_store(
     layout = plan_store(path, segmenter, chunks=chunks, halo=halo, overwrite=overwrite)
     concrete = stats if isinstance(stats, IntensityStats) else None
     segmented, relabelled = _planned_reuse(layout, concrete)
-    graph, report, blocks = _store_graph(layout, stats, finalize, segmented, relabelled)
+    graph, report, blocks, complete = _store_graph(layout, stats, finalize, segmented, relabelled)
     scratch = {n: layout.progress.provisional(n) for n in layout.names}
     return StoreRun(graph, report, blocks, layout.path, layout.grid, segmenter.outputs, scratch,
-                    len(segmented), {n: len(v) for n, v in relabelled.items()}, finalize)
+                    len(segmented), {n: len(v) for n, v in relabelled.items()}, complete)
 
 
 def _label_arrays(path: Path, outputs: Sequence[OutputSpec], grid: BlockGrid, overwrite: bool) -> bool:
@@ -656,7 +662,7 @@ def _label_arrays(path: Path, outputs: Sequence[OutputSpec], grid: BlockGrid, ov
 
 def _store_graph(layout: _Layout, stats: IntensityStats | Delayed, finalize: bool,
                  segmented: set[Index], relabelled_before: dict[str, set[Index]],
-                 ) -> tuple[Delayed, Delayed, list[Delayed]]:
+                 ) -> tuple[Delayed, Delayed, list[Delayed], str | None]:
     """The run as one graph: prepare, segment (GPU-pinned when the network runs on CUDA), the
     relabel reduction per instance output, final chunk writes, then (``finalize``) one pyramid
     task per label image and the scratch clean-up, and the report.
@@ -718,6 +724,7 @@ def _store_graph(layout: _Layout, stats: IntensityStats | Delayed, finalize: boo
     dsk[stamps[1]] = (_stamp, *after)
     times: list[Any] = list(stamps)
     finals: Any = None
+    done_key: str | None = None
     if finalize:
         finals = []
         for spec in outputs:
@@ -749,7 +756,8 @@ def _store_graph(layout: _Layout, stats: IntensityStats | Delayed, finalize: boo
         dependencies.update(graph.dependencies)
     hlg = HighLevelGraph(layers, dependencies)
     blocks = [Delayed(k, hlg, layer=name) for k in flags]
-    return Delayed(counts_name, hlg, layer=name), Delayed(name, hlg, layer=name), blocks
+    return (Delayed(counts_name, hlg, layer=name), Delayed(name, hlg, layer=name), blocks,
+            done_key)
 
 
 def _relabel_tasks(
@@ -775,8 +783,3 @@ def _relabel_tasks(
         )
         writes.append(key)
     return (keys.count,), writes
-
-
-def uses_gpu(segmenter: Segmenter) -> bool:
-    """True when the segmenter's network is to run on CUDA (its tasks need a ``GPU`` resource)."""
-    return segmenter.needs_gpu

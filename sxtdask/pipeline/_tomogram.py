@@ -105,10 +105,10 @@ def _lazy_labels(run: StoreRun, name: str) -> da.Array:
     spec = next((s for s in run.outputs if s.name == name), None)
     if spec is None:
         raise KeyError(f"the run writes no label image {name!r}")
+    if run.complete_key is None:
+        raise ValueError("the run was planned without finalize: its labels never become complete")
     graph = run.report.__dask_graph__()
-    # Read once every label image of the run is complete (its pyramid-stage stamp).
-    pyramid = next(k for k in graph if isinstance(k, str) and k.startswith(
-        f"{task_prefix('finish', [s.name for s in run.outputs], tomogram_name(run.path))}-pyramids-"))
+    pyramid = run.complete_key  # read once every label image of the run is complete
     out = f"labels.{name}-{tokenize(pyramid)}"
     level0 = str(run.path / "labels" / name / "0")
     grid = run.grid

@@ -11,7 +11,7 @@
   :class:`SXTISGSegmenter`, :class:`SXTISGMaskRCNNSegmenter`.
 """
 
-from ._base import OutputKind, OutputSpec, Segmenter, SegmenterInfo, first_voxel_order
+from ._base import OutputKind, OutputSpec, Segmenter, SegmenterInfo
 from ._classical import ClassicalISG, split_granules
 from ._combined import CombinedSegmenter
 from ._linking import link_slices
@@ -68,7 +68,6 @@ __all__ = [
     "create_segmenter",
     "default_method",
     "entry",
-    "first_voxel_order",
     "link_slices",
     "make_segmenter",
     "maskrcnn_max_size",

@@ -22,8 +22,9 @@ from ..errors import ConfigError
 from ..relabel import Match
 from ..stats import IntensityStats, check_stats, global_stats
 from ._names import Method, Task
+from ._tiles import raster_relabel
 
-__all__ = ["OutputKind", "OutputSpec", "Segmenter", "SegmenterInfo", "Task", "first_voxel_order"]
+__all__ = ["OutputKind", "OutputSpec", "Segmenter", "SegmenterInfo", "Task"]
 
 
 class OutputKind(enum.StrEnum):
@@ -84,18 +85,6 @@ class SegmenterInfo:
     model_files: tuple[str, ...]
     device: str | None
     needs_gpu: bool
-
-
-def first_voxel_order(labels: np.ndarray, dtype: Any = np.uint32) -> np.ndarray:
-    """Renumber instances ``1..n`` in the raster order of each one's first voxel (0 stays 0),
-    as the chunked engine numbers them.
-    """
-    flat = labels.ravel()
-    nz = np.flatnonzero(flat)
-    ids, first = np.unique(flat[nz], return_index=True)
-    lut = np.zeros(int(flat.max(initial=0)) + 1, dtype=dtype)
-    lut[ids[np.argsort(first)]] = np.arange(1, ids.size + 1, dtype=dtype)
-    return lut[labels]
 
 
 class Segmenter(abc.ABC):
@@ -240,7 +229,7 @@ class Segmenter(abc.ABC):
                 continue
             if spec.match is Match.TOUCHING:
                 arr = measure.label(arr, background=0, connectivity=arr.ndim)
-            result[spec.name] = first_voxel_order(arr, spec.dtype)
+            result[spec.name] = raster_relabel(arr, 0, spec.dtype)
         return result
 
     def predict(
