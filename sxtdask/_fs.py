@@ -9,9 +9,14 @@ private ``0600``.
 from __future__ import annotations
 
 import fcntl
+import json
+import logging
 import os
+import secrets
 import shutil
-import uuid
+import socket
+import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,18 +26,32 @@ from .errors import OutputError
 
 __all__ = [
     "EXISTS",
+    "LOCK_FILE",
     "atomic_directory",
     "atomic_file",
     "check_new_path",
-    "exclusive_lock",
     "remove_path",
     "replace_directory",
+    "swap_directories",
     "write_atomic",
+    "write_lock",
 ]
+
+logger = logging.getLogger(__name__)
+
+#: The lock file a writing run holds in the folder it writes (a store, an archive folder).
+LOCK_FILE = ".sxtdask.lock"
 
 
 def _partial_name(path: Path, what: str = "partial") -> Path:
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.{what}")
+    """An unpredictable hidden sibling name of ``path`` (``.<name>.<random>.<what>``)."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(8)}.{what}")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -61,8 +80,14 @@ def atomic_file(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterato
     'a,b\n1,2\n'
     """
     target = Path(path)
-    tmp = _partial_name(target)
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    # tempfile's name in the target folder: unpredictable, created with O_EXCL (a link planted
+    # under that name is never followed); then the usual mode instead of mkstemp's 0600.
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    tmp = Path(name)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
     try:
         yield tmp
         if fsync:
@@ -133,6 +158,50 @@ def replace_directory(partial: str | os.PathLike[str], out: str | os.PathLike[st
         raise
     if old is not None:
         remove_path(old)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system or file system has no such call.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        call = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if call(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    errno = ctypes.get_errno()
+    if errno in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: not supported here
+        return False
+    raise OSError(errno, os.strerror(errno), str(b))
+
+
+def swap_directories(new: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
+    """Put the finished folder ``new`` in the place of the existing folder ``out``, then remove the
+    old one.
+
+    On Linux the two are exchanged in one atomic step, so ``out`` is at every moment the old
+    folder or the new one (a ``kill -9`` at any point leaves one of them, whole). Elsewhere
+    this falls back to :func:`replace_directory` (two renames; the old folder is restored if
+    the second fails).
+    """
+    new, out = Path(new), Path(out)
+    if not _exists(out):
+        os.replace(new, out)
+        return
+    if _exchange(new, out):
+        remove_path(new)  # now the old folder
+        return
+    replace_directory(new, out, overwrite=True)
 
 
 @contextmanager
@@ -248,21 +317,76 @@ def check_new_path(
     return path
 
 
+_HELD: dict[str, int] = {}
+
+
+def _lock_record(text: str) -> dict[str, Any]:
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _holder(record: dict[str, Any]) -> str:
+    if not record:
+        return "a run that recorded nothing"
+    return (f"host {record.get('host', '?')}, process {record.get('pid', '?')}, "
+            f"started {record.get('started', '?')}")
+
+
 @contextmanager
-def exclusive_lock(path: Path, what: str, kind: str = "sxtdask") -> Iterator[None]:
-    """Hold an exclusive, non-blocking lock on the file ``path`` (created if absent).
+def write_lock(folder: str | os.PathLike[str], what: str, kind: str = "sxtdask") -> Iterator[Path]:
+    """Hold the one-writer lock of ``folder`` (a store or an archive folder) while the block runs.
+
+    The lock is the file ``folder/.sxtdask.lock``, held with ``flock`` (released by the kernel
+    when the process ends, however it ends; over NFS through its lock manager) and recording the
+    holder's host, process ID and start time. A lock file whose holder is gone (its process was
+    killed) is taken over with a warning naming the run that left it. Re-entrant within one
+    process (the archive driver and the pipeline may both take it).
 
     Raises
     ------
     OutputError
-        Another process holds it: ``"{what}: another {kind} run is writing here"``.
+        Another process holds it: ``"{what}: another {kind} run is writing here (host …,
+        process …, started …)"``.
     """
-    with open(path, "a+") as fh:
+    path = Path(folder) / LOCK_FILE
+    key = os.path.realpath(path)
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield path
+        finally:
+            _HELD[key] -= 1
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as err:
+        raise OutputError(f"{what}: cannot create the lock file {path} "
+                          f"({err.strerror or err})") from err
+    with os.fdopen(fd, "r+", encoding="utf-8") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as err:
-            raise OutputError(f"{what}: another {kind} run is writing here") from err
+            holder = _holder(_lock_record(fh.read()))
+            raise OutputError(f"{what}: another {kind} run is writing here ({holder}); "
+                              "wait for it to end") from err
+        left = fh.read()
+        if left.strip():
+            logger.warning("%s: taking over the lock left by %s, which is no longer running",
+                           what, _holder(_lock_record(left)))
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+        fh.flush()
+        _HELD[key] = 1
         try:
-            yield
+            yield path
         finally:
+            del _HELD[key]
+            fh.seek(0)
+            fh.truncate()  # an empty lock file: released cleanly (nothing stale to report)
+            fh.flush()
             fcntl.flock(fh, fcntl.LOCK_UN)

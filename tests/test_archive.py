@@ -320,7 +320,7 @@ def _wait_until_workers_idle(client, timeout: float = 60.0) -> None:
 
 def test_a_second_run_on_the_same_folder_is_refused(inputs, tmp_path, client):
     plan = plan_archive(inputs, tmp_path / "out", exclude=EXCLUDE)
-    with open(tmp_path / "out" / ".sxtdask-archive.lock", "a") as fh:
+    with open(tmp_path / "out" / ".sxtdask.lock", "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         with pytest.raises(OutputError, match="another sxtdask archive run"):
             run_archive(plan, ClassicalISG(), client)

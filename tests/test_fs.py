@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from sxtdask._fs import (
+    LOCK_FILE,
     atomic_directory,
     atomic_file,
     check_new_path,
-    exclusive_lock,
     remove_path,
     replace_directory,
+    swap_directories,
     write_atomic,
+    write_lock,
 )
 from sxtdask.errors import OutputError
 
@@ -215,13 +222,92 @@ def test_check_new_path_refuses_an_unwritable_folder(tmp_path) -> None:
         folder.chmod(0o700)
 
 
-# --- exclusive_lock -------------------------------------------------------------------------------
+# --- write_lock ----------------------------------------------------------------------------------
 
-def test_exclusive_lock_refuses_a_second_holder(tmp_path) -> None:
-    lock = tmp_path / ".lock"
-    with exclusive_lock(lock, "out"):
-        with pytest.raises(OutputError, match="out: another sxtdask run is writing here"):
-            with exclusive_lock(lock, "out"):
+_HOLD = """
+import sys, time
+from sxtdask._fs import write_lock
+with write_lock(sys.argv[1], "store"):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def _holder(folder, seconds):
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(folder), str(seconds)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_write_lock_refuses_a_second_writer_and_names_the_holder(tmp_path) -> None:
+    proc = _holder(tmp_path, 30)
+    try:
+        with pytest.raises(OutputError, match=rf"store: another sxtdask run is writing here "
+                                              rf"\(host {socket.gethostname()}, process {proc.pid}, started"):
+            with write_lock(tmp_path, "store"):
                 pass
-    with exclusive_lock(lock, "out"):  # released
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_killed_holders_lock_is_taken_over_with_a_warning(tmp_path, caplog) -> None:
+    proc = _holder(tmp_path, 30)
+    proc.kill()  # kill -9: the lock file keeps its record, the kernel drops the flock
+    proc.wait()
+    assert str(proc.pid) in (tmp_path / LOCK_FILE).read_text()
+    with caplog.at_level(logging.WARNING, logger="sxtdask"), write_lock(tmp_path, "store"):
+        record = json.loads((tmp_path / LOCK_FILE).read_text())
+        assert record["pid"] == os.getpid() and record["host"] == socket.gethostname()
+    assert f"taking over the lock left by host {socket.gethostname()}, process {proc.pid}" in caplog.text
+    assert (tmp_path / LOCK_FILE).read_text() == ""  # released cleanly: nothing to take over
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sxtdask"), write_lock(tmp_path, "store"):
         pass
+    assert "taking over" not in caplog.text
+
+
+def test_write_lock_is_reentrant_in_one_process(tmp_path) -> None:
+    with write_lock(tmp_path, "store"), write_lock(tmp_path, "store"):
+        pass
+    with write_lock(tmp_path, "store"):
+        pass
+
+
+def test_write_lock_does_not_follow_a_planted_link(tmp_path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / LOCK_FILE).symlink_to(victim)
+    with pytest.raises(OutputError, match="cannot create the lock file"):
+        with write_lock(tmp_path / "store", "store"):
+            pass
+    assert victim.read_text() == "precious"
+
+
+# --- temporary names and swaps --------------------------------------------------------------------
+
+def test_temporary_names_are_unpredictable_and_a_planted_link_is_not_followed(tmp_path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    seen = set()
+    for _ in range(3):
+        with atomic_file(tmp_path / "out.json") as tmp:
+            assert tmp.parent == tmp_path and not tmp.is_symlink()
+            seen.add(tmp.name)
+            tmp.write_text("{}")
+    assert len(seen) == 3
+    (tmp_path / "link.json").symlink_to(victim)  # the target itself a link: replaced, not followed
+    write_atomic(tmp_path / "link.json", "{}")
+    assert victim.read_text() == "precious" and not (tmp_path / "link.json").is_symlink()
+
+
+def test_swap_directories_exchanges_whole_folders(tmp_path) -> None:
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "a").write_text("new")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "b").write_text("old")
+    swap_directories(tmp_path / "new", tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a"]

@@ -26,6 +26,7 @@ from scipy import ndimage
 from sxtdask.engine import segment_store
 from sxtdask.engine._resume import Progress
 from sxtdask.engine._run import SCRATCH_DIR
+from sxtdask.errors import OutputError
 from sxtdask.io import labels_complete, list_labels, open_labels, write_image
 from sxtdask.phantoms import make_phantom
 from sxtdask.relabel import Match
@@ -175,9 +176,15 @@ def test_a_changed_plan_or_overwrite_discards_progress(phantom, tmp_path, caplog
     _, fresh_counts = _complete(fresh, Blobs(level=0.6))
     assert counts == fresh_counts and _label_files(path) == _label_files(fresh)
 
+    # An interrupted --overwrite leaves the complete labels in place (a plain rerun is refused)
+    # and resumes its replacement when the plan is the same; another plan starts it afresh.
+    before = _label_files(path)
     _interrupt(path, Blobs(), 3, overwrite=True)
-    assert _plan(path, Blobs()).chunks_reused == 3
-    assert _plan(path, Blobs(), overwrite=True).chunks_reused == 0
+    assert {k: v for k, v in _label_files(path).items() if ".sxtdask-new" not in k} == before
+    with pytest.raises(OutputError, match="exists; pass --overwrite"):
+        _plan(path, Blobs())
+    assert _plan(path, Blobs(), overwrite=True).chunks_reused == 3
+    assert _plan(path, Blobs(level=0.7), overwrite=True).chunks_reused == 0
 
 
 def test_task_keys_name_the_stage_the_outputs_and_the_tomogram(phantom, tmp_path):

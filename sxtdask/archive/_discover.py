@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sxtdask.io import SUPPORTED_SUFFIXES
 
-__all__ = ["Tomogram", "assign_outputs", "discover_tomograms"]
+__all__ = ["OUTPUT_FOLDER", "Tomogram", "assign_outputs", "discover_tomograms"]
 
 logger = logging.getLogger(__name__)
 

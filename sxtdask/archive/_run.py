@@ -36,20 +36,20 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import dask
 import distributed
 
-from sxtdask._fs import exclusive_lock
+from sxtdask._fs import write_lock
 from sxtdask._version import __version__
 from sxtdask.errors import InputError, InvalidVolumeError, OutputError, SxtdaskError
 from sxtdask.io import labels_complete, normalize_chunks, open_image
 from sxtdask.pipeline import METRIC_COLUMNS, segment_tomogram
 from sxtdask.segmenters import CombinedSegmenter, OutputKind, Segmenter
 
-from ._discover import Tomogram, assign_outputs, discover_tomograms
+from ._discover import OUTPUT_FOLDER, Tomogram, assign_outputs, discover_tomograms
 from ._manifest import STAGES, read_manifest, write_manifest
 from ._summary import tomogram_metrics, write_summary
 from ._tasks import TaskError, convert_tomogram, guarded, sha256_path
@@ -127,14 +127,45 @@ def plan_archive(
         raise InputError(f"{input_dir}: no tomograms found (looked for .mrc, .rec, .map, .st, .am, "
                          ".tif, .tiff, .npy files and OME-Zarr folders)")
     previous = read_manifest(out)
-    claimed = {k: r["output"] for k, r in previous.items() if isinstance(r.get("output"), str)}
+    claimed = {k: _confined(out, k, r.get("output"), tomograms) for k, r in previous.items()
+               if r.get("output") is not None}
     return ArchivePlan(inp, out, tomograms, assign_outputs(tomograms, claimed), previous)
+
+
+def _confined(out: Path, key: str, output: Any, tomograms: list[Tomogram]) -> str:
+    """An earlier manifest's ``output`` for ``key``, checked before anything uses it.
+
+    It must be what sxtdask writes: a relative ``tomograms/.../<name>.ome.zarr`` path that stays
+    inside ``out`` once every link is followed and is none of the inputs (nor holds one). Anything
+    else (an edited manifest: ``../victim``, an absolute path, an input tomogram) is refused, so
+    a rerun never replaces or deletes anything outside the archive folder.
+    """
+    where = f"{out / 'manifest.json'}: the row of {key!r}"
+    fix = "restore the manifest or move it away to start afresh"
+    if not isinstance(output, str) or not output:
+        raise InputError(f"{where} has output {output!r}, not a path; {fix}")
+    rel = PurePosixPath(output)
+    if (rel.is_absolute() or "\\" in output or ".." in rel.parts or "." in output.split("/")
+            or rel.parts[:1] != (OUTPUT_FOLDER,) or len(rel.parts) < 2
+            or not rel.name.endswith(".ome.zarr")):
+        raise InputError(f"{where} has output {output!r}, which is not a "
+                         f"{OUTPUT_FOLDER}/…/<name>.ome.zarr path inside --out {out}; {fix}")
+    target = (out / rel).resolve()
+    top = out.resolve()
+    if top not in target.parents:
+        raise InputError(f"{where} has output {output!r}, which leads outside --out {out} "
+                         f"(to {target}); {fix}")
+    for t in tomograms:
+        source = t.path.resolve()
+        if target == source or target in source.parents:
+            raise InputError(f"{where} has output {output!r}, which is the input {t.key}; {fix}")
+    return output
 
 
 @contextmanager
 def _locked(out_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on the archive folder (released when the process ends)."""
-    with exclusive_lock(out_dir / ".sxtdask-archive.lock", str(out_dir), "sxtdask archive"):
+    with write_lock(out_dir, str(out_dir), "sxtdask archive"):
         yield
 
 

@@ -38,7 +38,9 @@ def open_cluster(args: argparse.Namespace, con: Console, config: Any = None) -> 
 
     report = getattr(args, "performance_report", None)
     if report is not None:
-        check_new_path(report, overwrite=True)  # a clear error before any cluster starts
+        # a clear error before any cluster starts; an existing file only with --overwrite
+        check_new_path(report, getattr(args, "overwrite", False), folder=False,
+                       what="--performance-report")
     with connect(config if config is not None else cluster_config(args)) as client:
         con.say(f"dashboard: {client.dashboard_link}", dashboard=client.dashboard_link)
         with _performance_report(report):

@@ -99,6 +99,7 @@ def _say_row(con: Console, row: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
     """Plan and run the archive of ``args.input_dir`` into ``args.out`` on a Dask cluster."""
+    from sxtdask._fs import write_lock
     from sxtdask.archive import plan_archive, run_archive
 
     t0 = time.perf_counter()
@@ -110,7 +111,9 @@ def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
     config = cluster_config(args)
     if segmenter.needs_gpu and not args.scheduler:
         config = dataclasses.replace(config, gpu=True)  # dask-cuda: one worker per GPU
-    with open_cluster(args, con, config) as client, ExitStack() as stack:
+    # One writer per archive folder, checked before any cluster starts.
+    with write_lock(plan.out_dir, str(args.out), "sxtdask archive"), \
+            open_cluster(args, con, config) as client, ExitStack() as stack:
         bars = None if con.quiet else _Bars(con, stack, len(plan.tomograms))
         result = run_archive(plan, segmenter, client, chunks=args.chunks, in_flight=args.in_flight,
                              progress=bars, on_row=lambda row: _say_row(con, row))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sxtdask import __version__
-from sxtdask._fs import check_new_path
+from sxtdask._fs import check_new_path, write_lock
 from sxtdask.segmenters import Segmenter
 
 from ._cluster import cluster_config, open_cluster, span_name
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
 
     open_image(args.data)  # clear errors before any cluster starts or any statistics run
     if args.report is not None:
-        check_new_path(args.report, overwrite=True)
+        check_new_path(args.report, args.overwrite, folder=False, what="--report")
     segmenter = make_segmenter(args)
     # Existing labels, bad chunks or halos: refused before any cluster starts (reads only).
     plan_store(args.data, segmenter, chunks=args.chunks, overwrite=args.overwrite)
@@ -114,7 +114,9 @@ def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
         config = dataclasses.replace(config, gpu=True)  # dask-cuda: one worker per GPU
     # Workers open the store by path, in their own working folders (remote ones too).
     data = args.data.absolute()
-    with open_cluster(args, con, config) as client, span(span_name("segment", data)):
+    # One writer per store, checked before any cluster starts.
+    with write_lock(data, str(args.data)), open_cluster(args, con, config) as client, \
+            span(span_name("segment", data)):
         report = run_segment(data, segmenter, client, con, chunks=args.chunks,
                              overwrite=args.overwrite)
     report["total_seconds"] = round(time.perf_counter() - t0, 3)

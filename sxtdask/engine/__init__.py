@@ -10,6 +10,7 @@ from ._run import (
     plan_store,
     segment_array,
     segment_store,
+    staged_name,
     task_prefix,
     tomogram_name,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "plan_store",
     "segment_array",
     "segment_store",
+    "staged_name",
     "task_prefix",
     "tomogram_name",
 ]

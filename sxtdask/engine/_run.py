@@ -27,6 +27,7 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from skimage import measure
 
+from .._fs import remove_path, swap_directories
 from ..errors import ConfigError, OutputError
 from ..io import (
     create_labels,
@@ -56,11 +57,19 @@ from ._resume import (
 )
 
 __all__ = ["SCRATCH_DIR", "StoreRun", "plan_grid", "plan_store", "segment_array", "segment_store",
-           "task_prefix", "tomogram_name"]
+           "staged_name", "task_prefix", "tomogram_name"]
 
 logger = logging.getLogger(__name__)
 
 SCRATCH_DIR = "_sxtdask_scratch"
+_STAGED = ".sxtdask-new"
+
+
+def staged_name(name: str) -> str:
+    """The name a replacement for the complete label image ``name`` is built under
+    (``labels/<name>.sxtdask-new``, never listed), until it is swapped into ``labels/<name>``.
+    """
+    return f"{name}{_STAGED}"
 
 
 def _word(text: str, limit: int = 40) -> str:
@@ -286,6 +295,14 @@ class _Layout:
     grid: BlockGrid
     image: tuple[Any, ...]
     overwrite: bool
+    #: Outputs whose complete label image is being replaced (``overwrite``): the new one is built
+    #: under :func:`staged_name` and swapped in only when complete, so a failed or killed run
+    #: leaves the previous result as it was.
+    staged: frozenset[str] = frozenset()
+
+    def label_name(self, name: str) -> str:
+        """Where output ``name``'s label image is built: ``labels/<this>``."""
+        return staged_name(name) if name in self.staged else name
 
     @property
     def progress(self) -> Progress:
@@ -300,7 +317,8 @@ class _Layout:
         return plan_fingerprint(self.segmenter, stats, self.grid, self.voxel_size_nm, self.image)
 
     def finals(self) -> dict[str, str]:
-        return {s.name: str(self.path / "labels" / s.name / "0") for s in self.segmenter.outputs}
+        return {s.name: str(self.path / "labels" / self.label_name(s.name) / "0")
+                for s in self.segmenter.outputs}
 
     def targets(self) -> dict[str, str]:
         """Where each output's block results go: provisional arrays for instances."""
@@ -319,10 +337,10 @@ def _prepare(layout: _Layout, stats: IntensityStats, _after: Any = None) -> bool
     """
     refuse_nonfinite(stats, str(layout.path))  # a constant volume is the caller's to report
     grid, progress = layout.grid, layout.progress
-    had_labels = _label_arrays(layout.path, layout.segmenter.outputs, grid, layout.overwrite)
+    _drop_stale_staging(layout)
+    had_labels = _label_arrays(layout, grid)
     fingerprint = layout.fingerprint(stats)
-    why = "--overwrite" if layout.overwrite else "a label array was missing"
-    resume = progress.open(fingerprint, fresh=layout.overwrite or not had_labels, why=why)
+    resume = progress.open(fingerprint, fresh=not had_labels, why="a label array was missing")
     try:
         _scratch_arrays(progress, layout.names, grid, resume)
     except (OSError, ValueError, KeyError) as err:  # damaged scratch: start afresh
@@ -398,18 +416,38 @@ def _block_written(done: tuple[Any, bool]) -> bool:
     return bool(done[1])
 
 
-def _finalize_output(path: Path, name: str, *_written: Any) -> str:
-    """Pyramid and metadata of one label image, on a worker (listed afterwards, with the rest)."""
-    finalize_labels(path, name, listed=False)
+def _finalize_output(path: Path, name: str, label: str, *_written: Any) -> str:
+    """Pyramid and metadata of one label image (built as ``labels/<label>``), on a worker
+    (listed afterwards, with the rest).
+    """
+    finalize_labels(path, label, listed=False, title=name)
     return f"{path}/labels/{name}"
 
 
-def _list_outputs(path: Path, names: list[str], *_finalized: Any) -> float:
-    """List the run's label images in ``labels/``, in output order, once all are finalized:
-    only now do they look complete.
+def _list_outputs(path: Path, names: list[str], staged: list[str], *_finalized: Any) -> float:
+    """Swap replacements into place, then list the run's label images in ``labels/``, in output
+    order, once all are finalized: only now do they look complete.
+
+    A replacement takes the place of the old label image in one atomic exchange
+    (:func:`~sxtdask._fs.swap_directories`), so ``labels/<name>`` is always a complete label
+    image, old or new.
     """
+    for name in staged:
+        swap_directories(path / "labels" / staged_name(name), path / "labels" / name)
     list_label_images(path, names)
     return time.time()
+
+
+def _drop_stale_staging(layout: _Layout) -> None:
+    """Remove replacements a killed ``--overwrite`` run left half-built (never listed, never
+    swapped in); this run's own are recreated by :func:`_label_arrays`.
+    """
+    for spec in layout.segmenter.outputs:
+        left = layout.path / "labels" / staged_name(spec.name)
+        if spec.name not in layout.staged and left.exists():
+            logger.info("%s: removing %s, left by an interrupted --overwrite run", layout.path,
+                        left.name)
+            remove_path(left)
 
 
 def _drop_scratch(path: Path, *_finalized: Any) -> float:
@@ -489,6 +527,8 @@ class StoreRun:
     #: With ``finalize``: the key of the task after which every label image is complete and
     #: listed (what readers of the new labels wait for); None otherwise.
     complete_key: str | None = None
+    #: Outputs whose existing complete label image the run replaces (built aside, swapped in).
+    staged: frozenset[str] = frozenset()
 
     @property
     def finalized(self) -> bool:
@@ -516,7 +556,9 @@ class StoreRun:
         if self.finalized:
             return [f"{self.path}/labels/{spec.name}" for spec in self.outputs]
         for spec in self.outputs:
-            finalize_labels(self.path, spec.name)
+            label = staged_name(spec.name) if spec.name in self.staged else spec.name
+            finalize_labels(self.path, label, listed=False, title=spec.name)
+        _list_outputs(self.path, [s.name for s in self.outputs], sorted(self.staged))
         shutil.rmtree(self.path / SCRATCH_DIR, ignore_errors=True)
         return [f"{self.path}/labels/{spec.name}" for spec in self.outputs]
 
@@ -562,13 +604,13 @@ def plan_store(
     grid = plan_grid(full.shape, full.chunks,
                      check_halo(segmenter, halo if halo is not None else segmenter.halo))
     check_full_plane(segmenter, grid)
-    if not overwrite:
-        for spec in segmenter.outputs:
-            if labels_complete(path, spec.name):
-                raise OutputError(
-                    f"{path}: label image {spec.name!r} exists; pass --overwrite to replace it")
+    complete = {spec.name for spec in segmenter.outputs if labels_complete(path, spec.name)}
+    if complete and not overwrite:
+        name = next(s.name for s in segmenter.outputs if s.name in complete)
+        raise OutputError(f"{path}: label image {name!r} exists; pass --overwrite to replace it")
     return _Layout(path, img.voxel_size_nm, segmenter, grid,
-                   (img.data.shape, img.data.chunksize, str(img.data.dtype)), overwrite)
+                   (img.data.shape, img.data.chunksize, str(img.data.dtype)), overwrite,
+                   frozenset(complete))
 
 
 def _planned_reuse(layout: _Layout, stats: IntensityStats | None) -> tuple[set[Index], dict[str, set[Index]]]:
@@ -579,8 +621,8 @@ def _planned_reuse(layout: _Layout, stats: IntensityStats | None) -> tuple[set[I
     """
     none: tuple[set[Index], dict[str, set[Index]]] = (set(), {n: set() for n in layout.names})
     progress = layout.progress
-    if layout.overwrite or not all(
-            (layout.path / "labels" / s.name / "0" / "zarr.json").is_file()
+    if not all(
+            (layout.path / "labels" / layout.label_name(s.name) / "0" / "zarr.json").is_file()
             for s in layout.segmenter.outputs):
         return none
     plan = progress.read_plan()
@@ -631,7 +673,10 @@ def segment_store(
     halo : (hz, hy, hx), optional
         Default ``segmenter.halo``.
     overwrite : bool
-        Replace existing label images of the same names, and discard any recorded progress.
+        Replace existing complete label images of the same names. The replacements are built
+        beside them (``labels/<name>.sxtdask-new``, never listed) and swapped in atomically once
+        complete, so a run that fails or is killed leaves the previous labels as they were; an
+        interrupted replacement of the same plan resumes like any other run.
     finalize : bool
         Build pyramids and metadata in the graph (one task per label image), then drop the
         scratch folder.
@@ -642,21 +687,24 @@ def segment_store(
     graph, report, blocks, complete = _store_graph(layout, stats, finalize, segmented, relabelled)
     scratch = {n: layout.progress.provisional(n) for n in layout.names}
     return StoreRun(graph, report, blocks, layout.path, layout.grid, segmenter.outputs, scratch,
-                    len(segmented), {n: len(v) for n, v in relabelled.items()}, complete)
+                    len(segmented), {n: len(v) for n, v in relabelled.items()}, complete,
+                    layout.staged)
 
 
-def _label_arrays(path: Path, outputs: Sequence[OutputSpec], grid: BlockGrid, overwrite: bool) -> bool:
-    """Create (or reopen, to resume) each output's level-0 label array.
+def _label_arrays(layout: _Layout, grid: BlockGrid) -> bool:
+    """Create (or reopen, to resume) each output's level-0 label array; a replacement of a
+    complete label image (``layout.staged``) is created afresh beside it.
 
     Returns whether every one existed before (recorded progress is trusted only then).
     """
     label_chunks = tuple(c[0] for c in grid.chunks)
     existed = True
-    for spec in outputs:
-        level0 = path / "labels" / spec.name / "0"
+    for spec in layout.segmenter.outputs:
+        label = layout.label_name(spec.name)
+        level0 = layout.path / "labels" / label / "0"
         existed = existed and (level0 / "zarr.json").is_file()
-        create_labels(path, spec.name, shape=grid.shape,
-                      chunks=label_chunks, dtype=spec.dtype, overwrite=overwrite)
+        create_labels(layout.path, label, shape=grid.shape, chunks=label_chunks,
+                      dtype=spec.dtype)  # complete ones are staged: this one is unfinished
     return existed
 
 
@@ -729,10 +777,11 @@ def _store_graph(layout: _Layout, stats: IntensityStats | Delayed, finalize: boo
         finals = []
         for spec in outputs:
             final_key = f"{task_prefix('pyramid', [spec.name], tomo)}-{token}"
-            dsk[final_key] = (_finalize_output, layout.path, spec.name, stamps[1], *written[spec.name])
+            dsk[final_key] = (_finalize_output, layout.path, spec.name,
+                              layout.label_name(spec.name), stamps[1], *written[spec.name])
             finals.append(final_key)
         done_key = f"{task_prefix('finish', what, tomo)}-pyramids-{token}"
-        dsk[done_key] = (_list_outputs, layout.path, what, *finals)
+        dsk[done_key] = (_list_outputs, layout.path, what, sorted(layout.staged), *finals)
         drop = f"{task_prefix('finish', what, tomo)}-scratch-{token}"
         dsk[drop] = (_drop_scratch, layout.path, done_key)
         after = [drop]

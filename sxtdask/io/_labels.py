@@ -174,6 +174,7 @@ def _colors(colors: dict[int, tuple[int, ...]] | None) -> list[dict[str, Any]]:
 def finalize_labels(
     path: PathLike, name: str, *, voxel_size_nm: tuple[float, float, float] | None = None,
     colors: dict[int, tuple[int, ...]] | None = None, listed: bool = True,
+    title: str | None = None,
 ) -> None:
     """Build the label pyramid and metadata, then list ``name`` in ``labels/`` (last).
 
@@ -194,6 +195,9 @@ def finalize_labels(
         List it in ``labels/`` now. Writers that finalize several label images at once, in
         parallel, pass False and list them all afterwards with :func:`list_label_images` (the
         listing is one read-modify-write of ``labels/zarr.json``).
+    title : str, optional
+        The multiscales name; default ``name`` (a label image built under a staging name and
+        moved into place afterwards carries the name it will have).
     """
     _check_name(name)
     image = open_image(path)
@@ -211,7 +215,7 @@ def finalize_labels(
     image_label: dict[str, Any] = {"version": OME_VERSION, "source": {"image": "../../"}}
     if colors:
         image_label["colors"] = _colors(colors)
-    ms = multiscale_metadata(name, vs, len(shapes), "nearest")
+    ms = multiscale_metadata(title or name, vs, len(shapes), "nearest")
     group.attrs.update({"ome": {"version": OME_VERSION, "multiscales": [ms], "image-label": image_label}})
     if listed:
         list_label_images(path, [name])

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dask
 import dask.array as da
@@ -29,6 +29,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
+from .._fs import write_lock
 from ..engine import StoreRun, segment_store, task_prefix, tomogram_name
 from ..io import open_image
 from ..segmenters import Segmenter, Task
@@ -95,6 +96,21 @@ class TomogramRun:
     @property
     def n_chunks(self) -> int:
         return self.store.n_chunks
+
+    def compute(self, **kwargs: Any) -> dict[str, Any]:
+        """Compute :attr:`result` while holding the store's one-writer lock (as ``sxtdask
+        segment`` does): a second run on the same store at the same time is refused.
+
+        ``kwargs`` go to :func:`dask.compute` (e.g. ``scheduler="sync"``); without them the
+        current client, if any, runs it.
+
+        Raises
+        ------
+        OutputError
+            Another run holds the store (its host, process and start time are named).
+        """
+        with write_lock(self.path, str(self.path)):
+            return cast(dict[str, Any], dask.compute(self.result, **kwargs)[0])
 
     def labels(self, name: str) -> da.Array:
         """The label image ``name`` as a lazy array read chunk by chunk once it is complete."""
@@ -165,7 +181,7 @@ def segment_tomogram(
     --------
     >>> from sxtdask import ClassicalISG                              # doctest: +SKIP
     >>> run = segment_tomogram("cell.ome.zarr", ClassicalISG())      # doctest: +SKIP
-    >>> report = run.result.compute()                                 # doctest: +SKIP
+    >>> report = run.compute()                                        # doctest: +SKIP
     >>> report["instance_count"]                                      # doctest: +SKIP
     {'isg': 812}
     """

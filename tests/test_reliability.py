@@ -1,0 +1,204 @@
+"""Issue 16's numbered problems, each as a regression test: nothing written outside the output,
+one writer per store, ``--overwrite`` that never destroys the previous result, no file clobbered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sxtdask._fs import LOCK_FILE
+from sxtdask.archive import plan_archive
+from sxtdask.archive._manifest import write_manifest
+from sxtdask.cli import main
+from sxtdask.engine import staged_name
+from sxtdask.errors import InputError, OutputError
+from sxtdask.io import labels_complete, list_labels, open_labels, write_image
+from sxtdask.pipeline import segment_tomogram
+from sxtdask.segmenters import ClassicalISG
+
+CHUNKS = (8, 64, 64)
+
+
+def _tree(path: Path) -> dict[str, str]:
+    """Every file under ``path`` with its SHA-256 (what "unchanged" means here)."""
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture()
+def store(tmp_path, small_phantom) -> Path:
+    return write_image(small_phantom.image[:32, :64, :64], tmp_path / "t.zarr", chunks=CHUNKS,
+                       voxel_size_nm=(30.0, 30.0, 30.0))
+
+
+# --- 1. writes outside --out ----------------------------------------------------------------------
+
+@pytest.fixture()
+def archive_in(tmp_path, small_phantom) -> Path:
+    d = tmp_path / "in"
+    d.mkdir()
+    np.save(d / "a.npy", small_phantom.image[:16, :32, :32])
+    return d
+
+
+@pytest.mark.parametrize("output", [
+    "../victim", "tomograms/../../victim.ome.zarr", "/tmp/victim.ome.zarr", "victim.ome.zarr",
+    "tomograms/./a.ome.zarr", 7, ["tomograms/a.ome.zarr"], "",
+])
+def test_a_manifest_pointing_outside_the_archive_folder_is_refused(tmp_path, archive_in, output):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    out = tmp_path / "out"
+    out.mkdir()
+    write_manifest([{"input": "a.npy", "output": output, "status": "done"}], out)
+    with pytest.raises(InputError, match=r"manifest.json: the row of 'a.npy' has output .*; "
+                                         r"restore the manifest or move it away") as err:
+        plan_archive(archive_in, out)
+    assert "\n" not in str(err.value)
+    assert (victim / "precious.txt").read_text() == "keep me"
+
+
+def test_a_manifest_output_that_escapes_through_a_link_or_names_an_input_is_refused(
+        tmp_path, archive_in):
+    out = tmp_path / "out"
+    (out / "tomograms").mkdir(parents=True)
+    (out / "tomograms" / "esc").symlink_to(tmp_path)  # tomograms/esc/… leads out of the folder
+    write_manifest([{"input": "a.npy", "output": "tomograms/esc/victim.ome.zarr"}], out)
+    with pytest.raises(InputError, match="leads outside --out"):
+        plan_archive(archive_in, out)
+    (out / "tomograms" / "inp").symlink_to(archive_in)  # inside, through a link, onto an input
+    (archive_in / "z.ome.zarr").mkdir()
+    write_manifest([{"input": "a.npy", "output": "tomograms/inp/z.ome.zarr"}], out)
+    with pytest.raises(InputError, match="leads outside --out"):
+        plan_archive(archive_in, out)
+
+
+def test_the_archive_cli_refuses_an_edited_manifest_before_any_cluster(tmp_path, archive_in,
+                                                                       capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    write_manifest([{"input": "a.npy", "output": "../victim"}], out)
+    assert main(["archive", str(archive_in), "--out", str(out), "--tasks", "isg-instances",
+                 "--method", "classical"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has output '../victim'" in err and "dashboard" not in err
+
+
+# --- 3. two runs on one store ---------------------------------------------------------------------
+
+_HOLD = """
+import sys, time
+from sxtdask._fs import write_lock
+with write_lock(sys.argv[1], sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.fixture()
+def held(store):
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(store)], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "held"
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_a_second_segment_on_a_store_being_written_is_refused_before_any_cluster(
+        store, held, capsys):
+    before = _tree(store)
+    code = main(["segment", str(store), "--task", "isg-instances", "--method", "classical"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"another sxtdask run is writing here (host" in err and f"process {held.pid}" in err
+    assert "dashboard" not in err
+    assert _tree(store) == before
+
+
+def test_a_pipeline_run_computed_through_compute_holds_the_lock(store, held):
+    run = segment_tomogram(store, ClassicalISG())
+    with pytest.raises(OutputError, match="another sxtdask run is writing here"):
+        run.compute(scheduler="sync")
+    assert "isg" not in list_labels(store)
+
+
+def test_the_lock_of_a_killed_run_is_taken_over(store, held, caplog):
+    held.kill()
+    held.wait()
+    report = segment_tomogram(store, ClassicalISG()).compute(scheduler="sync")
+    assert report["instance_count"]["isg"] > 0 and labels_complete(store, "isg")
+    assert "taking over the lock" in caplog.text
+    assert (store / LOCK_FILE).read_text() == ""
+
+
+# --- 4. a failed --overwrite destroys the previous result -----------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class _BrokenISG(ClassicalISG):
+    """Classical ISG that fails on the third block it meets (a crash or a full disk mid-run)."""
+
+    def segment_block(self, block, stats, voxel_size_nm):
+        _BrokenISG.seen = getattr(_BrokenISG, "seen", 0) + 1
+        if _BrokenISG.seen == 3:
+            raise OSError(28, "No space left on device")
+        return super().segment_block(block, stats, voxel_size_nm)
+
+
+def test_a_failed_overwrite_leaves_the_previous_labels_whole_and_listed(store):
+    segment_tomogram(store, ClassicalISG()).compute(scheduler="sync")
+    before = _tree(store / "labels")
+    _BrokenISG.seen = 0
+    run = segment_tomogram(store, _BrokenISG(threshold=0.3), overwrite=True)
+    with pytest.raises(OSError, match="No space left"):
+        run.compute(scheduler="sync")
+    after = {k: v for k, v in _tree(store / "labels").items()
+             if not k.startswith(staged_name("isg"))}
+    assert after == before  # the old label image: every byte, and still listed
+    assert labels_complete(store, "isg") and list_labels(store) == ["isg"]
+    # The next run (plain, refused; or --overwrite, finishing) clears the half-built replacement.
+    report = segment_tomogram(store, ClassicalISG(threshold=0.3), overwrite=True).compute(
+        scheduler="sync")
+    assert not (store / "labels" / staged_name("isg")).exists()
+    assert list_labels(store) == ["isg"] and labels_complete(store, "isg")
+    new = open_labels(store, "isg").compute()
+    assert int(new.max()) == report["instance_count"]["isg"]
+    assert _tree(store / "labels") != before
+
+
+def test_overwrite_gives_the_same_bytes_as_a_fresh_run(store, tmp_path, small_phantom):
+    seg = ClassicalISG(threshold=0.3)
+    segment_tomogram(store, ClassicalISG()).compute(scheduler="sync")
+    segment_tomogram(store, seg, overwrite=True).compute(scheduler="sync")
+    fresh = write_image(small_phantom.image[:32, :64, :64], tmp_path / "f.zarr", chunks=CHUNKS,
+                        voxel_size_nm=(30.0, 30.0, 30.0))
+    segment_tomogram(fresh, seg).compute(scheduler="sync")
+    assert _tree(store / "labels") == _tree(fresh / "labels")
+    ms = json.loads((store / "labels" / "isg" / "zarr.json").read_text())
+    assert ms["attributes"]["ome"]["multiscales"][0]["name"] == "isg"
+
+
+# --- 7. files clobbered ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flag", ["--report", "--performance-report"])
+def test_an_existing_report_file_is_not_replaced_without_overwrite(store, tmp_path, capsys, flag):
+    precious = tmp_path / "precious.mrc"
+    precious.write_bytes(b"a tomogram")
+    code = main(["segment", str(store), "--task", "isg-instances", "--method", "classical",
+                 flag, str(precious)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "exists; pass --overwrite" in err, err
+    assert precious.read_bytes() == b"a tomogram"
+    code = main(["segment", str(store), "--task", "isg-instances", "--method", "classical",
+                 flag, str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a directory" in err, err
