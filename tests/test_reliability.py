@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from sxtdask.archive import plan_archive
 from sxtdask.archive._manifest import write_manifest
 from sxtdask.cli import main
 from sxtdask.engine import staged_name
-from sxtdask.errors import InputError, OutputError
+from sxtdask.errors import ConfigError, InputError, OutputError
 from sxtdask.io import labels_complete, list_labels, open_labels, write_image
 from sxtdask.pipeline import segment_tomogram
 from sxtdask.segmenters import ClassicalISG
@@ -120,7 +121,7 @@ def test_a_second_segment_on_a_store_being_written_is_refused_before_any_cluster
     code = main(["segment", str(store), "--task", "isg-instances", "--method", "classical"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
-    assert f"another sxtdask run is writing here (host" in err and f"process {held.pid}" in err
+    assert "another sxtdask run is writing here (host" in err and f"process {held.pid}" in err
     assert "dashboard" not in err
     assert _tree(store) == before
 
@@ -202,3 +203,91 @@ def test_an_existing_report_file_is_not_replaced_without_overwrite(store, tmp_pa
                  flag, str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and "is a directory" in err, err
+
+
+# --- 5. CPU memory is planned ---------------------------------------------------------------------
+
+_GIB = 1024**3
+
+
+def _mito():
+    from sxtdask.segmenters import create_segmenter
+
+    return create_segmenter("sxt", task="mito", method="unet", device="cpu").load_model()
+
+
+def test_batches_shrink_to_fit_and_a_block_that_cannot_fit_is_refused_with_what_would():
+    from sxtdask.engine import plan_grid, plan_memory
+    from sxtdask.relabel import BlockGrid
+
+    seg = _mito()
+    full = BlockGrid.regular((64, 2048, 2048), (32, 2048, 2048), (0, 0, 0))
+    grid = plan_grid(full.shape, full.chunks, seg.halo)
+    block = (34, 2048, 2048)
+    assert plan_memory(seg, grid, None) is seg  # no limit known: unchanged
+    roomy = 4 * seg.memory_bytes(block) / 0.6
+    assert plan_memory(seg, grid, int(roomy)).batch_size == seg.batch_size
+    one = seg.with_batch_size(1).memory_bytes(block)
+    tight = plan_memory(seg, grid, int(1.2 * one / 0.6))
+    assert tight.batch_size < seg.batch_size and tight.memory_bytes(block) <= 1.2 * one
+    assert seg.batch_size == 8  # the caller's segmenter is not changed
+    with pytest.raises(ConfigError) as err:
+        plan_memory(seg, grid, int(0.5 * one / 0.6))
+    line = str(err.value)
+    assert "\n" not in line and "block, one slice at a time" in line
+    assert "--memory-limit" in line
+    depth = int(re.search(r"chunks of (\d+)×2048×2048", line).group(1))  # thinner chunks fit
+    assert seg.with_batch_size(1).memory_bytes((depth + 2, 2048, 2048)) <= 0.5 * one
+    with pytest.raises(ConfigError, match="fewer --threads-per-worker"):
+        plan_memory(seg, grid, int(1.2 * one / 0.6), threads=4)
+
+
+_MEASURE = """
+import resource, sys, numpy as np, torch
+from sxtdask.segmenters import create_segmenter
+from sxtdask.stats import IntensityStats
+torch.set_num_threads(1)
+seg = create_segmenter("sxt", task="mito", method="unet", device="cpu").load_model()
+seg = seg.with_batch_size(int(sys.argv[1]))
+shape = tuple(int(v) for v in sys.argv[2].split(","))
+stats = IntensityStats(min=0.0, max=1.0, mean=0.5, std=0.1, p_low=0.1, p_high=0.9, n_voxels=1)
+seg.segment_block(np.full((3, 32, 32), 0.5, np.float32), stats, (30.0, 30.0, 30.0))  # warm up
+block = np.random.default_rng(0).random(shape, dtype=np.float32)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+seg.segment_block(block, stats, (30.0, 30.0, 30.0))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
+"""
+
+
+@pytest.mark.parametrize("batch,shape", [(1, (3, 768, 768)), (4, (6, 512, 512))])
+def test_the_memory_estimate_bounds_what_a_block_really_takes(batch, shape):
+    measured = int(subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(batch), ",".join(map(str, shape))],
+        capture_output=True, text=True, check=True).stdout.split()[-1])
+    estimate = _mito().with_batch_size(batch).memory_bytes(shape)
+    assert measured <= estimate <= 4 * measured, (measured, estimate)
+
+
+def test_segment_refuses_a_block_that_cannot_fit_in_one_line(tmp_path, capsys):
+    store = write_image(np.random.default_rng(1).random((4, 1024, 1024), dtype=np.float32),
+                        tmp_path / "big.zarr", chunks=(4, 1024, 1024))
+    code = main(["segment", str(store), "--task", "mito", "--method", "unet", "--device", "cpu",
+                 "--workers", "1", "--memory-limit", "200MiB"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "needs about" in err and "--memory-limit" in err
+    assert list_labels(store) == [] and not (store / "labels").exists()
+
+
+def test_a_killed_worker_is_one_line_and_exit_2(monkeypatch, capsys):
+    from distributed.scheduler import KilledWorker
+
+    import sxtdask.cli.stats as stats_cli
+
+    def die(args, con):
+        raise KilledWorker("segment.isg.t-abc123", None, 3)
+
+    monkeypatch.setattr(stats_cli, "run", die)
+    assert main(["stats", "x.zarr", "--labels", "isg", "--out", "t.csv"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the workers running segment.isg.t died 4 times" in err

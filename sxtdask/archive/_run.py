@@ -44,6 +44,7 @@ import distributed
 
 from sxtdask._fs import write_lock
 from sxtdask._version import __version__
+from sxtdask.engine import worker_memory
 from sxtdask.errors import InputError, InvalidVolumeError, OutputError, SxtdaskError
 from sxtdask.io import labels_complete, normalize_chunks, open_image
 from sxtdask.pipeline import METRIC_COLUMNS, segment_tomogram
@@ -342,6 +343,7 @@ class _Driver:
         self.plan, self.client, self.chunks = plan, client, chunks
         self.in_flight, self.progress, self.on_row = in_flight, progress, on_row
         self.parts = _parts(segmenter)
+        self.memory = worker_memory(client)  # batches sized to fit each worker
         self.tasks = [p.task for p in self.parts]
         names = {n for p in self.parts for n in p.outputs}
         self.metric_labels = {k: (k if k in names else None) for k in ("cell", "mito", "isg")}
@@ -515,8 +517,9 @@ class _Driver:
         job.measured = any(self.metric_labels.values()) and len(job.parts) == len(self.parts)
 
         def make() -> Any:
+            limit, threads = self.memory
             run = segment_tomogram(job.out, _combined(job.parts), overwrite=job.overwrite,
-                                   measure=job.measured)
+                                   measure=job.measured, memory_limit=limit, threads=threads)
             job.run = run
             job.row["chunks_total"] = run.n_chunks
             job.row["chunks_recomputed"] = run.store.chunks_computed

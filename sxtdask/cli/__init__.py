@@ -89,6 +89,13 @@ def _run_command(args: argparse.Namespace) -> int:
         con.error(str(err))
         print(f"sxtdask: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        if type(err).__name__ != "KilledWorker":  # distributed's (not imported by the CLI itself)
+            raise
+        line = _killed_worker(err)
+        con.error(line)
+        print(f"sxtdask: error: {line}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         con.error("interrupted")
         print("sxtdask: interrupted", file=sys.stderr)
@@ -96,3 +103,15 @@ def _run_command(args: argparse.Namespace) -> int:
     status = int(result.get("exit_status", 0) or 0)
     con.summary(result)
     return status
+
+
+def _killed_worker(err: BaseException) -> str:
+    """One line for distributed's ``KilledWorker``: every worker that ran a task died."""
+    from dask.utils import key_split
+
+    task = getattr(err, "task", None)
+    tries = getattr(err, "allowed_failures", None)
+    name = key_split(task) if task is not None else "a task"
+    return (f"the workers running {name} died {'' if tries is None else f'{tries + 1} times '}"
+            "(most often out of memory): give them more memory (--memory-limit), fewer "
+            "--threads-per-worker or smaller --chunks")

@@ -45,11 +45,14 @@ def run_segment(
     """
     from distributed import as_completed, wait
 
+    from sxtdask.engine import worker_memory
     from sxtdask.models import load_counts
     from sxtdask.pipeline import segment_tomogram
     from sxtdask.stats import check_stats
 
-    run = segment_tomogram(data, segmenter, chunks=chunks, overwrite=overwrite)
+    limit, threads = worker_memory(client)  # batches sized to fit; a block that cannot is refused
+    run = segment_tomogram(data, segmenter, chunks=chunks, overwrite=overwrite,
+                           memory_limit=limit, threads=threads)
     t0 = time.time()
     futures = client.compute([run.result, run.stats, *run.blocks])
     result, stats_future, blocks = futures[0], futures[1], futures[2:]

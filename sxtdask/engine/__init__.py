@@ -7,12 +7,14 @@ from ._cluster import ClusterConfig, connect
 from ._run import (
     StoreRun,
     plan_grid,
+    plan_memory,
     plan_store,
     segment_array,
     segment_store,
     staged_name,
     task_prefix,
     tomogram_name,
+    worker_memory,
 )
 
 __all__ = [
@@ -23,10 +25,12 @@ __all__ = [
     "connect",
     "load_counts",
     "plan_grid",
+    "plan_memory",
     "plan_store",
     "segment_array",
     "segment_store",
     "staged_name",
     "task_prefix",
     "tomogram_name",
+    "worker_memory",
 ]

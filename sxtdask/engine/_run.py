@@ -57,7 +57,8 @@ from ._resume import (
 )
 
 __all__ = ["SCRATCH_DIR", "StoreRun", "plan_grid", "plan_store", "segment_array", "segment_store",
-           "staged_name", "task_prefix", "tomogram_name"]
+           "plan_memory", "staged_name", "task_prefix", "tomogram_name",
+           "worker_memory"]
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +128,76 @@ def check_halo(segmenter: Segmenter, halo: Sequence[int]) -> tuple[int, int, int
                                   f"context along {axis} ({r} voxels): chunked results would "
                                   "differ from whole-volume ones")
     return values
+
+
+#: The share of a worker's memory limit its tasks may plan to use (Dask pauses a worker at 80 %
+#: and restarts it at 95 %; the rest is the worker's own and its stored results').
+MEMORY_FRACTION = 0.6
+_GIB = 1024**3
+
+
+def _largest_block(grid: BlockGrid) -> tuple[int, ...]:
+    shapes = {tuple(s.stop - s.start for s in grid.ext(i)) for i in grid.indices()}
+    return max(shapes, key=lambda s: int(np.prod(s)))
+
+
+def plan_memory(segmenter: Segmenter, grid: BlockGrid, memory_limit: int | None,
+                threads: int = 1) -> Segmenter:
+    """The segmenter with batches small enough that ``threads`` blocks segmented at once fit in
+    :data:`MEMORY_FRACTION` of a worker's ``memory_limit`` (bytes; None: no limit, unchanged).
+
+    Batches are halved until the largest extended block fits (the answer does not depend on
+    them). A block that does not fit even one slice at a time is refused before anything runs.
+
+    Raises
+    ------
+    ConfigError
+        One line: what the block needs, what the workers have, and what would fit (a memory
+        limit, fewer threads per worker, or thinner chunks).
+    """
+    if not memory_limit or memory_limit <= 0:
+        return segmenter
+    threads = max(1, int(threads))
+    budget = MEMORY_FRACTION * memory_limit / threads
+    block = _largest_block(grid)
+    seg, batch = segmenter, segmenter.max_batch
+    need = seg.memory_bytes(block)
+    while need > budget and batch > 1:
+        batch //= 2
+        seg = seg.with_batch_size(batch)
+        need = seg.memory_bytes(block)
+    if need > budget:
+        chunk = tuple(c[0] for c in grid.chunks)
+        depth = chunk[0]
+        while depth > 1 and seg.memory_bytes((depth + 2 * grid.halo[0], *block[1:])) > budget:
+            depth //= 2
+        fits = seg.memory_bytes((depth + 2 * grid.halo[0], *block[1:])) <= budget
+        thinner = (f"chunks of {depth}×{chunk[1]}×{chunk[2]}" if fits and depth < chunk[0]
+                   else "smaller planes")
+        raise ConfigError(
+            f"{type(segmenter).__name__} needs about {need / _GIB:.1f} GiB to segment one "
+            f"{'×'.join(map(str, block))} block, one slice at a time; the workers have "
+            f"{memory_limit / _GIB:.1f} GiB for {threads} thread(s) (of which sxtdask plans "
+            f"{MEMORY_FRACTION:.0%}): use --memory-limit {need * threads / MEMORY_FRACTION / _GIB:.1f}GiB"
+            f"{' with fewer --threads-per-worker' if threads > 1 else ''} or {thinner}")
+    if seg is not segmenter:
+        logger.info("batches of at most %d slices so that %d block(s) of %s fit in %.1f GiB",
+                    batch, threads, "×".join(map(str, block)), memory_limit / _GIB)
+    return seg
+
+
+def worker_memory(client: Any) -> tuple[int | None, int]:
+    """(smallest memory limit in bytes or None where unlimited, most threads) of ``client``'s
+    workers, for :func:`plan_memory`.
+    """
+    try:
+        workers = client.scheduler_info(n_workers=-1).get("workers", {}).values()
+    except TypeError:  # older distributed: no n_workers
+        workers = client.scheduler_info().get("workers", {}).values()
+    limits = [int(w.get("memory_limit") or 0) for w in workers]
+    threads = max((int(w.get("nthreads") or 1) for w in workers), default=1)
+    known = [m for m in limits if m > 0]
+    return (min(known) if known else None), threads
 
 
 def check_full_plane(segmenter: Segmenter, grid: BlockGrid) -> None:
@@ -583,8 +654,12 @@ def _scratch_arrays(progress: Progress, names: list[str], grid: BlockGrid, resum
 def plan_store(
     path: str | Path, segmenter: Segmenter, *, chunks: tuple[int, int, int] | None = None,
     halo: Sequence[int] | None = None, overwrite: bool = False,
+    memory_limit: int | None = None, threads: int = 1,
 ) -> _Layout:
     """Check and lay out a store run (reads metadata only; writes nothing).
+
+    With ``memory_limit`` (a worker's, bytes) and ``threads`` (its threads), batches are sized
+    to fit and a block that cannot fit is refused (:func:`plan_memory`).
 
     Raises
     ------
@@ -604,6 +679,7 @@ def plan_store(
     grid = plan_grid(full.shape, full.chunks,
                      check_halo(segmenter, halo if halo is not None else segmenter.halo))
     check_full_plane(segmenter, grid)
+    segmenter = plan_memory(segmenter, grid, memory_limit, threads)
     complete = {spec.name for spec in segmenter.outputs if labels_complete(path, spec.name)}
     if complete and not overwrite:
         name = next(s.name for s in segmenter.outputs if s.name in complete)
@@ -646,6 +722,8 @@ def segment_store(
     halo: Sequence[int] | None = None,
     overwrite: bool = False,
     finalize: bool = False,
+    memory_limit: int | None = None,
+    threads: int = 1,
 ) -> StoreRun:
     """Plan a chunked segmentation of an OME-Zarr image, writing ``labels/<name>`` for each output.
 
@@ -680,13 +758,17 @@ def segment_store(
     finalize : bool
         Build pyramids and metadata in the graph (one task per label image), then drop the
         scratch folder.
+    memory_limit, threads : int, optional
+        A worker's memory limit (bytes) and threads: batches are sized to fit, and a block
+        that cannot fit is refused here (:func:`plan_memory`).
     """
-    layout = plan_store(path, segmenter, chunks=chunks, halo=halo, overwrite=overwrite)
+    layout = plan_store(path, segmenter, chunks=chunks, halo=halo, overwrite=overwrite,
+                        memory_limit=memory_limit, threads=threads)
     concrete = stats if isinstance(stats, IntensityStats) else None
     segmented, relabelled = _planned_reuse(layout, concrete)
     graph, report, blocks, complete = _store_graph(layout, stats, finalize, segmented, relabelled)
     scratch = {n: layout.progress.provisional(n) for n in layout.names}
-    return StoreRun(graph, report, blocks, layout.path, layout.grid, segmenter.outputs, scratch,
+    return StoreRun(graph, report, blocks, layout.path, layout.grid, layout.segmenter.outputs, scratch,
                     len(segmented), {n: len(v) for n, v in relabelled.items()}, complete,
                     layout.staged)
 

@@ -145,6 +145,8 @@ def segment_tomogram(
     overwrite: bool = False,
     stats: IntensityStats | Delayed | None = None,
     measure: bool = False,
+    memory_limit: int | None = None,
+    threads: int = 1,
 ) -> TomogramRun:
     """Plan the whole pipeline for one OME-Zarr image, as one lazy graph.
 
@@ -164,6 +166,10 @@ def segment_tomogram(
         Whole-volume statistics; default their reduction, inside the graph.
     measure : bool
         Add the summary metrics of the new labels (``result["metrics"]``).
+    memory_limit, threads : int, optional
+        A worker's memory limit (bytes) and threads: batches are sized to fit and a block that
+        cannot fit is refused here, before anything runs (``sxtdask segment`` passes its
+        cluster's; see :func:`sxtdask.engine.plan_memory`).
 
     Returns
     -------
@@ -190,7 +196,8 @@ def segment_tomogram(
     img = open_image(path)
     lazy_stats = global_stats(img.data) if stats is None else stats
     store = segment_store(path, segmenter, lazy_stats, chunks=chunks, halo=halo,
-                          overwrite=overwrite, finalize=True)
+                          overwrite=overwrite, finalize=True, memory_limit=memory_limit,
+                          threads=threads)
     metrics: Any = None
     measured: Any = None
     if measure:

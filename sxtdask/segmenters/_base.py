@@ -159,6 +159,29 @@ class Segmenter(abc.ABC):
         """
         return tuple(max(1, h // 2) if h > 0 else 0 for h in halo)
 
+    # ----------------------------------------------------------------- memory
+
+    def memory_bytes(self, block_shape: tuple[int, ...]) -> int:
+        """Estimated peak memory (bytes) of :meth:`segment_block` on one extended block of
+        ``block_shape``, at this segmenter's batch size.
+
+        The default, for classical methods, is 16 float32 copies of the block (the normalised
+        image, filters, masks, labels and scikit-image's work arrays); network segmenters
+        count their batches' activations.
+        """
+        return 16 * 4 * int(np.prod(block_shape))
+
+    @property
+    def max_batch(self) -> int:
+        """The most slices or tiles one forward pass takes (1 for methods without batches)."""
+        return int(getattr(self, "batch_size", 1) or 1)
+
+    def with_batch_size(self, batch_size: int) -> Self:
+        """A copy whose batches are at most ``batch_size`` (itself where it has no batches)."""
+        if "batch_size" not in self.__dataclass_fields__ or self.max_batch <= batch_size:
+            return self
+        return dataclasses.replace(self, **{"batch_size": batch_size})
+
     # ----------------------------------------------------------------- the reference API
 
     def load_model(self, path: Any = None) -> Self:

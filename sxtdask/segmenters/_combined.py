@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,20 @@ class CombinedSegmenter(Segmenter):
     @property
     def outputs(self) -> tuple[OutputSpec, ...]:  # type: ignore[override]
         return tuple(o for p in self.parts for o in p.outputs)
+
+    def memory_bytes(self, block_shape: tuple[int, ...]) -> int:
+        """The largest part's peak (they run one after the other) plus every part's outputs."""
+        outputs = sum(np.dtype(o.dtype).itemsize for o in self.outputs) * int(np.prod(block_shape))
+        return max(p.memory_bytes(block_shape) for p in self.parts) + outputs
+
+    @property
+    def max_batch(self) -> int:
+        return max(p.max_batch for p in self.parts)
+
+    def with_batch_size(self, batch_size: int) -> CombinedSegmenter:
+        parts = tuple(p.with_batch_size(batch_size) for p in self.parts)
+        same = all(a is b for a, b in zip(parts, self.parts, strict=True))
+        return self if same else dataclasses.replace(self, parts=parts)
 
     @property
     def halo(self) -> tuple[int, int, int]:  # type: ignore[override]

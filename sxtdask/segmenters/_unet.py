@@ -295,6 +295,33 @@ class UNetSegmenter(Segmenter):
         out = forward_batches(run, x, self.batch_size, device=first)
         return np.stack(out) if out else np.zeros((0, 1, *size), np.float32)
 
+    def memory_bytes(self, block_shape: tuple[int, ...]) -> int:
+        """Peak memory of one block: its network input and probabilities (float32, every
+        slice), plus one batch's activations.
+
+        A U-Net of base width ``w`` holds about ``12 w`` float32 values per pixel at its peak
+        (skip connections, the concatenation and the convolutions of the last level; measured
+        on CPU at 10–14 ``w``), counted here as ``16 w``.
+        """
+        z, y, x = (int(n) for n in block_shape)
+        resize = self.task is not Task.ISG and self.preprocessing == "reference"
+        h, w = CELL_SIZE if resize else (y + -y % 16, x + -x % 16)
+        width, channels, classes = self._sizes()
+        block = z * (channels * h * w + 2 * classes * y * x + 2 * y * x)
+        per_slice = (16 * width + 2 * channels + 2 * classes) * h * w
+        return 4 * (block + min(self.batch_size, max(z, 1)) * per_slice)
+
+    def _sizes(self) -> tuple[int, int, int]:
+        """(width, input channels, classes) of the loaded network; the reference's without one."""
+        classes = 3 if self.task is Task.CELL else 2
+        channels = 2 * self.context + 1 if self.context else 3 if self.task is Task.MITO else 1
+        if self.model_path is None:
+            return 64, channels, classes
+        from ..models import check_unet
+
+        config = check_unet(self.model_path)
+        return config.width, config.in_channels, config.n_classes
+
     def probabilities(self, block: np.ndarray, stats: IntensityStats) -> np.ndarray:
         """Per-class probabilities (Z, K, Y, X) of a block (the reference's softmax output)."""
         return self._forward(self._prepare(block, stats), block.shape[1:])

@@ -49,6 +49,18 @@ class UNetISGInstances(Segmenter):
     def model_files(self) -> tuple[str, ...]:
         return self.unet.model_files
 
+    def memory_bytes(self, block_shape: tuple[int, ...]) -> int:
+        """The U-Net's peak, then the watershed's (the classical default)."""
+        return max(self.unet.memory_bytes(block_shape), super().memory_bytes(block_shape))
+
+    @property
+    def max_batch(self) -> int:
+        return self.unet.max_batch
+
+    def with_batch_size(self, batch_size: int) -> UNetISGInstances:
+        unet = self.unet.with_batch_size(batch_size)
+        return self if unet is self.unet else dataclasses.replace(self, unet=unet)
+
     def load_model(self, path: Any = None) -> UNetISGInstances:
         """Load the ISG U-Net in place (default: the bundled weights) and return the segmenter."""
         self.unet.load_model(path)
