@@ -9,6 +9,7 @@ private ``0600``.
 from __future__ import annotations
 
 import fcntl
+import glob
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ __all__ = [
     "atomic_file",
     "check_new_path",
     "remove_path",
+    "remove_stale_partials",
     "replace_directory",
     "swap_directories",
     "write_atomic",
@@ -228,18 +230,51 @@ def atomic_directory(out: str | os.PathLike[str], overwrite: bool = False,
     """
     out = Path(out)
     check_new_path(out, overwrite, **check)
+    remove_stale_partials(out)
     partial = _partial_name(out)
     try:
         partial.mkdir()
+        fd = os.open(partial, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError as err:
         raise OutputError(f"{out}: cannot create {partial.name} in {partial.parent} "
                           f"({err.strerror or err})") from err
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # "being written": what remove_stale_partials looks for
         yield partial
         replace_directory(partial, out, overwrite=overwrite)
     finally:
         if _exists(partial):
             remove_path(partial)
+        os.close(fd)
+
+
+def remove_stale_partials(out: str | os.PathLike[str]) -> list[Path]:
+    """Remove the half-written folders (``.<name>.<random>.partial``) that killed writers of
+    ``out`` left beside it; returns them.
+
+    A writer holds an ``flock`` on its folder while it writes (the kernel drops it when the
+    process dies, however it dies), so a folder whose lock can be taken has no writer left: it is
+    removed. A folder being written by a live process is left alone.
+    """
+    out = Path(out)
+    removed = []
+    for left in sorted(out.parent.glob(f".{glob.escape(out.name)}.*.partial")):
+        if left.is_symlink() or not left.is_dir():
+            continue
+        try:
+            fd = os.open(left, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a live writer
+        finally:
+            os.close(fd)
+        logger.info("%s: removing %s, left by an interrupted run", out, left.name)
+        remove_path(left)
+        removed.append(left)
+    return removed
 
 
 EXISTS = "{subject} exists; pass --overwrite to replace it"

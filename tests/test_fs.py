@@ -19,6 +19,7 @@ from sxtdask._fs import (
     atomic_file,
     check_new_path,
     remove_path,
+    remove_stale_partials,
     replace_directory,
     swap_directories,
     write_atomic,
@@ -311,3 +312,37 @@ def test_swap_directories_exchanges_whole_folders(tmp_path) -> None:
     swap_directories(tmp_path / "new", tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["a"]
+
+
+_WRITE_FOREVER = """
+import sys, time
+from sxtdask._fs import atomic_directory
+with atomic_directory(sys.argv[1]) as tmp:
+    (tmp / "half").write_text("x")
+    print("writing", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_partial_folders_of_killed_writers_are_removed_and_live_ones_kept(tmp_path) -> None:
+    out = tmp_path / "out.zarr"
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITE_FOREVER, str(out)],
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    for proc in procs:
+        assert proc.stdout.readline().strip() == "writing"
+    dead, live = procs
+    dead.kill()
+    dead.wait()
+    try:
+        assert len(list(tmp_path.glob(".out.zarr.*.partial"))) == 2
+        removed = remove_stale_partials(out)
+        assert len(removed) == 1 and len(list(tmp_path.glob(".out.zarr.*.partial"))) == 1
+        with atomic_directory(out) as tmp:  # the next writer cleans up too, then writes
+            (tmp / "a").write_text("a")
+        assert [p.name for p in out.iterdir()] == ["a"]
+        assert len(list(tmp_path.glob(".out.zarr.*.partial"))) == 1  # the live writer's
+    finally:
+        live.kill()
+        live.wait()
+    assert len(remove_stale_partials(out)) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]

@@ -291,3 +291,36 @@ def test_a_killed_worker_is_one_line_and_exit_2(monkeypatch, capsys):
     assert main(["stats", "x.zarr", "--labels", "isg", "--out", "t.csv"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "the workers running segment.isg.t died 4 times" in err
+
+
+# --- 6. stores read strictly ----------------------------------------------------------------------
+
+def _rename_levels(store: Path) -> None:
+    """Levels ``0, 1`` → ``s0, s1`` in the metadata and on disk (a valid OME-Zarr all the same)."""
+    meta = json.loads((store / "zarr.json").read_text())
+    for d in meta["attributes"]["ome"]["multiscales"][0]["datasets"]:
+        (store / d["path"]).rename(store / f"s{d['path']}")
+        d["path"] = f"s{d['path']}"
+    (store / "zarr.json").write_text(json.dumps(meta))
+
+
+def test_levels_come_from_the_metadata_and_a_stale_level_0_is_ignored(store, tmp_path):
+    import shutil
+
+    reference = write_image(np.asarray(open_image_data(store)), tmp_path / "r.zarr",
+                            chunks=CHUNKS, voxel_size_nm=(30.0, 30.0, 30.0))
+    segment_tomogram(reference, ClassicalISG()).compute(scheduler="sync")
+    _rename_levels(store)
+    stale = tmp_path / "stale.zarr"
+    write_image(np.zeros((32, 64, 64), np.float32), stale, chunks=CHUNKS)
+    shutil.copytree(stale / "0", store / "0")  # an old level 0 the metadata no longer names
+    report = segment_tomogram(store, ClassicalISG()).compute(scheduler="sync")
+    assert report["instance_count"]["isg"] > 0
+    np.testing.assert_array_equal(open_labels(store, "isg").compute(),
+                                  open_labels(reference, "isg").compute())
+
+
+def open_image_data(path: Path) -> np.ndarray:
+    from sxtdask.io import open_image
+
+    return open_image(path).data.compute()

@@ -28,7 +28,7 @@ from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from skimage import measure
 
 from .._fs import remove_path, swap_directories
-from ..errors import ConfigError, OutputError
+from ..errors import ConfigError, InputError, OutputError
 from ..io import (
     create_labels,
     finalize_labels,
@@ -349,7 +349,16 @@ def _zarr_array(path: str, mode: str) -> zarr.Array:
 
 
 def _read_ext(image_path: str, box: tuple[slice, ...]) -> np.ndarray:
-    return np.asarray(_zarr_array(image_path, "r")[box])
+    """One extended block of the image; a chunk that cannot be decoded is one InputError line."""
+    try:
+        return np.asarray(_zarr_array(image_path, "r")[box])
+    except MemoryError:
+        raise
+    except Exception as err:  # zarr and the codecs raise many types for a damaged chunk
+        where = ", ".join(f"{s.start}:{s.stop}" for s in box)
+        why = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise InputError(f"{image_path}: cannot read the block [{where}] ({why}); the store is "
+                         "damaged: convert the tomogram again") from err
 
 
 def _instance_names(outputs: Sequence[OutputSpec]) -> list[str]:
@@ -370,6 +379,8 @@ class _Layout:
     #: under :func:`staged_name` and swapped in only when complete, so a failed or killed run
     #: leaves the previous result as it was.
     staged: frozenset[str] = frozenset()
+    #: Level 0 of the image, as its metadata names it (not always ``0``).
+    level0: str = "0"
 
     def label_name(self, name: str) -> str:
         """Where output ``name``'s label image is built: ``labels/<this>``."""
@@ -446,7 +457,7 @@ def _segment_and_write(
             return load_record(rec, names), True
         except RECORD_ERRORS as err:
             logger.warning("%s: unreadable record (%s); segmenting the block again", rec, err)
-    ext = _read_ext(str(layout.path / "0"), grid.ext(idx))
+    ext = _read_ext(str(layout.path / layout.level0), grid.ext(idx))
     result = _run_segmenter(ext, segmenter, stats, layout.voxel_size_nm, grid, idx)
     core = grid.core(idx)
     small: dict[str, tuple[Any, Any]] = {}
@@ -686,7 +697,7 @@ def plan_store(
         raise OutputError(f"{path}: label image {name!r} exists; pass --overwrite to replace it")
     return _Layout(path, img.voxel_size_nm, segmenter, grid,
                    (img.data.shape, img.data.chunksize, str(img.data.dtype)), overwrite,
-                   frozenset(complete))
+                   frozenset(complete), img.level_paths[0] if img.level_paths else "0")
 
 
 def _planned_reuse(layout: _Layout, stats: IntensityStats | None) -> tuple[set[Index], dict[str, set[Index]]]:
