@@ -347,6 +347,72 @@ def test_tls_misconfiguration_is_one_line_in_the_cli(store: Path, tmp_path: Path
     assert not (run_dir / "cell.zarr" / "labels" / "isg").exists()
 
 
+@pytest.mark.parametrize(("address", "warned"), [
+    pytest.param("tcp://203.0.113.7:8786", True, id="remote-tcp"),
+    pytest.param("203.0.113.7:8786", True, id="remote-bare-host-port"),
+    pytest.param("tcp://scheduler.example.org:8786", True, id="remote-name"),
+    pytest.param("tcp://[2001:db8::7]:8786", True, id="remote-ipv6"),
+    pytest.param("ws://203.0.113.7:8786", True, id="remote-websocket"),
+    pytest.param("tls://203.0.113.7:8786", False, id="remote-tls"),
+    pytest.param("tcp://localhost:8786", False, id="localhost"),
+    pytest.param("tcp://127.0.0.5:8786", False, id="loopback-127"),
+    pytest.param("[::1]:8786", False, id="loopback-ipv6"),
+    pytest.param("127.0.0.1:8786", False, id="bare-loopback"),
+])
+def test_plain_tcp_to_a_remote_scheduler_warns(address: str, warned: bool,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    from sxtdask.engine._cluster import warn_if_plain_tcp
+
+    with caplog.at_level("WARNING", logger="sxtdask.engine._cluster"):
+        assert warn_if_plain_tcp(address) is warned
+    records = [r for r in caplog.records if r.name == "sxtdask.engine._cluster"]
+    assert len(records) == int(warned)
+    if warned:
+        message = records[0].getMessage()
+        assert "\n" not in message and address in message and "tls://" in message
+        assert "distributed.comm.tls" in message and "unencrypted" in message
+
+
+def test_local_interface_address_does_not_warn(caplog: pytest.LogCaptureFixture) -> None:
+    import psutil
+
+    from sxtdask.engine._cluster import warn_if_plain_tcp
+
+    own = [a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+           if a.family.name == "AF_INET"]
+    for ip in own:
+        assert not warn_if_plain_tcp(f"tcp://{ip}:8786"), ip
+    assert not caplog.records
+
+
+def test_connect_checks_the_address_before_connecting(monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """``connect`` warns about a remote TCP scheduler, then connects (here: a stub that fails)."""
+    import sxtdask.engine._cluster as cluster
+    from sxtdask.errors import SxtdaskError
+
+    calls: list[str] = []
+    real = cluster.warn_if_plain_tcp
+
+    def checked(address: str) -> bool:
+        calls.append(f"check {address}")
+        return real(address)
+
+    def client(address: str, **kwargs: Any) -> None:
+        calls.append(f"connect {address}")
+        raise OSError("stub: no network in tests")
+
+    monkeypatch.setattr(cluster, "warn_if_plain_tcp", checked)
+    monkeypatch.setattr(cluster, "Client", client)
+    address = "tcp://203.0.113.7:8786"
+    with caplog.at_level("WARNING", logger="sxtdask.engine._cluster"):
+        with pytest.raises(SxtdaskError, match="cannot reach the scheduler"), \
+                cluster.connect(cluster.ClusterConfig(scheduler=address)):
+            pass
+    assert calls == [f"check {address}", f"connect {address}"]
+    assert any("plain TCP" in r.getMessage() for r in caplog.records)
+
+
 # --------------------------------------------------------------------------- recipe files
 
 

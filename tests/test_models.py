@@ -23,6 +23,7 @@ from sxtdask.models import (
     UNet,
     build_maskrcnn,
     build_unet,
+    check_unet,
     infer_unet_config,
     load_state_dict_file,
     load_unet,
@@ -353,6 +354,138 @@ def test_sxtdask_checkpoint_keeps_kind_and_checks_meta(tmp_path):
         save_checkpoint(tmp_path / "nowhere" / "x.pth", isg3, {})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["isg3.pth"]
     assert load_unet(path).kind is ModelKind.ISG  # the failed saves left the file intact
+
+
+def _saved_with(tmp_path, change, kind="isg"):
+    """An sxtdask checkpoint of a width-2 U-Net whose payload ``change`` edited before saving."""
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, build_unet(kind, width=2), {
+        "task": kind, "preprocessing": {"name": "percentile", "context": 0}})
+    payload = torch.load(path, weights_only=True)
+    change(payload)
+    torch.save(payload, path)
+    return path
+
+
+def _meta_set(path, value):
+    def change(payload):
+        *parents, last = path.split(".")
+        node = payload["meta"]
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return change
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    (_meta_set("width", 10**9), "'width' must be an integer from 1 to 256, not 1000000000"),
+    (_meta_set("width", "2"), r"'width' must be an integer from 1 to 256, not '2' \(a str\)"),
+    (_meta_set("in_channels", True), r"'in_channels' must be an integer .*, not True \(a bool\)"),
+    (_meta_set("n_classes", 2.0), "'n_classes' must be an integer .*, not 2.0"),
+    (_meta_set("kind", "nuclei"), "'kind' must be one of 'cell', 'mito', 'isg', not 'nuclei'"),
+    (_meta_set("kind", "cell"), "'kind' must be 'mito' or 'isg' for architecture 'UNet'"),
+    (_meta_set("architecture", "Evil()"), "'architecture' must be a class name"),
+    (_meta_set("architecture", "CellNucleusUNet"), "'kind' must be 'cell' for architecture"),
+    (_meta_set("preprocessing.std", -1.0),
+     "'preprocessing.std' must be a positive finite number .*, not -1.0"),
+    (_meta_set("preprocessing.mean", [float("nan")]), "'preprocessing.mean' must be a finite"),
+    (_meta_set("preprocessing.context", 1000), "'preprocessing.context' must be an integer"),
+    (_meta_set("preprocessing.context", 1), r"'preprocessing.context' \(1\) needs in_channels 3"),
+    (_meta_set("preprocessing.name", "magic"), "'preprocessing.name' must be one of"),
+    (_meta_set("preprocessing.percentiles", [99.5, 0.5]), "'preprocessing.percentiles' must"),
+    (_meta_set("preprocessing", [1, 2]), "'preprocessing' must be a mapping, not"),
+    (_meta_set("voxel_size_nm", [30.0, float("inf"), 30.0]), "'voxel_size_nm' must be three"),
+    (_meta_set("voxel_size_nm", [30.0, 0.0, 30.0]), "'voxel_size_nm' must be three positive"),
+    (_meta_set("threshold", 1.5), "'threshold' must be a number strictly between 0 and 1"),
+    (_meta_set("classes", ["background", "isg", "extra"]), "'classes' must name 2 classes"),
+    (_meta_set("classes", "isg"), "'classes' must be a list"),
+    (_meta_set("num_classes", 5), "class counts disagree"),
+    (lambda p: p["meta"].update(model={"min_size": 64, "max_size": 8}),
+     r"'model.max_size' \(8\) must be at least 'model.min_size' \(64\)"),
+    (_meta_set("model.min_size", 10**6), "'model.min_size' must be an integer from 1 to 8192"),
+    (_meta_set("task", "x" * 500), "'task' must be a non-empty one-line string"),
+    (_meta_set("notes", torch.zeros(2, 2)), "'notes' must hold only JSON values .* tensor"),
+    (_meta_set("notes", {3: "x"}), "has a key 3; keys must be strings"),
+    (_meta_set("notes", [[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]), "exceeds 16 levels"),
+    (lambda p: p["meta"].pop("width"), "'width' is missing"),
+    (lambda p: p.update(meta=[1]), "no 'meta' dict"),
+    (lambda p: p.update(version=True), r"format version True \(a bool\)"),
+    (lambda p: p.update(version=torch.ones(3)), "format version a torch.float32 tensor"),
+    (lambda p: p["state_dict"]["outc.conv.bias"].fill_(float("nan")),
+     "entry 'outc.conv.bias' holds NaN or infinite values"),
+    (lambda p: p["state_dict"].update({"outc.conv.weight": torch.zeros(()).expand(2, 2, 1, 1)}),
+     r"claims shape \[2, 2, 1, 1\] from a storage of 4 bytes \(an expanded view\)"),
+    (lambda p: p["state_dict"].update({"outc.conv.bias": torch.zeros(2, dtype=torch.complex64)}),
+     "has dtype torch.complex64"),
+    (lambda p: p["state_dict"].update({"outc.conv.bias": torch.zeros(2).to_sparse()}),
+     "is a torch.sparse_coo tensor"),
+    (lambda p: p["state_dict"].update({"bad\nkey": torch.zeros(1)}), "is not a parameter name"),
+], ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")
+def test_checkpoint_fields_are_checked_before_use(tmp_path, change, match):
+    path = _saved_with(tmp_path, change)
+    for call in (read_checkpoint_meta, load_unet):
+        with pytest.raises(CheckpointError, match=match) as err:
+            call(path)
+        msg = str(err.value)
+        assert msg.startswith(str(path)) and "\n" not in msg, msg
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    (lambda p: p["state_dict"].update({"inc.double_conv.0.weight": torch.zeros(300, 1, 3, 3)}),
+     "its weights give width=300; sxtdask builds U-Nets with width from 1 to 256"),
+    (lambda p: p["state_dict"].update({"outc.conv.bias": torch.zeros(2, dtype=torch.int64)}),
+     r"1 mis-typed \(outc.conv.bias: file torch.int64 vs model torch.float32\)"),
+], ids=["absurd-width-from-shapes", "integer-weight"])
+def test_weights_are_checked_before_building(tmp_path, change, match):
+    path = _saved_with(tmp_path, change)
+    for call in (load_unet, check_unet):
+        with pytest.raises(CheckpointError, match=match) as err:
+            call(path)
+        assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+
+
+def test_metadata_architecture_must_match_the_weights(tmp_path):
+    path = _saved_with(tmp_path, _meta_set("architecture", "ResNet"))
+    assert read_checkpoint_meta(path)["architecture"] == "ResNet"  # a valid name ...
+    with pytest.raises(CheckpointError, match="architecture='ResNet' but its weights are a UNet"):
+        load_unet(path)  # ... that is not what the weights hold
+
+
+def test_unknown_metadata_is_kept(tmp_path):
+    path = _saved_with(tmp_path, _meta_set("preprocessing.z_context", "any"))
+    assert read_checkpoint_meta(path)["preprocessing"]["z_context"] == "any"
+    load_unet(path)
+
+
+@pytest.mark.parametrize("damage", ["flip-data", "flip-pickle", "compressed"])
+def test_damaged_zip_is_refused(tmp_path, damage):
+    """PyTorch reads tensor data without checking its CRC: a flipped byte would load as another
+    weight. sxtdask checks every record first.
+    """
+    import zipfile
+
+    path = _saved_with(tmp_path, lambda p: None)
+    if damage == "compressed":
+        with zipfile.ZipFile(path) as src:
+            records = [(i.filename, src.read(i)) for i in src.infolist()]
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
+            for name, data in records:
+                dst.writestr(name, data)
+        match = "is compressed"
+    else:
+        with zipfile.ZipFile(path) as z:
+            info = next(i for i in z.infolist() if i.filename.endswith(
+                "/data/0" if damage == "flip-data" else "/data.pkl"))
+        raw = bytearray(path.read_bytes())
+        name_len, extra_len = int.from_bytes(raw[info.header_offset + 26:][:2], "little"), \
+            int.from_bytes(raw[info.header_offset + 28:][:2], "little")
+        raw[info.header_offset + 30 + name_len + extra_len + 3] ^= 0x10
+        path.write_bytes(bytes(raw))
+        match = "fails its CRC check"
+    with pytest.raises(CheckpointError, match=match) as err:
+        load_state_dict_file(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
 def test_save_replaces_atomically(tmp_path, monkeypatch):

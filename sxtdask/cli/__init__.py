@@ -86,8 +86,9 @@ def _run_command(args: argparse.Namespace) -> int:
     try:
         result = commands[args.command](args, con) or {}
     except SxtdaskError as err:
-        con.error(str(err))
-        print(f"sxtdask: error: {err}", file=sys.stderr)
+        line = _one_line(err)
+        con.error(line)
+        print(f"sxtdask: error: {line}", file=sys.stderr)
         return 2
     except Exception as err:
         if type(err).__name__ != "KilledWorker":  # distributed's (not imported by the CLI itself)
@@ -115,3 +116,8 @@ def _killed_worker(err: BaseException) -> str:
     return (f"the workers running {name} died {'' if tries is None else f'{tries + 1} times '}"
             "(most often out of memory): give them more memory (--memory-limit), fewer "
             "--threads-per-worker or smaller --chunks")
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's message as one line (a message from a library may span several)."""
+    return "; ".join(part.strip() for part in str(err).splitlines() if part.strip()) or type(err).__name__

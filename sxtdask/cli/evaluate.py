@@ -88,7 +88,7 @@ def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
     from sxtdask.metrics import evaluate_stores
 
     if args.out is not None:
-        check_new_path(args.out, args.overwrite)
+        check_new_path(args.out, args.overwrite, folder=False, what="--out")
     t0 = time.perf_counter()
     # workers open the stores by path, in their own working folders; errors come before a cluster
     graph = evaluate_stores(args.pred.absolute(), args.gt.absolute(), args.labels,

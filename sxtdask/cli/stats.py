@@ -51,7 +51,7 @@ def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
 
     if args.out.suffix.lower() not in (".csv", ".parquet"):
         raise ConfigError(f"{args.out}: the table must end in .csv or .parquet")
-    check_new_path(args.out, args.overwrite)
+    check_new_path(args.out, args.overwrite, folder=False, what="--out")
     open_labels(args.data, args.labels)  # a clear error before any cluster starts
     data = args.data.absolute()  # workers open the store by path, in their own working folders
     with open_cluster(args, con) as client, span(span_name(f"stats {args.labels}", data)):

@@ -14,9 +14,13 @@ from distributed.security import Security
 from ..errors import ConfigError, InputError, SxtdaskError
 from ..models import register_model_cache
 
-__all__ = ["ClusterConfig", "connect"]
+__all__ = ["ClusterConfig", "connect", "is_local_host", "warn_if_plain_tcp"]
 
 logger = logging.getLogger(__name__)
+
+#: Schemes whose traffic is neither encrypted nor authenticated.
+_PLAIN_SCHEMES = ("tcp", "ws")
+_TLS_DOCS = "https://distributed.dask.org/en/stable/tls.html"
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,63 @@ class ClusterConfig:
         return security
 
 
+def is_local_host(host: str) -> bool:
+    """Whether ``host`` is this machine: ``localhost``, a loopback or unspecified address, this
+    host's name, or an address of one of its interfaces. No name is looked up in DNS.
+    """
+    import ipaddress
+    import socket
+
+    import psutil  # type: ignore[import-untyped]  # (no stubs installed)
+
+    name = host.strip("[]").split("%")[0].lower()
+    if name in ("localhost", "localhost.localdomain") or name.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        return name in {socket.gethostname().lower(), socket.gethostname().split(".")[0].lower()}
+    if ip.is_loopback or ip.is_unspecified:
+        return True
+    own = {a.address.split("%")[0].lower() for addrs in psutil.net_if_addrs().values()
+           for a in addrs}
+    return ip.compressed in own
+
+
+def warn_if_plain_tcp(address: str) -> bool:
+    """Log a one-line warning when ``address`` reaches another machine over plain TCP.
+
+    Over ``tcp://`` (or a bare ``host:port``, which Dask reads as TCP) the task graph, the data
+    and the pickled functions travel unencrypted and unauthenticated, and a scheduler runs what
+    it is sent; ``tls://`` with certificates protects both sides. A local address (this
+    machine's) is not warned about.
+
+    Parameters
+    ----------
+    address : str
+        The scheduler address, as ``--scheduler`` gives it.
+
+    Returns
+    -------
+    bool
+        True when the warning was logged.
+    """
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address, strict=False)
+        host, _ = parse_host_port(location, default_port=8786)
+    except (ValueError, TypeError):
+        return False  # Client reports an unusable address itself
+    if scheme not in _PLAIN_SCHEMES or is_local_host(host):
+        return False
+    logger.warning("the scheduler %s is reached over plain %s, unencrypted and unauthenticated: "
+                   "use tls://%s with certificates (--tls-ca-file, --tls-cert; or Dask's "
+                   "distributed.comm.tls security configuration, see %s)",
+                   address, scheme.upper(), location, _TLS_DOCS)
+    return True
+
+
 def _local_cuda_cluster(config: ClusterConfig) -> LocalCluster:
     try:
         from dask_cuda import LocalCUDACluster
@@ -130,6 +191,7 @@ def connect(config: ClusterConfig = ClusterConfig()) -> Iterator[Client]:
     """
     if config.scheduler:
         security = config.security()
+        warn_if_plain_tcp(config.scheduler)
         try:
             client = Client(config.scheduler, timeout="10s", security=security)
         except (OSError, TimeoutError) as err:

@@ -9,6 +9,11 @@ layouts:
 - sxtdask's own format, ``{"format": "sxtdask-checkpoint", "version": 1, "meta": {...},
   "state_dict": {...}}``, whose ``meta`` is JSON-able (task, width, channels, preprocessing, ...).
 
+Everything is checked before it is used: a zip's records against their CRCs (PyTorch checks
+none), every state dict entry (a dense, finite float or integer CPU tensor, no expanded view),
+and an sxtdask checkpoint's ``meta`` field by field (:func:`._meta.check_meta`). Every failure is
+one :class:`CheckpointError` line naming the file.
+
 A ``module.`` prefix on every key (``torch.nn.DataParallel``) is removed. ``infer_config`` tells
 which iPA U-Net a state dict holds (for the hints of a file that does not fit, and for
 ``_infer.load_unet``, which imports it from here: this module imports nothing of ``_infer``).
@@ -22,6 +27,7 @@ import logging
 import os
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,8 +36,9 @@ import torch
 from torch import nn
 
 from .._fs import atomic_file, check_new_path
-from ..errors import ConfigError, InputError, OutputError
+from ..errors import ConfigError, OutputError
 from ._kinds import ModelKind, UNetConfig
+from ._meta import MAX_CLASSES, MAX_IN_CHANNELS, MAX_WIDTH, CheckpointError, check_meta, show
 
 __all__ = [
     "FORMAT",
@@ -55,11 +62,11 @@ _CELL_KEYS = ("conv1.conv.0.weight", "Conv.weight", "conv5.conv.0.weight")
 _UNET_KEYS = ("inc.double_conv.0.weight", "outc.conv.weight",
               "down4.maxpool_conv.1.double_conv.0.weight")
 
+_MAX_KEY = 300  # characters of a state dict key
+_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8,
+                     torch.int8, torch.int16, torch.int32, torch.int64})
+
 StateDict = dict[str, torch.Tensor]
-
-
-class CheckpointError(InputError):
-    """A checkpoint file is missing, not a weights-only PyTorch file, or does not fit the model."""
 
 
 # --------------------------------------------------------------------------------------- reading
@@ -101,6 +108,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[StateDict, dict[str, 
 
 
 def _torch_load(path: Path) -> object:
+    _check_archive(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -117,10 +125,44 @@ def _torch_load(path: Path) -> object:
         raise CheckpointError(_not_torch(path, exc)) from None
 
 
+def _check_archive(path: Path) -> None:
+    """Refuse a damaged or foreign zip before PyTorch reads it (PyTorch checks no CRC).
+
+    PyTorch's zip reader reads tensor data without checking its CRC, so a flipped byte would
+    load as a different weight; here every record's CRC is checked, and compressed records
+    (which PyTorch never writes, and which could expand without bound) are refused.
+    """
+    try:
+        if not zipfile.is_zipfile(path):
+            return  # not a zip (or unreadable): torch.load says which
+        with zipfile.ZipFile(path) as archive:
+            packed = next((i.filename for i in archive.infolist()
+                           if i.compress_type != zipfile.ZIP_STORED), None)
+            if packed is not None:
+                raise CheckpointError(
+                    f"{path} is not a readable PyTorch checkpoint: its zip record "
+                    f"{show(packed)} is compressed (PyTorch stores records uncompressed)")
+            bad = archive.testzip()
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (zipfile raises many kinds on damaged archives)
+        raise CheckpointError(f"{path} is a damaged zip archive, not a readable PyTorch "
+                              f"checkpoint ({_reason(exc)})") from None
+    if bad is not None:
+        raise CheckpointError(f"{path} is damaged: its record {show(bad)} fails its CRC check "
+                              "(a truncated or corrupted copy?)")
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0][:120] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 def _refusal(path: Path, text: str) -> str:
     found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
     if found:
-        need = f"it needs {found.group(1)}"
+        need = f"it needs {found.group(1)[:100]}"
     else:
         op = re.search(r"Unsupported operand (\d+)", text)
         need = (f"pickle operand {op.group(1)}" if op
@@ -133,9 +175,7 @@ def _refusal(path: Path, text: str) -> str:
 def _not_torch(path: Path, exc: BaseException) -> str:
     if _is_npy(path):
         return f"{path} is a NumPy .npy file, not a PyTorch checkpoint"
-    reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
-    reason = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
-    return f"{path} is not a readable PyTorch checkpoint ({reason})"
+    return f"{path} is not a readable PyTorch checkpoint ({_reason(exc)})"
 
 
 def _is_npy(path: Path) -> bool:
@@ -159,21 +199,24 @@ def unwrap_checkpoint(obj: object, source: str) -> tuple[StateDict, dict[str, An
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{source} holds a {type(obj).__name__}, not a state dict")
     meta: dict[str, Any] | None = None
-    if obj.get("format") == FORMAT:
-        if obj.get("version") != VERSION:
+    fmt = obj.get("format")
+    if isinstance(fmt, str) and fmt == FORMAT:
+        version = obj.get("version")
+        if isinstance(version, bool) or not isinstance(version, int) or version != VERSION:
             raise CheckpointError(f"{source} is sxtdask checkpoint format version "
-                                  f"{obj.get('version')!r}; this sxtdask reads version {VERSION}")
-        meta = obj.get("meta")
-        if not isinstance(meta, dict):
+                                  f"{show(version)}; this sxtdask reads version {VERSION}")
+        if not isinstance(obj.get("meta"), dict):
             raise CheckpointError(
                 f"{source} has no 'meta' dict although it is an sxtdask checkpoint")
+        meta = check_meta(obj["meta"], source)
         inner = obj.get("state_dict")
     elif obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         inner = obj
     else:
         key = next((k for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
         if key is None:
-            keys = ", ".join(map(str, list(obj)[:8])) or "none"
+            keys = ", ".join(k if isinstance(k, str) and k.isprintable() and len(k) <= 40
+                             else show(k) for k in list(obj)[:8]) or "none"
             raise CheckpointError(f"{source} holds no state dict: its top-level keys ({keys}) "
                                   f"include none of {', '.join(_WRAPPER_KEYS)}")
         inner = obj[key]
@@ -181,13 +224,38 @@ def unwrap_checkpoint(obj: object, source: str) -> tuple[StateDict, dict[str, An
 
 
 def _checked_state(inner: object, source: str) -> StateDict:
+    """Every entry a printable name → a dense, finite CPU tensor of a float or integer dtype
+    whose elements its storage holds (no expanded views that would grow when copied).
+    """
     if not isinstance(inner, Mapping) or not inner:
         raise CheckpointError(f"{source} holds an empty or missing state dict")
     for key, value in inner.items():
-        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+        if not isinstance(key, str) or not key.isprintable() or not 0 < len(key) <= _MAX_KEY:
+            raise CheckpointError(f"{source}: state dict key {show(key)} is not a parameter "
+                                  f"name (printable text of 1 to {_MAX_KEY} characters)")
+        if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{source}: state dict entry {key!r} is a "
                                   f"{type(value).__name__}, not a tensor")
+        problem = _tensor_problem(value)
+        if problem:
+            raise CheckpointError(f"{source}: state dict entry {key!r} {problem}")
     return strip_module_prefix(inner)
+
+
+def _tensor_problem(t: torch.Tensor) -> str:
+    """Why a loaded tensor cannot be a weight, or ``""``."""
+    if t.layout is not torch.strided or t.is_quantized:
+        return f"is a {t.layout} tensor; checkpoints hold dense tensors"
+    if t.device.type != "cpu":
+        return f"is on the {t.device.type} device and holds no data"
+    if t.dtype not in _DTYPES:
+        return f"has dtype {t.dtype}; weights are floating-point or integer tensors"
+    if t.numel() * t.element_size() > t.untyped_storage().nbytes():
+        return (f"claims shape {list(t.shape)} from a storage of "
+                f"{t.untyped_storage().nbytes()} bytes (an expanded view)")
+    if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+        return "holds NaN or infinite values"
+    return ""
 
 
 def strip_module_prefix(state: Mapping[str, torch.Tensor]) -> StateDict:
@@ -245,12 +313,18 @@ def check_fit(model: nn.Module, state: Mapping[str, torch.Tensor], source: str, 
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     misshaped = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if misshaped or (strict and (missing or unexpected)):
+    mistyped = [k for k in own if k in state and k not in misshaped
+                and own[k].is_floating_point() != state[k].is_floating_point()]
+    if misshaped or mistyped or (strict and (missing or unexpected)):
         parts = [_listed(len(missing), "missing", missing),
                  _listed(len(unexpected), "unexpected", unexpected),
                  _listed(len(misshaped), "mis-shaped",
                          [f"{k}: file {list(state[k].shape)} vs model {list(own[k].shape)}"
                           for k in misshaped])]
+        if mistyped:
+            parts.append(_listed(len(mistyped), "mis-typed",
+                                 [f"{k}: file {state[k].dtype} vs model {own[k].dtype}"
+                                  for k in mistyped]))
         raise CheckpointError(f"{source} does not fit {describe_model(model)}: "
                               + ", ".join(parts) + _hint(model, state))
     if missing or unexpected:
@@ -293,7 +367,7 @@ def infer_config(state: Mapping[str, torch.Tensor], source: str,
             raise CheckpointError(f"{source} holds a U-Net with bilinear upsampling (no "
                                   "up1.up.weight); only the transposed-conv variant is supported")
     else:
-        first = ", ".join(list(state)[:3])
+        first = ", ".join(list(state)[:3])[:200]
         raise CheckpointError(
             f"{source} is not an iPA U-Net state dict: it has neither {_CELL_KEYS[0]} + "
             f"{_CELL_KEYS[1]} (cell/nucleus) nor {_UNET_KEYS[0]} + {_UNET_KEYS[1]} (mito/ISG); "
@@ -302,6 +376,11 @@ def infer_config(state: Mapping[str, torch.Tensor], source: str,
     if head is None or tail is None or head.ndim != 4 or tail.ndim != 4:
         raise CheckpointError(f"{source}: {keys[0]} and {keys[1]} must be 4-d conv weights")
     width, in_channels, n_classes = int(head.shape[0]), int(head.shape[1]), int(tail.shape[0])
+    for name, value, top in (("width", width, MAX_WIDTH), ("in_channels", in_channels,
+                             MAX_IN_CHANNELS), ("n_classes", n_classes, MAX_CLASSES)):
+        if not 1 <= value <= top:
+            raise CheckpointError(f"{source}: its weights give {name}={value}; sxtdask builds "
+                                  f"U-Nets with {name} from 1 to {top}")
     if deep is None or deep.ndim != 4 or int(deep.shape[0]) != 16 * width:
         found = "missing" if deep is None else f"{int(deep.shape[0])} channels"
         raise CheckpointError(f"{source}: the deepest block {keys[2]} is {found}; a U-Net of "

@@ -110,10 +110,10 @@ def _checked(path: str | os.PathLike[str], kind: ModelKind | str | None
     source = str(path)
     state, meta = read_checkpoint(path)
     hint = _as_kind(kind) if kind is not None else _meta_kind(meta)
-    config = infer_config(state, source, hint)
-    _check_meta(meta, config, source)
+    config = infer_config(state, source, hint)  # sizes bounded before anything is built
     with torch.device("meta"):
         model = _build_from_config(config)
+    _check_meta(meta, config, type(model).__name__, source)
     check_fit(model, state, source, strict=True)
     return model, config, state
 
@@ -128,9 +128,14 @@ def _meta_kind(meta: Mapping[str, Any] | None) -> ModelKind | None:
     return None
 
 
-def _check_meta(meta: Mapping[str, Any] | None, config: UNetConfig, source: str) -> None:
+def _check_meta(meta: Mapping[str, Any] | None, config: UNetConfig, architecture: str,
+                source: str) -> None:
+    """The (already validated) metadata must describe the network the weights hold."""
     if not meta:
         return
+    if meta.get("architecture", architecture) != architecture:
+        raise CheckpointError(f"{source}: its metadata says architecture="
+                              f"{meta['architecture']!r} but its weights are a {architecture}")
     for key in ("width", "in_channels", "n_classes"):
         if key in meta and meta[key] != getattr(config, key):
             raise CheckpointError(f"{source}: its metadata says {key}={meta[key]!r} but its "
