@@ -172,14 +172,14 @@ def plan_memory(segmenter: Segmenter, grid: BlockGrid, memory_limit: int | None,
         while depth > 1 and seg.memory_bytes((depth + 2 * grid.halo[0], *block[1:])) > budget:
             depth //= 2
         fits = seg.memory_bytes((depth + 2 * grid.halo[0], *block[1:])) <= budget
-        thinner = (f"chunks of {depth}×{chunk[1]}×{chunk[2]}" if fits and depth < chunk[0]
-                   else "smaller planes")
+        thinner = (f" or chunks of {depth}×{chunk[1]}×{chunk[2]}" if fits and depth < chunk[0]
+                   else "")
         raise ConfigError(
             f"{type(segmenter).__name__} needs about {need / _GIB:.1f} GiB to segment one "
             f"{'×'.join(map(str, block))} block, one slice at a time; the workers have "
             f"{memory_limit / _GIB:.1f} GiB for {threads} thread(s) (of which sxtdask plans "
             f"{MEMORY_FRACTION:.0%}): use --memory-limit {need * threads / MEMORY_FRACTION / _GIB:.1f}GiB"
-            f"{' with fewer --threads-per-worker' if threads > 1 else ''} or {thinner}")
+            f"{' with fewer --threads-per-worker' if threads > 1 else ''}{thinner}")
     if seg is not segmenter:
         logger.info("batches of at most %d slices so that %d block(s) of %s fit in %.1f GiB",
                     batch, threads, "×".join(map(str, block)), memory_limit / _GIB)

@@ -296,8 +296,8 @@ class UNetSegmenter(Segmenter):
         return np.stack(out) if out else np.zeros((0, 1, *size), np.float32)
 
     def memory_bytes(self, block_shape: tuple[int, ...]) -> int:
-        """Peak memory of one block: its network input and probabilities (float32, every
-        slice), plus one batch's activations.
+        """Peak memory of one block: the block and its output, one batch's network input and
+        probabilities (:meth:`stream`), and that batch's activations.
 
         A U-Net of base width ``w`` holds about ``12 w`` float32 values per pixel at its peak
         (skip connections, the concatenation and the convolutions of the last level; measured
@@ -307,9 +307,10 @@ class UNetSegmenter(Segmenter):
         resize = self.task is not Task.ISG and self.preprocessing == "reference"
         h, w = CELL_SIZE if resize else (y + -y % 16, x + -x % 16)
         width, channels, classes = self._sizes()
-        block = z * (channels * h * w + 2 * classes * y * x + 2 * y * x)
-        per_slice = (16 * width + 2 * channels + 2 * classes) * h * w
-        return 4 * (block + min(self.batch_size, max(z, 1)) * per_slice)
+        batch = min(self.batch_size, max(z, 1))
+        block = 2 * z * y * x  # the block and its output (float32)
+        arrays = (batch + 2 * self.context) * (channels * h * w + 2 * classes * (h * w + y * x))
+        return 4 * (block + arrays + batch * 16 * width * h * w)
 
     def _sizes(self) -> tuple[int, int, int]:
         """(width, input channels, classes) of the loaded network; the reference's without one."""
@@ -329,17 +330,37 @@ class UNetSegmenter(Segmenter):
     def segment_block(
         self, block: np.ndarray, stats: IntensityStats, voxel_size_nm: tuple[float, float, float]
     ) -> dict[str, np.ndarray]:
-        prob = self.probabilities(block, stats)
-        name = self.outputs[0].name
+        return {self.outputs[0].name: self.stream(block, stats, self._decide, np.uint8)}
+
+    def _decide(self, prob: np.ndarray) -> np.ndarray:
+        """Labels (Z, Y, X) from probabilities (Z, K, Y, X)."""
         if self.task is Task.ISG:
-            return {name: (prob[:, 1] > self.isg_threshold).astype(np.uint8)}
+            return (prob[:, 1] > self.isg_threshold).astype(np.uint8)
         if self.threshold is None:
-            return {name: prob.argmax(axis=1).astype(np.uint8)}
+            return prob.argmax(axis=1).astype(np.uint8)
         t = np.float32(self.threshold)
         if self.task is Task.CELL:
             cell = (prob[:, 1] + prob[:, 2]) > t
-            return {name: np.where(prob[:, 2] > t, 2, cell).astype(np.uint8)}
-        return {name: (prob[:, 1] > t).astype(np.uint8)}
+            return np.where(prob[:, 2] > t, 2, cell).astype(np.uint8)
+        return (prob[:, 1] > t).astype(np.uint8)
+
+    def stream(self, block: np.ndarray, stats: IntensityStats,
+               reduce: Any, dtype: Any) -> np.ndarray:
+        """``reduce(probabilities)`` of every slice, one batch of slices at a time.
+
+        Only one batch's network input and probabilities exist at once (with ``context``
+        slices each side, so every slice sees the neighbours it would in the whole block), so a
+        block's memory is its input and output plus one batch, not its float32 probabilities.
+        The answer equals ``reduce(self.probabilities(block, stats))``.
+        """
+        n, c = block.shape[0], self.context
+        out = np.empty(block.shape, dtype)
+        for z0 in range(0, n, self.batch_size):
+            z1 = min(z0 + self.batch_size, n)
+            lo, hi = max(0, z0 - c), min(n, z1 + c)
+            prob = self.probabilities(block[lo:hi], stats)
+            out[z0:z1] = reduce(prob[z0 - lo: z1 - lo])
+        return out
 
     def predict(self, volume: np.ndarray, voxel_size_nm: tuple[float, float, float] = (1.0, 1.0, 1.0),
                 *, threshold: float | None = None) -> Any:

@@ -78,7 +78,7 @@ class UNetISGInstances(Segmenter):
     def segment_block(
         self, block: np.ndarray, stats: IntensityStats, voxel_size_nm: tuple[float, float, float]
     ) -> dict[str, np.ndarray]:
-        prob = self.unet.probabilities(block, stats)[:, 1]
+        prob = self.unet.stream(block, stats, lambda p: p[:, 1], np.float32)
         labels = split_granules(prob > self.unet.isg_threshold, prob, voxel_size_nm,
                                 min_distance=self.min_distance, min_voxels=self.min_voxels,
                                 max_voxels=self.max_voxels)
