@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -23,6 +24,7 @@ from sxtdask.errors import ConfigError, InputError, InvalidVolumeError, OutputEr
 from sxtdask.io import (
     HeaderWarning,
     Volume,
+    check_chunks_present,
     create_labels,
     finalize_labels,
     labels_complete,
@@ -30,6 +32,7 @@ from sxtdask.io import (
     open_image,
     open_labels,
     open_volume,
+    read_block,
     write_image,
     write_labels,
 )
@@ -589,3 +592,236 @@ def test_existing_labels_need_overwrite_and_unfinished_ones_resume(tmp_path: Pat
         write_labels(out, "bad", np.zeros((8, 8, 8), np.float32))
     with pytest.raises(ConfigError, match="differs from the image shape"):
         create_labels(out, "bad", shape=(8, 8, 9), chunks=None)
+
+
+# --- hostile and broken input (issue 16) ----------------------------------------------------------
+
+def _write_pages(path: Path, pages: list[np.ndarray], metadata: dict | None) -> Path:
+    with tifffile.TiffWriter(path) as tw:
+        for p in pages:
+            tw.write(p, photometric="minisblack", metadata=metadata, contiguous=False)
+    return path
+
+
+@pytest.mark.parametrize("metadata", [None, {}], ids=["plain", "shaped"])
+def test_tiff_odd_page_is_refused_naming_it(tmp_path: Path, metadata: dict | None) -> None:
+    square, odd = np.ones((64, 64), np.uint16), np.ones((64, 80), np.uint8)
+    pages = [square] * 17 + [odd] + [square] * 2
+    path = _write_pages(tmp_path / "x.tif", pages, metadata)
+    msg = (r"x.tif: page 17 is 64×80 uint8, pages 0–16 are 64×64 uint16; sxtdask reads TIFF stacks whose "
+           r"pages all have one shape and dtype")
+    with pytest.raises(UnsupportedFormatError, match=msg):
+        open_volume(path)
+
+
+def test_tiff_page_of_another_dtype_is_refused(tmp_path: Path) -> None:
+    """Same shape, other dtype: tifffile makes one uint16 series of it (read as wrong numbers before)."""
+    pages = [np.ones((8, 8), np.uint16)] * 5 + [np.ones((8, 8), np.uint8)] + [np.ones((8, 8), np.uint16)] * 2
+    with pytest.raises(UnsupportedFormatError, match="page 5 is 8×8 uint8, pages 0–4 are 8×8 uint16"):
+        open_volume(_write_pages(tmp_path / "x.tif", pages, None))
+
+
+def test_tiff_pages_in_several_series_are_read_whole(tmp_path: Path) -> None:
+    """One series per page (tifffile's shaped writes in a loop), or two 3-D writes: every page, in order."""
+    data = rand((7, 6, 5), "uint16")
+    vol = open_volume(_write_pages(tmp_path / "loop.tif", list(data), {}))
+    assert vol.shape == (7, 6, 5)
+    np.testing.assert_array_equal(vol[:], data)
+    with tifffile.TiffWriter(tmp_path / "two.tif") as tw:
+        tw.write(data[:4], photometric="minisblack")
+        tw.write(data[4:], photometric="minisblack")
+    assert len(tifffile.TiffFile(tmp_path / "two.tif").series) == 2
+    np.testing.assert_array_equal(open_volume(tmp_path / "two.tif")[:], data)  # was 4 slices
+
+
+@pytest.mark.parametrize("spacing", [float("nan"), -2.0, 0.0], ids=["nan", "negative", "zero"])
+def test_tiff_bad_spacing_falls_back_to_one_nm(tmp_path: Path, spacing: float) -> None:
+    tifffile.imwrite(tmp_path / "s.tif", rand((3, 4, 5)), imagej=True, resolution=(0.5, 0.5),
+                     metadata={"spacing": spacing, "unit": "nm"})
+    assert open_volume(tmp_path / "s.tif").voxel_size_nm == (1.0, 1.0, 1.0)
+
+
+def test_mrc_axis_order_is_applied(tmp_path: Path) -> None:
+    """(mapc, mapr, maps) = (2, 1, 3): columns are y, rows are x; the volume comes out (Z, Y, X)."""
+    vol = rand((3, 4, 5))
+    path = write_mrc(tmp_path / "p.mrc", np.ascontiguousarray(vol.transpose(0, 2, 1)))
+    raw = bytearray(path.read_bytes())
+    raw[64:76] = np.array([2, 1, 3], "<i4").tobytes()
+    path.write_bytes(bytes(raw))
+    got = open_volume(path)
+    assert got.shape == (3, 4, 5)
+    np.testing.assert_array_equal(got[:], vol)
+
+
+def test_mrc_axis_order_that_is_no_permutation_warns(tmp_path: Path) -> None:
+    path = write_mrc(tmp_path / "z.mrc", rand((3, 4, 5)))
+    raw = bytearray(path.read_bytes())
+    raw[64:76] = bytes(12)
+    path.write_bytes(bytes(raw))
+    with pytest.warns(HeaderWarning, match=r"axis order \(mapc, mapr, maps\) = \(0, 0, 0\)"):
+        np.testing.assert_array_equal(open_volume(path)[:], rand((3, 4, 5)))
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("{'descr': '|O', 'fortran_order': False, 'shape': (2, 3, 4), }", "Python objects"),
+    ("{'descr': '<f4', 'fortran_order': False, 'shape': (2, -3, 4), }", "negative axis length"),
+    ("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3, 4), 'x': 1}", "not a valid .npy file"),
+    ("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3, 4)", "not a valid .npy file"),
+    ("__import__('os').system('true')", "not a valid .npy file"),
+    ("{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776, 1099511627776, 4), }",
+     "truncated .npy file"),
+], ids=["object", "negative", "extra-key", "unclosed", "code", "huge"])
+def test_npy_bad_headers(tmp_path: Path, text: str, match: str) -> None:
+    head = text.encode() + b" " * ((-(11 + len(text))) % 64) + b"\n"
+    magic = b"\x93NUMPY\x01\x00" + len(head).to_bytes(2, "little")
+    (tmp_path / "h.npy").write_bytes(magic + head + bytes(96))
+    with pytest.raises(InputError, match=match) as err:
+        open_volume(tmp_path / "h.npy")
+    assert "\n" not in str(err.value) and "h.npy" in str(err.value)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"mode": "BINARY-LITTLE"}, "unrecognised AmiraMesh header line"),
+    ({"encoding": "(HxZip,12"}, "malformed AmiraMesh data encoding"),
+    ({"kind": "float[0]"}, "0 components"),
+], ids=["mode", "unclosed-encoding", "zero-components"])
+def test_amira_malformed_headers(tmp_path: Path, kwargs: dict, match: str) -> None:
+    with pytest.raises(UnsupportedFormatError, match=match):
+        open_volume(write_amira(tmp_path / "m.am", rand((2, 3, 4)), **kwargs))
+
+
+def test_amira_lattice_must_be_three_sizes_and_bad_bbox_is_ignored(tmp_path: Path) -> None:
+    bbox: tuple = ("1.2.3", 4, 5, 6, 7, 8)
+    path = write_amira(tmp_path / "b.am", rand((2, 3, 4)), bbox=bbox)
+    assert open_volume(path).voxel_size_nm == (1.0, 1.0, 1.0)
+    raw = path.read_bytes().replace(b"define Lattice 4 3 2", b"define Lattice 4 3 2 1")
+    path.write_bytes(raw)
+    with pytest.raises(UnsupportedFormatError, match="is not three sizes NX NY NZ"):
+        open_volume(path)
+
+
+def _ome_attrs(path: Path) -> dict:
+    return json.loads((path / "zarr.json").read_text())
+
+
+def _set_ome_attrs(path: Path, edit) -> None:  # type: ignore[no-untyped-def]
+    meta = _ome_attrs(path)
+    edit(meta["attributes"]["ome"])
+    (path / "zarr.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda o: o.update(multiscales={"a": 1}), "multiscales is dict, not a list"),
+    (lambda o: o["multiscales"][0].update(datasets=["0"]), r"datasets\[0\] is str, not an object"),
+    (lambda o: o["multiscales"][0]["datasets"][0].update(path=0), r"datasets\[0\].path is 0, not a string"),
+    (lambda o: o["multiscales"][0]["datasets"][0].update(path="../x"), "not a relative path inside"),
+    (lambda o: o["multiscales"][0]["datasets"][0]["coordinateTransformations"][0].update(scale=[1, 1]),
+     "is not a list of three positive finite numbers"),
+    (lambda o: o["multiscales"][0]["datasets"][1]["coordinateTransformations"][0].update(
+        scale=[1, float("nan"), 1]), "is not a list of three positive finite numbers"),
+    (lambda o: o["multiscales"][0]["datasets"][0].update(coordinateTransformations={}), "is not a list"),
+    (lambda o: o["multiscales"][0].update(axes="zyx"), "axes is not a list of objects"),
+    (lambda o: o["multiscales"][0]["axes"][0].update(unit="parsec"), "has unit 'parsec'"),
+    (lambda o: o["multiscales"][0]["datasets"].reverse(), r"level 1 \('0'\) has shape \(64, 64, 66\), "
+                                                          "which does not halve"),
+], ids=["multiscales", "dataset", "path-type", "path-escape", "scale-length", "scale-nan-level1",
+        "transforms", "axes", "unit", "not-halving"])
+def test_open_image_refuses_malformed_metadata(tmp_path: Path, edit, match: str) -> None:  # type: ignore[no-untyped-def]
+    out = write_image(rand((64, 64, 66), "uint16"), tmp_path / "m.ome.zarr", chunks=(32, 32, 32))
+    _set_ome_attrs(out, edit)
+    with pytest.raises(InputError, match=match) as err:
+        open_image(out)
+    assert "\n" not in str(err.value) and str(err.value).startswith(str(out))
+
+
+def test_open_image_refuses_level_that_is_not_3d_or_not_json(tmp_path: Path) -> None:
+    out = write_image(rand((64, 64, 66), "uint16"), tmp_path / "m.ome.zarr", chunks=(32, 32, 32))
+    meta = json.loads((out / "1" / "zarr.json").read_text())
+    meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"] = [32, 32], [32, 32]
+    (out / "1" / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=r"level 1 \('1'\)"):
+        open_image(out)
+    (out / "1" / "zarr.json").write_text("{not json")
+    with pytest.raises(InputError, match=r"level 1 \('1'\) cannot be opened"):
+        open_image(out)
+
+
+def test_open_image_follows_dataset_paths_and_units(tmp_path: Path) -> None:
+    data = rand((64, 64, 66), "uint16")
+    out = write_image(data, tmp_path / "p.ome.zarr", chunks=(32, 32, 32), voxel_size_nm=(2.0, 1.0, 1.0))
+    (out / "0").rename(out / "s0")
+    (out / "1").rename(out / "s1")
+
+    def edit(o: dict) -> None:
+        ms = o["multiscales"][0]
+        for d, key in zip(ms["datasets"], ("s0", "s1"), strict=True):
+            d["path"] = key
+        for axis in ms["axes"]:
+            axis["unit"] = "micrometer"
+
+    _set_ome_attrs(out, edit)
+    img = open_image(out)
+    assert img.level_paths == ("s0", "s1") and img.voxel_size_nm == (2000.0, 1000.0, 1000.0)
+    assert img.level0_path == (out / "s0").absolute() and img.array_path(1) == (out / "s1").absolute()
+    np.testing.assert_array_equal(read_block(img.level0_path, (slice(3, 40),)), data[3:40])
+    assert img.level(1).shape == (32, 32, 33)
+    with pytest.raises(ConfigError, match="level 2 does not exist"):
+        img.array_path(2)
+
+
+def test_image_writes_every_chunk_and_refuses_a_missing_one(tmp_path: Path) -> None:
+    data = rand((64, 64, 66), "uint16")
+    data[:32, :32, :32] = 0  # an all-zero chunk is written too
+    out = write_image(data, tmp_path / "c.ome.zarr", chunks=(32, 32, 32))
+    assert len([p for p in (out / "0" / "c").rglob("*") if p.is_file()]) == 12
+    assert len([p for p in (out / "1" / "c").rglob("*") if p.is_file()]) == 2
+    write_labels(out, "empty", np.zeros(data.shape, np.uint8))  # labels keep absent-means-0
+    assert not (out / "labels" / "empty" / "0" / "c").exists()
+    np.testing.assert_array_equal(open_labels(out, "empty").compute(), 0)
+    (out / "0" / "c" / "0" / "0" / "0").unlink()
+    msg = (r"c.ome.zarr: 1 of 12 chunks of level 0 are missing \(e.g. chunk \(z, y, x\) = \(0, 0, 0\)\); "
+           "the store is damaged")
+    with pytest.raises(InputError, match=msg):
+        open_image(out)
+    with pytest.raises(InputError, match=r"chunk \(z, y, x\) = \(0, 0, 0\)\); the store is damaged"):
+        read_block(out / "0", (slice(0, 8),))
+    check_chunks_present(out / "1")  # level 1 is whole
+    (out / "1" / "c" / "0" / "0" / "1").unlink()
+    with pytest.raises(InputError, match="1 of 2 chunks of"):
+        check_chunks_present(out / "1")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "flip"])
+def test_damaged_chunk_is_one_input_error_naming_array_and_chunk(tmp_path: Path, damage: str) -> None:
+    data = rand((64, 64, 66), "uint16")
+    out = write_image(data, tmp_path / "d.ome.zarr", chunks=(32, 32, 32))
+    chunk = out / "0" / "c" / "1" / "0" / "2"
+    raw = bytearray(chunk.read_bytes())
+    if damage == "truncate":
+        raw = raw[: len(raw) // 2]
+    elif damage == "garbage":
+        raw = bytearray(b"not a chunk" * 4)
+    else:
+        raw[len(raw) // 2] ^= 0x10  # zstd's checksum notices a flipped bit
+    chunk.write_bytes(bytes(raw))
+    img = open_image(out)  # every chunk is there
+    np.testing.assert_array_equal(read_block(img.level0_path, (slice(0, 32),)), data[:32])
+    msg = r"d.ome.zarr/0: chunk \(z, y, x\) = \(1, 0, 2\) cannot be decoded"
+    with pytest.raises(InputError, match=msg) as err:
+        read_block(img.level0_path, (slice(20, 50), slice(0, 64), slice(40, 66)))
+    assert "\n" not in str(err.value)
+
+
+def test_open_labels_follows_the_label_dataset_path(tmp_path: Path) -> None:
+    out = write_image(rand((8, 8, 8)), tmp_path / "l.ome.zarr")
+    labels = np.arange(512, dtype=np.uint16).reshape(8, 8, 8)
+    write_labels(out, "cells", labels)
+    (out / "labels" / "cells" / "0").rename(out / "labels" / "cells" / "full")
+    _set_ome_attrs(out / "labels" / "cells",
+                   lambda o: o["multiscales"][0]["datasets"][0].update(path="full"))
+    np.testing.assert_array_equal(open_labels(out, "cells").compute(), labels)
+    meta = _ome_attrs(out / "labels")
+    meta["attributes"]["ome"]["labels"] = "cells"
+    (out / "labels" / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="ome.labels is not a list of names"):
+        open_labels(out, "cells")

@@ -340,3 +340,29 @@ def test_streamed_batches_give_the_whole_blocks_answer(small_phantom, batch):
     whole = seg._decide(seg.probabilities(block, stats))
     streamed = seg.with_batch_size(batch).segment_block(block, stats, (30.0, 30.0, 30.0))
     np.testing.assert_array_equal(streamed["mito"], whole)
+
+
+def _chunk_files(store: Path) -> list[Path]:
+    return sorted(p for p in (store / "0").rglob("*") if p.is_file() and p.name != "zarr.json")
+
+
+def test_a_missing_image_chunk_is_refused_before_any_cluster(store, capsys):
+    _chunk_files(store)[1].unlink()
+    code = main(["segment", str(store), "--task", "isg-instances", "--method", "classical"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "1 of 4 chunks of level 0 are missing" in err and "dashboard" not in err
+    assert not (store / "labels").exists()
+
+
+def test_a_corrupt_image_chunk_is_one_line_not_a_traceback(store, capsys):
+    victim = _chunk_files(store)[2]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    code = main(["segment", str(store), "--task", "isg-instances", "--method", "classical",
+                 "--workers", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err  # no worker-side "Compute Failed" log
+    assert "cannot be decoded" in err and "store is damaged" in err
+    assert "isg" not in list_labels(store)

@@ -37,7 +37,7 @@ def run_stats(data: Path, labels: str, out: Path, client: Any, con: Console, *,
 
     img = open_image(data)
     lab = open_labels(data, labels)
-    table = con.compute(client, instance_table(lab, img.data, spacing_nm=img.voxel_size_nm),
+    table = con.compute(client, instance_table(lab, img.strict(0), spacing_nm=img.voxel_size_nm),
                         f"measuring {labels}")
     write_table(table, out, overwrite=overwrite)
     return table

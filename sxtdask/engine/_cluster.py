@@ -7,8 +7,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from distributed import Client, LocalCluster
+from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.security import Security
 
 from ..errors import ConfigError, InputError, SxtdaskError
@@ -182,6 +184,39 @@ def _default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+class _UserErrorFilter(logging.Filter):
+    """Drops distributed's "Compute Failed" record (with its traceback) for sxtdask's own user
+    errors: the client gets the error and the CLI says it in one line.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Compute Failed"):
+            return True
+        names = {c.__name__ for c in _subclasses(SxtdaskError)}
+        text = record.getMessage()
+        return not any(f"Exception: '{n}(" in text or f'Exception: "{n}(' in text for n in names)
+
+
+def _subclasses(cls: type) -> list[type]:
+    out = [cls]
+    for sub in cls.__subclasses__():
+        out.extend(_subclasses(sub))
+    return out
+
+
+class QuietUserErrors(WorkerPlugin):
+    """A worker plugin: no worker-side error log for a task that raised an ``SxtdaskError``
+    (bad input found while reading a chunk), whose one line the client reports.
+    """
+
+    name = "sxtdask-quiet-user-errors"
+
+    def setup(self, worker: Any) -> None:
+        log = logging.getLogger("distributed.worker")
+        if not any(isinstance(f, _UserErrorFilter) for f in log.filters):
+            log.addFilter(_UserErrorFilter())
+
+
 @contextmanager
 def connect(config: ClusterConfig = ClusterConfig()) -> Iterator[Client]:
     """A Dask client for the run; the local cluster (if any) is closed on exit.
@@ -199,6 +234,7 @@ def connect(config: ClusterConfig = ClusterConfig()) -> Iterator[Client]:
         with client:
             logger.info("connected to %s; dashboard: %s", config.scheduler, client.dashboard_link)
             register_model_cache(client)
+            client.register_plugin(QuietUserErrors(), name=QuietUserErrors.name)
             yield client
         return
     cluster = _local_cuda_cluster(config) if config.gpu else LocalCluster(
@@ -213,4 +249,5 @@ def connect(config: ClusterConfig = ClusterConfig()) -> Iterator[Client]:
         logger.info("local cluster with %d workers; dashboard: %s",
                     len(cluster.workers), client.dashboard_link)
         register_model_cache(client)
+        client.register_plugin(QuietUserErrors(), name=QuietUserErrors.name)
         yield client

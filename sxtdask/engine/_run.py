@@ -28,13 +28,14 @@ from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from skimage import measure
 
 from .._fs import remove_path, swap_directories
-from ..errors import ConfigError, InputError, OutputError
+from ..errors import ConfigError, OutputError
 from ..io import (
     create_labels,
     finalize_labels,
     labels_complete,
     list_label_images,
     open_image,
+    read_block,
 )
 from ..relabel import (
     BlockGrid,
@@ -349,16 +350,10 @@ def _zarr_array(path: str, mode: str) -> zarr.Array:
 
 
 def _read_ext(image_path: str, box: tuple[slice, ...]) -> np.ndarray:
-    """One extended block of the image; a chunk that cannot be decoded is one InputError line."""
-    try:
-        return np.asarray(_zarr_array(image_path, "r")[box])
-    except MemoryError:
-        raise
-    except Exception as err:  # zarr and the codecs raise many types for a damaged chunk
-        where = ", ".join(f"{s.start}:{s.stop}" for s in box)
-        why = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise InputError(f"{image_path}: cannot read the block [{where}] ({why}); the store is "
-                         "damaged: convert the tomogram again") from err
+    """One extended block of the image, strictly: a missing or undecodable chunk is one
+    InputError naming it (:func:`sxtdask.io.read_block`), never zeros.
+    """
+    return read_block(image_path, box)
 
 
 def _instance_names(outputs: Sequence[OutputSpec]) -> list[str]:

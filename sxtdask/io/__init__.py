@@ -11,7 +11,14 @@ from sxtdask.io._labels import (
     open_labels,
     write_labels,
 )
-from sxtdask.io._omezarr import OmeImage, normalize_chunks, open_image, write_image
+from sxtdask.io._omezarr import (
+    OmeImage,
+    check_chunks_present,
+    normalize_chunks,
+    open_image,
+    read_block,
+    write_image,
+)
 from sxtdask.io._readers import SUPPORTED_SUFFIXES, open_volume
 from sxtdask.io._volume import HeaderWarning, Volume
 
@@ -20,6 +27,7 @@ __all__ = [
     "HeaderWarning",
     "OmeImage",
     "Volume",
+    "check_chunks_present",
     "create_labels",
     "finalize_labels",
     "labels_complete",
@@ -29,6 +37,7 @@ __all__ = [
     "open_image",
     "open_labels",
     "open_volume",
+    "read_block",
     "write_image",
     "write_labels",
 ]

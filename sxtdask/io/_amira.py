@@ -9,6 +9,7 @@ ASCII files and compressed fields (``@1(HxByteRLE,n)``, ``@1(HxZip,n)``) are not
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +30,11 @@ AMIRA_SUFFIXES = frozenset({".am", ".rec", ".amiramesh", ".labels"})
 HEADER_MAX_BYTES = 1 << 20
 _TYPES = {"byte": "u1", "sbyte": "i1", "short": "i2", "ushort": "u2", "int": "i4", "uint": "u4",
           "float": "f4", "double": "f8"}
-_FIRST_LINE = re.compile(r"#\s*(?:AmiraMesh|Avizo)\s+(?:3D\s+)?(BINARY-LITTLE-ENDIAN|BINARY|ASCII)\b")
-_LATTICE = re.compile(r"define\s+Lattice((?:\s+\d+)+)")
-_FIELD = re.compile(r"Lattice\s*\{\s*(\w+)\s*(?:\[(\d+)\])?\s+(\w+)\s*\}\s*@(\d+)\s*(?:\(([^)]*)\))?")
-_NUM = r"\s+([-+0-9.eE]+)"
-_BBOX = re.compile(r"BoundingBox" + _NUM * 6)
+_FIRST_LINE = re.compile(r"#\s*(?:AmiraMesh|Avizo)\s+(?:3D\s+)?(BINARY-LITTLE-ENDIAN|BINARY|ASCII)(?=\s|$)")
+_LATTICE = re.compile(r"define[ \t]+Lattice\b([^\n]*)")
+_FIELD = re.compile(r"Lattice\s*\{\s*(\w+)\s*(?:\[(\d{1,9})\])?\s+(\w+)\s*\}\s*@(\d{1,9})[ \t]*(\([^\n]*)?")
+_BBOX = re.compile(r"\bBoundingBox\b([^\n]*)")
+_DATA_FOLLOWS = re.compile(rb"# Data section follows[^\n]*\n")
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class AmiraHeader:
 
 def _split_header(path: Path, buf: bytes, index: int) -> tuple[str, int]:
     """Return the header text and the byte offset where the data of field ``@index`` start."""
-    follows = re.search(rb"# Data section follows[^\n]*\n", buf)
+    follows = _DATA_FOLLOWS.search(buf)
     marker = re.compile(rb"^@%d[ \t]*\r?\n" % index, re.M).search(buf, follows.end() if follows else 0)
     if marker is None:
         raise InputError(f"{path}: AmiraMesh header without the data marker '@{index}' "
@@ -81,31 +82,65 @@ def _field(path: Path, text: str) -> tuple[str, int, int]:
             f"{path}: AmiraMesh file without a 'Lattice {{ <type> <name> }} @N' field")
     kind, comps, _name, index, encoding = m.groups()
     if encoding:
-        raise UnsupportedFormatError(
-            f"{path}: compressed AmiraMesh data ({encoding.split(',')[0]}) are not supported; "
-            "save uncompressed")
+        enc = re.fullmatch(r"\(\s*([^,)]*)[^)]*\)\s*", encoding)
+        if enc is None:
+            raise UnsupportedFormatError(
+                f"{path}: malformed AmiraMesh data encoding {encoding.strip()[:40]!r} after '@{index}'")
+        if enc.group(1).strip():
+            raise UnsupportedFormatError(
+                f"{path}: compressed AmiraMesh data ({enc.group(1).strip()}) are not supported; "
+                "save uncompressed")
     if kind not in _TYPES:
         raise UnsupportedFormatError(f"{path}: AmiraMesh data type {kind!r} is not supported "
                                      f"(supported: {', '.join(_TYPES)})")
+    if comps is not None and int(comps) < 1:
+        raise UnsupportedFormatError(f"{path}: AmiraMesh field with {int(comps)} components per voxel")
     return _TYPES[kind], int(comps or 1), int(index)
+
+
+def _lattice(path: Path, header: str) -> tuple[int, int, int]:
+    """(NX, NY, NZ) from ``define Lattice NX NY NZ``."""
+    m = _LATTICE.search(header)
+    if m is None:
+        raise UnsupportedFormatError(f"{path}: AmiraMesh file without 'define Lattice NX NY NZ'")
+    words = m.group(1).split()
+    if len(words) != 3 or not all(w.isdigit() and len(w) <= 12 for w in words):
+        raise UnsupportedFormatError(
+            f"{path}: AmiraMesh 'define Lattice{m.group(1)[:60]}' is not three sizes NX NY NZ; "
+            "a tomogram is a 3-D lattice")
+    nx, ny, nz = (int(w) for w in words)
+    return nx, ny, nz
+
+
+def _bbox(path: Path, header: str) -> tuple[float, ...] | None:
+    """The six BoundingBox numbers (xmin xmax ymin ymax zmin zmax); None if absent or malformed."""
+    m = _BBOX.search(header)
+    if m is None:
+        return None
+    words = m.group(1).replace(",", " ").split()[:6]
+    try:
+        values = tuple(float(w) for w in words)
+    except ValueError:
+        values = ()
+    if len(values) != 6:
+        logger.info("%s: malformed AmiraMesh BoundingBox %r; ignoring it", path, m.group(1).strip()[:80])
+        return None
+    return values
 
 
 def parse_amira_header(path: Path, buf: bytes) -> AmiraHeader:
     """Parse a binary AmiraMesh lattice header from the first bytes ``buf`` of ``path``."""
     text = buf[:4096].decode("latin-1")
     byteorder = _byteorder(path, text)
-    code, comps, index = _field(path, buf.decode("latin-1"))
+    follows = _DATA_FOLLOWS.search(buf)
+    code, comps, index = _field(path, buf[: follows.start() if follows else len(buf)].decode("latin-1"))
     header, offset = _split_header(path, buf, index)
-    dims = _LATTICE.search(header)
-    if dims is None:
-        raise UnsupportedFormatError(f"{path}: AmiraMesh file without 'define Lattice NX NY NZ'")
-    bbox = _BBOX.search(header)
     return AmiraHeader(
-        dims_xyz=tuple(int(n) for n in dims.group(1).split()),
+        dims_xyz=_lattice(path, header),
         dtype=np.dtype(code).newbyteorder(byteorder).str,
         components=comps,
         offset=offset,
-        bbox=tuple(float(v) for v in bbox.groups()) if bbox else None,
+        bbox=_bbox(path, header),
     )
 
 
@@ -140,7 +175,7 @@ def open_amira(path: Path, size: int) -> Volume:
         buf = fh.read(HEADER_MAX_BYTES)
     hdr = parse_amira_header(path, buf)
     shape = check_shape(path, hdr.shape)
-    nbytes = int(np.prod(hdr.shape)) * np.dtype(hdr.dtype).itemsize
+    nbytes = math.prod(hdr.shape) * np.dtype(hdr.dtype).itemsize
     if size < hdr.offset + nbytes:
         raise InputError(
             f"{path}: truncated AmiraMesh file: the header describes {hdr.shape[::-1]} (x, y, z) voxels of "

@@ -39,6 +39,8 @@ def check_shape(path: Path | str, shape: tuple[int, ...], axes: str | None = Non
         Axis letters as stored (TIFF), for messages.
     """
     shape = tuple(int(n) for n in shape)
+    if any(n < 0 for n in shape):
+        raise InvalidVolumeError(f"{path}: data have a negative axis length (shape {shape})")
     out = shape
     if len(shape) > 3:
         out = tuple(n for n in shape if n != 1)

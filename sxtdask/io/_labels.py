@@ -26,9 +26,11 @@ from sxtdask.io._omezarr import (
     count_slabs,
     create_level,
     group_at,
+    member,
     multiscale_metadata,
     normalize_chunks,
     open_image,
+    open_level_array,
     open_root,
     read_multiscale,
     write_pyramid,
@@ -62,12 +64,25 @@ def _label_dtype(dtype: Any) -> np.dtype:
     return dt
 
 
-def _listed(root: zarr.Group) -> list[str]:
-    """Names listed in ``labels/`` attributes (complete label images)."""
-    if "labels" not in root:
+def _listed(root: zarr.Group, path: PathLike | None = None) -> list[str]:
+    """Names listed in ``labels/`` attributes (complete label images).
+
+    Raises
+    ------
+    InputError
+        ``labels/`` is not a group, or its ``ome.labels`` is not a list of names.
+    """
+    where = path if path is not None else str(root.store_path)
+    node = member(root, "labels", where)
+    if node is None:
         return []
-    ome: Any = root["labels"].attrs.asdict().get("ome", {})
-    return [str(n) for n in ome.get("labels", [])]
+    if not isinstance(node, zarr.Group):
+        raise InputError(f"{where}: 'labels' is an array, not the OME-Zarr labels group")
+    ome: Any = node.attrs.asdict().get("ome", {})
+    names = ome.get("labels", []) if isinstance(ome, dict) else None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise InputError(f"{where}: malformed OME-Zarr metadata: labels/ ome.labels is not a list of names")
+    return list(names)
 
 
 def _set_listed(labels_group: zarr.Group, names: list[str]) -> None:
@@ -76,20 +91,30 @@ def _set_listed(labels_group: zarr.Group, names: list[str]) -> None:
 
 def list_labels(path: PathLike) -> list[str]:
     """Names of the complete label images of the OME-Zarr image at ``path``."""
-    return _listed(open_root(path))
+    return _listed(open_root(path), path)
+
+
+def _label_group(root: zarr.Group, path: PathLike, name: str) -> zarr.Group:
+    """The group ``labels/<name>``; InputError if it is missing or an array."""
+    labels = member(root, "labels", path)
+    node = member(labels, name, path) if isinstance(labels, zarr.Group) else None
+    if node is None:
+        raise InputError(f"{path}: label image {name!r} is listed but labels/{name} is missing")
+    if not isinstance(node, zarr.Group):
+        raise InputError(f"{path}: labels/{name} is an array, not a label image group")
+    return node
 
 
 def labels_complete(path: PathLike, name: str) -> bool:
     """True if ``labels/<name>`` is listed and every level its metadata names exists."""
     root = open_root(path)
-    if name not in _listed(root):
+    if name not in _listed(root, path):
         return False
     try:
-        group = group_at(root, "labels", name)
-        attrs: dict[str, Any] = group.attrs.asdict()
-        datasets = attrs["ome"]["multiscales"][0]["datasets"]
-        return all(d["path"] in group for d in datasets)
-    except (KeyError, IndexError, TypeError):
+        group = _label_group(root, path, name)
+        datasets = read_multiscale(Path(path) / "labels" / name, group.attrs.asdict())["datasets"]
+        return all(isinstance(member(group, d["path"], path), zarr.Array) for d in datasets)
+    except InputError:
         return False
 
 
@@ -141,7 +166,7 @@ def create_labels(
         A complete ``labels/<name>`` exists and ``overwrite`` is False.
     """
     _check_name(name)
-    image = open_image(path)
+    image = open_image(path, check_chunks=False)
     if tuple(shape) != image.data.shape:
         raise ConfigError(
             f"{path}: label shape {tuple(shape)} differs from the image shape {image.data.shape}")
@@ -156,7 +181,7 @@ def create_labels(
         if reuse is not None:
             logger.info("%s: resuming the unfinished label image %r", path, name)
             return reuse
-        _set_listed(group, [n for n in _listed(root) if n != name])
+        _set_listed(group, [n for n in _listed(root, path) if n != name])
         del group[name]
     return create_level(group.create_group(name), 0, image.data.shape, chunks, dt)
 
@@ -200,7 +225,7 @@ def finalize_labels(
         moved into place afterwards carries the name it will have).
     """
     _check_name(name)
-    image = open_image(path)
+    image = open_image(path, check_chunks=False)
     root = open_root(path, mode="r+")
     try:
         group = group_at(root, "labels", name)
@@ -238,7 +263,7 @@ def list_label_images(path: PathLike, names: list[str]) -> None:
         ome: Any = labels_group[name].attrs.get("ome", {})
         if "multiscales" not in ome:
             raise InputError(f"{path}: label image {name!r} is not finalized; cannot list it")
-    listed = _listed(root)
+    listed = _listed(root, path)
     _set_listed(labels_group, listed + [n for n in names if n not in listed])
 
 
@@ -277,8 +302,18 @@ def open_labels(path: PathLike, name: str) -> da.Array:
         No complete label image of that name (the message lists the available names).
     """
     root = open_root(path)
-    read_multiscale(Path(path), root.attrs.asdict())
-    names = _listed(root)
+    image_ms = read_multiscale(Path(path), root.attrs.asdict())
+    names = _listed(root, path)
     if name not in names:
         raise InputError(f"{path}: no label image {name!r}; available: {', '.join(names) or 'none'}")
-    return da.from_zarr(array_at(root, "labels", name, "0"))
+    group = _label_group(root, path, name)
+    where = Path(path) / "labels" / name
+    key = read_multiscale(where, group.attrs.asdict())["datasets"][0]["path"]
+    arr = open_level_array(where, key, 0)
+    if arr.ndim != 3 or arr.dtype.kind not in "iu":
+        raise InputError(f"{where}: level 0 ({key!r}) is a {arr.ndim}-D {arr.dtype} array; a label image "
+                         "is a 3-D integer (z, y, x) array")
+    image_shape = open_level_array(Path(path), image_ms["datasets"][0]["path"], 0).shape
+    if arr.shape != image_shape:
+        raise InputError(f"{where}: level 0 has shape {arr.shape}, the image {image_shape}")
+    return da.from_zarr(arr)

@@ -2,8 +2,10 @@
 
 The 1024-byte header is probed first (dimensions, mode, extended header size, byte order) so that
 text files renamed ``.mrc`` and truncated files fail with a clear message before ``mrcfile`` maps
-anything. Damaged headers (``mrcfile`` warnings, a NaN/0/inf voxel size) raise a
-:class:`HeaderWarning` and fall back to a voxel size of 1 nm.
+anything. Damaged headers (``mrcfile`` warnings, a NaN/0/inf voxel size, an axis order that is no
+permutation) raise a :class:`HeaderWarning` and fall back to a voxel size of 1 nm (and x, y, z for
+columns, rows, sections). A valid non-standard axis order ``(mapc, mapr, maps)`` is transposed to
+(Z, Y, X); a header whose block mrcfile maps differently from what it says is refused.
 """
 
 from __future__ import annotations
@@ -45,11 +47,17 @@ class MrcHeader:
     nsymbt: int
     has_map_id: bool
     unsigned_bytes: bool
+    axis_order: tuple[int, int, int] = (1, 2, 3)
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per voxel of the mode."""
+        return _ITEMSIZE.get(self.mode, 1)
 
     @property
     def data_bytes(self) -> int:
         """Size of the data block, bytes."""
-        return self.nx * self.ny * self.nz * _ITEMSIZE.get(self.mode, 1)
+        return self.nx * self.ny * self.nz * self.itemsize
 
 
 def _plausible(nx: int, ny: int, nz: int, mode: int) -> bool:
@@ -73,7 +81,9 @@ def probe_mrc(head: bytes) -> MrcHeader | None:
         if _plausible(nx, ny, nz, mode) and 0 <= nsymbt < (1 << 31) - HEADER_BYTES:
             stamp, flags = struct.unpack(bo + "2i", head[152:160])
             unsigned = mode == 0 and stamp == _IMOD_STAMP and not flags & 1
-            return MrcHeader(bo, nx, ny, nz, mode, nsymbt, head[208:212] == b"MAP ", unsigned)
+            mapc, mapr, maps = struct.unpack(bo + "3i", head[64:76])
+            return MrcHeader(bo, nx, ny, nz, mode, nsymbt, head[208:212] == b"MAP ", unsigned,
+                             (mapc, mapr, maps))
     return None
 
 
@@ -101,15 +111,55 @@ def _check_header(path: Path, hdr: MrcHeader, size: int) -> None:
             f"{hdr.mode} ({expected} bytes with headers), but the file has {size} bytes")
 
 
+def _transpose(path: Path, hdr: MrcHeader, ndim: int) -> tuple[tuple[int, int, int] | None, list[str]]:
+    """The axis permutation that turns the stored (sections, rows, columns) into (Z, Y, X).
+
+    ``(mapc, mapr, maps)`` name the axis (1 = X, 2 = Y, 3 = Z) of the columns, rows and sections.
+    The standard ``(1, 2, 3)`` needs none; another permutation is applied (3-D data only); values that
+    are not a permutation of 1, 2, 3 are a damaged header, read as ``(1, 2, 3)`` with a note.
+    """
+    order = hdr.axis_order
+    if order == (1, 2, 3):
+        return None, []
+    if sorted(order) != [1, 2, 3]:
+        return None, [f"axis order (mapc, mapr, maps) = {order} is not a permutation of 1, 2, 3; "
+                      "reading columns as x, rows as y, sections as z"]
+    if ndim != 3:
+        raise UnsupportedFormatError(
+            f"{path}: MRC volume stack with axis order (mapc, mapr, maps) = {order} is not supported")
+    stored = (order[2], order[1], order[0])  # axis letter of stored axes 0, 1, 2
+    perm = (stored.index(3), stored.index(2), stored.index(1))
+    logger.info("%s: MRC axis order (mapc, mapr, maps) = %s; transposing to (Z, Y, X)", path, order)
+    return perm, []
+
+
+def _check_mapping(path: Path, hdr: MrcHeader, data: np.memmap) -> None:
+    """mrcfile must map the block the header describes (same offset, size and voxel width)."""
+    expected_offset = HEADER_BYTES + hdr.nsymbt
+    ok = (int(data.offset) == expected_offset and int(data.size) == hdr.nx * hdr.ny * hdr.nz
+          and data.dtype.itemsize == hdr.itemsize)
+    if not ok:
+        raise InputError(
+            f"{path}: inconsistent MRC header: it describes {hdr.nx}x{hdr.ny}x{hdr.nz} voxels of mode "
+            f"{hdr.mode} at byte {expected_offset}, but mrcfile maps {data.shape} {data.dtype} at byte "
+            f"{int(data.offset)}")
+
+
 def _mrcfile_layout(path: Path, hdr: MrcHeader) -> tuple[RawLayout, tuple[float, float, float], list[str]]:
     """Open with mrcfile; return the data layout, the header voxel size in Å (z, y, x) and warnings."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
+        try:
+            mrc = mrcfile.mmap(path, mode="r", permissive=True)
+        except Exception as err:  # mrcfile raises several types on a damaged header
+            detail = " ".join(f"{type(err).__name__}: {err}".split())
+            raise InputError(f"{path}: mrcfile cannot open the MRC file ({detail})") from err
+        with mrc:
             data = mrc.data
             if data is None:
-                detail = "; ".join(str(w.message) for w in caught)
+                detail = " ".join("; ".join(str(w.message) for w in caught).split())
                 raise InputError(f"{path}: mrcfile could not map the MRC data block ({detail})")
+            _check_mapping(path, hdr, data)
             h = mrc.header
             with np.errstate(all="ignore"):
                 cell = np.array([h.cella.z, h.cella.y, h.cella.x], dtype=np.float64)
@@ -118,9 +168,11 @@ def _mrcfile_layout(path: Path, hdr: MrcHeader) -> tuple[RawLayout, tuple[float,
                 angstrom = (az, ay, ax)
             dtype = np.dtype(np.uint8) if hdr.unsigned_bytes else data.dtype
             layout_dtype = dtype.newbyteorder(hdr.byteorder).str if dtype.itemsize > 1 else dtype.str
-            shape = check_shape(path, data.shape)
-            layout = RawLayout(int(data.offset), layout_dtype, tuple(data.shape), shape)
-    notes = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+            perm, axis_notes = _transpose(path, hdr, data.ndim)
+            stored = tuple(data.shape)
+            shape = check_shape(path, stored if perm is None else tuple(stored[i] for i in perm))
+            layout = RawLayout(int(data.offset), layout_dtype, stored, shape, transpose=perm)
+    notes = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] + axis_notes
     return layout, angstrom, notes
 
 

@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-from sxtdask.errors import InputError, InvalidVolumeError, UnsupportedFormatError
+from sxtdask.errors import InputError, InvalidVolumeError, SxtdaskError, UnsupportedFormatError
 from sxtdask.io._amira import AMIRA_MAGIC, AMIRA_SUFFIXES, open_amira
 from sxtdask.io._checks import check_dtype, check_shape, voxel_size_or_default
 from sxtdask.io._mrc import (
@@ -87,38 +87,41 @@ def _unrecognised(path: Path, head: bytes, size: int) -> InputError:
         f"{path}: unknown extension {suffix or '(none)'!r} and unrecognised content; supported: {known}")
 
 
-def _npy_truncated(path: Path) -> InputError:
-    """The error for a .npy file shorter than its header says, naming expected and actual bytes."""
-    with open(path, "rb") as fh:
-        major, _ = np.lib.format.read_magic(fh)
-        read_header = (np.lib.format.read_array_header_1_0 if major == 1
-                       else np.lib.format.read_array_header_2_0)
-        shape, _, dtype = read_header(fh)
-        expected = fh.tell() + int(np.prod(shape)) * dtype.itemsize
-    return InputError(f"{path}: truncated .npy file: the header describes {shape} {dtype} "
-                      f"({expected} bytes with the header), but the file has {os.path.getsize(path)} bytes")
+def _npy_header(path: Path) -> tuple[int, tuple[int, ...], bool, np.dtype]:
+    """Parse a ``.npy`` header: (data offset, shape, fortran order, dtype); never unpickles anything."""
+    try:
+        with open(path, "rb") as fh:
+            major, minor = np.lib.format.read_magic(fh)
+            if major not in (1, 2, 3):
+                raise UnsupportedFormatError(f"{path}: .npy format version {major}.{minor} is not supported")
+            read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(fh)
+            offset = fh.tell()
+    except SxtdaskError:
+        raise
+    except Exception as err:  # numpy's header parser raises many types (tokenize, ast) on bad text
+        detail = " ".join(str(err).split())
+        raise UnsupportedFormatError(f"{path}: not a valid .npy file ({detail[:200]})") from err
+    if not all(type(n) is int for n in shape):  # numpy lets booleans through
+        raise UnsupportedFormatError(f"{path}: not a valid .npy file (shape {shape!r} is not integers)")
+    return offset, tuple(shape), bool(fortran), np.dtype(dtype)
 
 
 def _open_npy(path: Path) -> Volume:
     """Memory-map a ``.npy`` file; its voxel size is unknown (1.0 nm)."""
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as err:
-        if "mmap length" in str(err):
-            raise _npy_truncated(path) from err
-        if "object" in str(err).lower() or "pickle" in str(err).lower():
-            raise InvalidVolumeError(
-                f"{path}: .npy holds Python objects; a tomogram must be numeric") from err
-        raise UnsupportedFormatError(f"{path}: not a valid .npy file ({err})") from err
-    except EOFError as err:
-        raise InputError(f"{path}: truncated .npy file ({err})") from err
-    if not isinstance(arr, np.memmap):
-        raise UnsupportedFormatError(f"{path}: not a plain .npy array")
-    check_dtype(path, arr.dtype)
-    shape = check_shape(path, arr.shape)
-    order: Literal["C", "F"] = "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
-    layout = RawLayout(int(arr.offset), arr.dtype.str, tuple(arr.shape), shape, order)
-    del arr
+    offset, disk_shape, fortran, dtype = _npy_header(path)
+    if dtype.hasobject:
+        raise InvalidVolumeError(f"{path}: .npy holds Python objects ({dtype}); a tomogram must be numeric")
+    check_dtype(path, dtype)
+    shape = check_shape(path, disk_shape)
+    expected = offset + int(np.prod(disk_shape, dtype=object)) * dtype.itemsize
+    size = os.path.getsize(path)
+    if size < expected:
+        raise InputError(f"{path}: truncated .npy file: the header describes {disk_shape} {dtype} "
+                         f"({expected} bytes with the header), but the file has {size} bytes")
+    order: Literal["C", "F"] = "F" if fortran and len(disk_shape) > 1 else "C"
+    layout = RawLayout(offset, dtype.str, disk_shape, shape, order)
     voxel = voxel_size_or_default(path, None, ".npy files carry no voxel size")
     return Volume(path, layout, voxel, "npy")
 

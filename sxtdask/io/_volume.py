@@ -18,6 +18,8 @@ from typing import Any, Literal, Protocol, cast
 
 import numpy as np
 
+from sxtdask.errors import InputError
+
 __all__ = ["HeaderWarning", "Layout", "RawLayout", "TiffPagesLayout", "Volume"]
 
 logger = logging.getLogger(__name__)
@@ -56,6 +58,9 @@ class RawLayout:
         (Z, Y, X) shape seen by readers.
     order : {"C", "F"}
         Memory order of the block.
+    transpose : tuple of int, optional
+        Axis permutation from ``disk_shape`` (3-D) to (Z, Y, X), for MRC files whose columns, rows
+        and sections are not x, y and z; None when the stored axes are already (Z, Y, X).
     """
 
     offset: int
@@ -63,6 +68,7 @@ class RawLayout:
     disk_shape: tuple[int, ...]
     shape: tuple[int, int, int]
     order: Literal["C", "F"] = "C"
+    transpose: tuple[int, int, int] | None = None
 
     def open(self, path: Path) -> np.ndarray:
         """Memory-map the block read-only and return it as a (Z, Y, X) view."""
@@ -70,6 +76,8 @@ class RawLayout:
             path, dtype=np.dtype(self.dtype), mode="r", offset=self.offset,
             shape=self.disk_shape, order=self.order,
         )
+        if self.transpose is not None:
+            return mm.transpose(self.transpose)
         return mm.reshape(self.shape, order="A")
 
 
@@ -77,10 +85,11 @@ class RawLayout:
 class TiffPagesLayout:
     """A TIFF whose slices are pages that cannot be memory-mapped (compressed, tiled, ...).
 
-    Slice ``z`` is page ``z`` of series ``series``; a slab read decodes only its own pages.
+    Slice ``z`` is page ``z`` of series ``series`` (of the whole file when ``series`` is None, for
+    writers that store each page as its own series); a slab read decodes only its own pages.
     """
 
-    series: int
+    series: int | None
     shape: tuple[int, int, int]
     dtype: str
 
@@ -95,8 +104,9 @@ class _TiffPages:
     def __init__(self, path: Path, layout: TiffPagesLayout) -> None:
         import tifffile
 
+        self._path = path
         self._tif = tifffile.TiffFile(path)
-        self._pages = self._tif.series[layout.series].pages
+        self._pages: Any = self._tif.pages if layout.series is None else self._tif.series[layout.series].pages
         self._layout = layout
         self._lock = threading.Lock()
         self._finalizer = weakref.finalize(self, self._tif.close)  # a dropped Volume closes its file
@@ -108,11 +118,19 @@ class _TiffPages:
         out = np.empty((len(zs),) + self._layout.shape[1:], dtype=np.dtype(self._layout.dtype))
         with self._lock:  # a TiffFile shares one file handle
             for i, z in enumerate(zs):
-                page = self._pages[int(z)]
-                assert page is not None  # TiffPagesLayout is made only for a series without gaps
-                out[i] = np.asarray(page.asarray()).reshape(self._layout.shape[1:])
+                out[i] = self._page(int(z))
         out = out[(slice(None),) + key[1:]]
         return out[0] if np.ndim(zsel) == 0 else out
+
+    def _page(self, z: int) -> np.ndarray:
+        """Page ``z`` decoded as a (Y, X) array; InputError if its data cannot be decoded."""
+        page = self._pages[z]
+        assert page is not None  # TiffPagesLayout is made only for a series without gaps
+        try:
+            return np.asarray(page.asarray()).reshape(self._layout.shape[1:])
+        except Exception as err:  # codecs raise many types on damaged data
+            detail = " ".join(f"{type(err).__name__}: {err}".split())
+            raise InputError(f"{self._path}: TIFF page {z} cannot be decoded ({detail})") from err
 
     def close(self) -> None:
         self._finalizer()

@@ -194,7 +194,7 @@ def segment_tomogram(
     path = Path(path)
     segmenter = copy.deepcopy(segmenter)  # the run keeps its own (load_model works in place)
     img = open_image(path)
-    lazy_stats = global_stats(img.data) if stats is None else stats
+    lazy_stats = global_stats(img.strict(0)) if stats is None else stats  # damaged chunks: one line
     store = segment_store(path, segmenter, lazy_stats, chunks=chunks, halo=halo,
                           overwrite=overwrite, finalize=True, memory_limit=memory_limit,
                           threads=threads)
