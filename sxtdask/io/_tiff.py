@@ -322,7 +322,7 @@ def _structure(path: Path, tif: tifffile.TiffFile) -> tuple[
         except SxtdaskError:
             raise
         except Exception as err:  # tifffile raises many types on a damaged structure
-            raise InputError(f"{path}: cannot read TIFF ({_one_line(err)})") from err
+            raise InputError(f"{path}: truncated or corrupted TIFF ({_one_line(err)})") from err
     if caught.messages:
         raise InputError(f"{path}: truncated or corrupted TIFF ({_one_line(caught.messages[0])})")
     if not npages or nseries == 0:
@@ -353,7 +353,7 @@ def open_tiff(path: Path) -> Volume:
         try:
             tif = tifffile.TiffFile(path)
         except Exception as err:  # tifffile raises many types on a damaged structure
-            raise InputError(f"{path}: cannot read TIFF ({_one_line(err)})") from err
+            raise InputError(f"{path}: truncated or corrupted TIFF ({_one_line(err)})") from err
     with tif:
         if caught.messages:
             raise InputError(f"{path}: truncated or corrupted TIFF ({_one_line(caught.messages[0])})")
