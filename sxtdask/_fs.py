@@ -241,7 +241,9 @@ def atomic_directory(out: str | os.PathLike[str], overwrite: bool = False,
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # "being written": what remove_stale_partials looks for
         yield partial
-        replace_directory(partial, out, overwrite=overwrite)
+        if _exists(out) and not overwrite:
+            raise OutputError(f"{out}: exists (created while writing); pass --overwrite to replace it")
+        swap_directories(partial, out)  # one atomic exchange where there is an old one
     finally:
         if _exists(partial):
             remove_path(partial)

@@ -14,7 +14,9 @@ One module per command (``COMMANDS``), each with ``NAME`` (the command word),
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -39,6 +41,9 @@ from ._options import JSON_LOG_HELP, QUIET_HELP, _add_output_options
 __all__ = ["COMMANDS", "Console", "build_parser", "main"]
 
 logger = logging.getLogger("sxtdask.cli")
+
+#: Errors of the disk, not of the program: a full disk or quota, a read-only file system.
+_DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 #: The command modules, in the order ``sxtdask --help`` lists them.
 COMMANDS = (convert, synth, segment, stats, demo, archive, evaluate, export_coco, train)
@@ -87,6 +92,15 @@ def _run_command(args: argparse.Namespace) -> int:
         result = commands[args.command](args, con) or {}
     except SxtdaskError as err:
         line = _one_line(err)
+        con.error(line)
+        print(f"sxtdask: error: {line}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in _DISK_ERRORS:
+            raise
+        line = (f"{err.filename + ': ' if err.filename else ''}cannot write: "
+                f"{err.strerror or os.strerror(err.errno or 0)}; nothing complete-looking was left "
+                "(free some space or choose another output, then run again: finished parts resume)")
         con.error(line)
         print(f"sxtdask: error: {line}", file=sys.stderr)
         return 2

@@ -194,12 +194,15 @@ class _UserErrorFilter(logging.Filter):
             return True
         names = {c.__name__ for c in _subclasses(SxtdaskError)}
         text = record.getMessage()
+        if "[Errno 28]" in text or "No space left on device" in text:
+            return False  # a full disk: the CLI says so in one line
         return not any(f"Exception: '{n}(" in text or f'Exception: "{n}(' in text for n in names)
 
 
 def _subclasses(cls: type) -> list[type]:
-    out = [cls]
-    for sub in cls.__subclasses__():
+    out: list[type] = [cls]
+    subs: list[type] = cls.__subclasses__()
+    for sub in subs:
         out.extend(_subclasses(sub))
     return out
 

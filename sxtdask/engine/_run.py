@@ -515,13 +515,21 @@ def _list_outputs(path: Path, names: list[str], staged: list[str], *_finalized: 
     return time.time()
 
 
+def _finalized_staging(path: Path, name: str) -> bool:
+    meta = path / "labels" / staged_name(name) / "zarr.json"
+    return meta.is_file() and "multiscales" in meta.read_text(errors="replace")
+
+
 def _drop_stale_staging(layout: _Layout) -> None:
     """Remove replacements a killed ``--overwrite`` run left half-built (never listed, never
     swapped in); this run's own are recreated by :func:`_label_arrays`.
     """
     for spec in layout.segmenter.outputs:
         left = layout.path / "labels" / staged_name(spec.name)
-        if spec.name not in layout.staged and left.exists():
+        # A finalized one is the old label image swapped out (or a replacement killed just
+        # before its swap): never this run's work in progress, whatever the records say.
+        if left.exists() and (spec.name not in layout.staged
+                              or _finalized_staging(layout.path, spec.name)):
             logger.info("%s: removing %s, left by an interrupted --overwrite run", layout.path,
                         left.name)
             remove_path(left)
@@ -703,7 +711,7 @@ def _planned_reuse(layout: _Layout, stats: IntensityStats | None) -> tuple[set[I
     """
     none: tuple[set[Index], dict[str, set[Index]]] = (set(), {n: set() for n in layout.names})
     progress = layout.progress
-    if not all(
+    if any(_finalized_staging(layout.path, n) for n in layout.staged) or not all(
             (layout.path / "labels" / layout.label_name(s.name) / "0" / "zarr.json").is_file()
             for s in layout.segmenter.outputs):
         return none
