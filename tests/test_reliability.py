@@ -246,7 +246,7 @@ def test_batches_shrink_to_fit_and_a_block_that_cannot_fit_is_refused_with_what_
 
 
 _MEASURE = """
-import resource, sys, numpy as np, torch
+import sys, time, numpy as np, torch
 from sxtdask.segmenters import create_segmenter
 from sxtdask.stats import IntensityStats
 torch.set_num_threads(1)
@@ -256,9 +256,21 @@ shape = tuple(int(v) for v in sys.argv[2].split(","))
 stats = IntensityStats(min=0.0, max=1.0, mean=0.5, std=0.1, p_low=0.1, p_high=0.9, n_voxels=1)
 seg.segment_block(np.full((3, 32, 32), 0.5, np.float32), stats, (30.0, 30.0, 30.0))  # warm up
 block = np.random.default_rng(0).random(shape, dtype=np.float32)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+import threading, psutil
+me = psutil.Process()
+base = me.memory_info().rss
+peak = [base]
+done = threading.Event()
+def watch():
+    while not done.is_set():
+        peak[0] = max(peak[0], me.memory_info().rss)
+        time.sleep(0.002)
+t = threading.Thread(target=watch)
+t.start()
 seg.segment_block(block, stats, (30.0, 30.0, 30.0))
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
+done.set()
+t.join()
+print(peak[0] - base)
 """
 
 
