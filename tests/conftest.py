@@ -1,4 +1,4 @@
-"""Shared fixtures: small phantoms, the shared fixture folder, a local Dask client."""
+"""Shared fixtures: small phantoms, the test data folder (tests/data), a local Dask client."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+#: Small public files the tests read (tests/data/README.md names their sources and licences).
+FIXTURES = Path(__file__).resolve().parent / "data"
 
 
 def pytest_addoption(parser):
@@ -26,8 +27,6 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    if not FIXTURES.is_dir():
-        pytest.skip(f"shared fixtures not found at {FIXTURES}")
     return FIXTURES
 
 

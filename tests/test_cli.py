@@ -28,11 +28,7 @@ import pytest
 import zarr
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real_sxt"
-needs_fixtures = pytest.mark.skipif(
-    not FIXTURES.is_dir(),
-    reason=f"shared fixtures not found at {FIXTURES} (CI clones shared/ beside the repository)",
-)
+FIXTURES = Path(__file__).resolve().parent / "data" / "real_sxt"  # see tests/data/README.md
 
 # A small local cluster; port 0 so parallel runs never fight over the dashboard port.
 CLUSTER = ("--workers", "1", "--dashboard-address", "127.0.0.1:0")
@@ -892,7 +888,6 @@ def test_demo_classical_route(tmp_path: Path) -> None:
     assert json.loads((out / "run.json").read_text())["methods"] == ["ClassicalISG"]
 
 
-@needs_fixtures
 def test_convert_real_mrc_with_damaged_header_warns(tmp_path: Path) -> None:
     src = FIXTURES / "psftomo_phantom.mrc"
     out = tmp_path / "phantom.zarr"
@@ -908,7 +903,6 @@ def test_convert_real_mrc_with_damaged_header_warns(tmp_path: Path) -> None:
     assert img.voxel_size_nm == (1.0, 1.0, 1.0)
 
 
-@needs_fixtures
 def test_convert_real_amira_rec(tmp_path: Path) -> None:
     out = tmp_path / "sample_12.zarr"
     proc = sxtdask("convert", FIXTURES / "sample_12.rec", out, cwd=tmp_path)

@@ -38,12 +38,9 @@ from sxtdask.io import (
 )
 from sxtdask.io._omezarr import pyramid_shapes
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real_sxt"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures/real_sxt")
+FIXTURES = Path(__file__).resolve().parent / "data" / "real_sxt"  # see tests/data/README.md
 PHANTOM = FIXTURES / "psftomo_phantom.mrc"
 SAMPLE12 = FIXTURES / "sample_12.rec"
-needs_fixtures = pytest.mark.skipif(not PHANTOM.exists(), reason="shared fixtures not available")
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -109,7 +106,6 @@ def siblings(path: Path) -> list[str]:
 
 # --- fixtures from real files ---------------------------------------------------------------------
 
-@needs_fixtures
 def test_psftomo_phantom_opens_with_header_warning_and_unit_voxel() -> None:
     with pytest.warns(HeaderWarning, match="psftomo_phantom.mrc.*voxel size of 1.0 nm"):
         vol = open_volume(PHANTOM)
@@ -122,7 +118,6 @@ def test_psftomo_phantom_opens_with_header_warning_and_unit_voxel() -> None:
     np.testing.assert_array_equal(vol.read(60, 70), expected[60:70])
 
 
-@needs_fixtures
 def test_sample12_amira_is_z_y_x_with_x_fastest() -> None:
     vol = open_volume(SAMPLE12)
     assert (vol.format, vol.shape, vol.dtype) == ("amira", (58, 61, 58), np.dtype(np.float32))
@@ -137,7 +132,6 @@ def test_sample12_amira_is_z_y_x_with_x_fastest() -> None:
     assert np.isfinite(data).all() and np.abs(data).max() < 1.0 and data.std() > 1e-4  # absorption, 1/µm-ish
 
 
-@needs_fixtures
 def test_sample12_converts_to_ome_zarr(tmp_path: Path) -> None:
     out = write_image(open_volume(SAMPLE12), tmp_path / "s12.ome.zarr")
     img = open_image(out)

@@ -304,15 +304,7 @@ def test_neighbour_cells_add_cytoplasm_at_the_sides() -> None:
 # --- files ------------------------------------------------------------------------------------
 
 
-def _require_io() -> None:
-    try:
-        from sxtdask.io import open_image, open_labels, write_image, write_labels  # noqa: F401
-    except ImportError:
-        pytest.skip("sxtdask.io has no OME-Zarr writer/reader yet")
-
-
 def test_write_phantom_round_trip(tmp_path) -> None:
-    _require_io()
     from sxtdask.io import open_image, open_labels
 
     shape = (32, 48, 40)
@@ -330,7 +322,6 @@ def test_write_phantom_round_trip(tmp_path) -> None:
 
 
 def test_write_phantom_refuses_to_overwrite(tmp_path) -> None:
-    _require_io()
     out = tmp_path / "p.mrc"
     write_phantom(out, shape=(16, 24, 24), seed=1)
     before = out.read_bytes()
