@@ -7,6 +7,7 @@ cluster_options(), output_options()]``) so that its help shows its own options f
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from ._segmenters import METHOD_WORDS, TASKS
@@ -49,6 +50,20 @@ def _tasks(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(
             f"{text!r}: tasks must be distinct values of {', '.join(TASKS)}")
     return tasks
+
+
+def _voxel_size(text: str) -> tuple[float, float, float]:
+    """``Z,Y,X`` nanometres, or one number for isotropic voxels (``30`` = ``30,30,30``)."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a voxel size in nm (Z,Y,X or one number)") from None
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r} must be one or three positive numbers of nm (Z,Y,X)")
+    return values[0], values[1], values[2]
 
 
 def _positive(text: str) -> int:

@@ -22,11 +22,17 @@ def add_parser(sub: Any) -> None:
     own = argparse.ArgumentParser(add_help=False)
     own.add_argument("pred", type=Path, metavar="PRED.zarr",
                      help="OME-Zarr image with predicted labels/")
-    own.add_argument("gt", type=Path, metavar="GT.zarr",
-                     help="OME-Zarr image with true labels/ (e.g. *.gt.zarr)")
+    own.add_argument("gt", type=Path, metavar="GT",
+                     help="the truth: an OME-Zarr image with labels/ (e.g. synth's *.gt.zarr), or "
+                          "one label file of the same shape (AmiraMesh .labels with its Materials, "
+                          "TIFF, MRC, npy)")
     own.add_argument("--labels", nargs="+", action="extend", default=None, metavar="NAME|PRED=GT",
                      help="label images to compare (default: the names present in both), e.g. "
                           "cell mito isg-mask=isg")
+    own.add_argument("--ignore-label", type=int, default=None, metavar="N",
+                     help="true value of unannotated voxels, left out of every figure (e.g. 2 in "
+                          "NCXT's sparse labels; default: none, or the material called 'ignore' "
+                          "in an AmiraMesh label file)")
     own.add_argument("--instances", action="append", default=[], metavar="NAME",
                      help="evaluate this label image as instances whatever its dtype (repeatable)")
     own.add_argument("--no-coco", action="store_true", help="skip the 2-D slice-wise COCO metrics")
@@ -45,6 +51,12 @@ def _f(value: Any, percent: bool = False) -> str:
 
 def _rows(name: str, res: dict[str, Any]) -> list[tuple[str, str, str]]:
     """Headline (label, metric, value) rows of one label image's result."""
+    ignored = ([(name, "unannotated truth value (left out)", str(res["ignored_label"]))]
+               if res.get("ignored_label") is not None else [])
+    return ignored + _figures(name, res)
+
+
+def _figures(name: str, res: dict[str, Any]) -> list[tuple[str, str, str]]:
     if res["kind"] == "instances":
         m, coco = res["match_50"], res["coco_2d"]
         rows = [(name, "instances true / predicted", f"{res['gt_instances']} / {res['pred_instances']}"),
@@ -92,7 +104,8 @@ def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
     t0 = time.perf_counter()
     # workers open the stores by path, in their own working folders; errors come before a cluster
     graph = evaluate_stores(args.pred.absolute(), args.gt.absolute(), args.labels,
-                            instances=args.instances, coco=not args.no_coco, compute=False)
+                            instances=args.instances, coco=not args.no_coco, compute=False,
+                            ignore_label=args.ignore_label)
     with open_cluster(args, con) as client, span(f"evaluate {args.pred.absolute().name}"):
         result = con.compute(client, graph, "evaluating")
     result["seconds"] = round(time.perf_counter() - t0, 3)

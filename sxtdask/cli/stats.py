@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from ._console import Console
 from ._options import cluster_options, output_options
 
 NAME = "stats"
+
+logger = logging.getLogger(__name__)
 
 
 def add_parser(sub: Any) -> None:
@@ -36,6 +39,10 @@ def run_stats(data: Path, labels: str, out: Path, client: Any, con: Console, *,
     from sxtdask.measure import instance_table, write_table
 
     img = open_image(data)
+    if img.voxel_size_assumed:
+        logger.warning("%s: the voxel size is assumed (1 nm; the source file had none), so "
+                       "volume_um3 and the nm columns are not physical; convert again with "
+                       "--voxel-size Z,Y,X", data)
     lab = open_labels(data, labels)
     table = con.compute(client, instance_table(lab, img.strict(0), spacing_nm=img.voxel_size_nm),
                         f"measuring {labels}")

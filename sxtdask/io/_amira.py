@@ -34,6 +34,13 @@ _FIRST_LINE = re.compile(r"#\s*(?:AmiraMesh|Avizo)\s+(?:3D\s+)?(BINARY-LITTLE-EN
 _LATTICE = re.compile(r"define[ \t]+Lattice\b([^\n]*)")
 _FIELD = re.compile(r"Lattice\s*\{\s*(\w+)\s*(?:\[(\d{1,9})\])?\s+(\w+)\s*\}\s*@(\d{1,9})[ \t]*(\([^\n]*)?")
 _BBOX = re.compile(r"\bBoundingBox\b([^\n]*)")
+# Amira 6+ writes the unit in the parameters: ``Units { Coordinates "nm" }``.
+_UNIT = re.compile(r"\bCoordinates\s+\"([^\"\n]{1,16})\"")
+#: Length units an AmiraMesh header may name, in nanometres.
+_UNIT_NM = {"nm": 1.0, "nanometer": 1.0, "nanometers": 1.0, "um": 1e3, "µm": 1e3, "μm": 1e3,
+            "micron": 1e3, "microns": 1e3, "micrometer": 1e3, "micrometers": 1e3, "mm": 1e6,
+            "millimeter": 1e6, "m": 1e9, "meter": 1e9, "a": 0.1, "å": 0.1, "angstrom": 0.1,
+            "angstroms": 0.1}
 _DATA_FOLLOWS = re.compile(rb"# Data section follows[^\n]*\n")
 
 
@@ -46,6 +53,8 @@ class AmiraHeader:
     components: int
     offset: int
     bbox: tuple[float, ...] | None
+    unit: str | None = None  # the header's ``Units { Coordinates "..." }``, if any
+    materials: tuple[tuple[int, str], ...] = ()  # a label field's ``Materials``: (value, name)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -141,7 +150,40 @@ def parse_amira_header(path: Path, buf: bytes) -> AmiraHeader:
         components=comps,
         offset=offset,
         bbox=_bbox(path, header),
+        unit=(_text(m.group(1)).strip() if (m := _UNIT.search(header)) else None),
+        materials=_materials(header),
     )
+
+
+def _text(latin1: str) -> str:
+    """A header word decoded as UTF-8 when it is (the header is read as Latin-1: "µm" in UTF-8)."""
+    try:
+        return latin1.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return latin1
+
+
+def _materials(header: str) -> tuple[tuple[int, str], ...]:
+    """The ``Materials { name { Id N, Color ... } ... }`` list of a label field, as (value, name).
+
+    A material's value is its ``Id`` when it has one, else its place in the list (Amira numbers
+    them from 0 in order). An absent or malformed list gives ().
+    """
+    start = re.search(r"\bMaterials\s*\{", header)
+    if start is None:
+        return ()
+    depth, i, body_start = 1, start.end(), start.end()
+    while i < len(header) and depth:
+        depth += {"{": 1, "}": -1}.get(header[i], 0)
+        i += 1
+    if depth:
+        return ()
+    body = header[body_start: i - 1]
+    out: list[tuple[int, str]] = []
+    for k, m in enumerate(re.finditer(r"([^\s{},]+)\s*\{([^{}]*)\}", body)):
+        ident = re.search(r"\bId\s+(-?\d+)", m.group(2))
+        out.append((int(ident.group(1)) if ident else k, m.group(1).strip('"')))
+    return tuple(out)
 
 
 def _bbox_voxel_size(path: Path, hdr: AmiraHeader) -> tuple[tuple[float, float, float] | None, str]:
@@ -156,9 +198,26 @@ def _bbox_voxel_size(path: Path, hdr: AmiraHeader) -> tuple[tuple[float, float, 
     if not steps or not all(np.isfinite(s) and s > 0 for s in steps):
         return None, f"the AmiraMesh BoundingBox {hdr.bbox} gives no positive spacing"
     sizes = tuple(float((hi - lo) / (n - 1)) if n > 1 else float(np.mean(steps)) for lo, hi, n in spans)
-    logger.info("%s: voxel size %s from the AmiraMesh BoundingBox, read as nanometres "
-                "(AmiraMesh stores no unit)", path, sizes)
-    return cast(tuple[float, float, float], sizes), ""  # one size per axis of the 3-D lattice
+    factor, how = _unit_factor(hdr.unit, max(sizes))
+    if factor is None:
+        return None, f"the AmiraMesh length unit {hdr.unit!r} is not one sxtdask knows"
+    nm = tuple(s * factor for s in sizes)
+    logger.info("%s: voxel size %s nm from the AmiraMesh BoundingBox (%s)", path, nm, how)
+    return cast(tuple[float, float, float], nm), ""  # one size per axis of the 3-D lattice
+
+
+def _unit_factor(unit: str | None, spacing: float) -> tuple[float | None, str]:
+    """Nanometres per BoundingBox unit, and how it was decided.
+
+    The header's ``Coordinates`` unit when it names one. Without it (most files: AmiraMesh stores
+    no unit by default), the spacing's size decides: soft X-ray voxels are 10–100 nm, so a
+    spacing below 1 is read as micrometres (0.03 = 30 nm), one of 1 or more as nanometres.
+    """
+    if unit is not None:
+        return _UNIT_NM.get(unit.lower()), f"unit {unit!r} from the header"
+    if spacing < 1.0:
+        return 1e3, "no unit in the header; a spacing below 1 is read as micrometres"
+    return 1.0, "no unit in the header; read as nanometres"
 
 
 def open_amira(path: Path, size: int) -> Volume:
@@ -181,6 +240,7 @@ def open_amira(path: Path, size: int) -> Volume:
             f"{path}: truncated AmiraMesh file: the header describes {hdr.shape[::-1]} (x, y, z) voxels of "
             f"{np.dtype(hdr.dtype).name} ({hdr.offset + nbytes} bytes with the header), "
             f"but the file has {size} bytes")
-    voxel = voxel_size_or_default(path, *_bbox_voxel_size(path, hdr))
+    voxel, why = voxel_size_or_default(path, *_bbox_voxel_size(path, hdr))
     layout = RawLayout(hdr.offset, hdr.dtype, hdr.shape, shape)
-    return Volume(path, layout, voxel, "amira")
+    return Volume(path, layout, voxel, "amira", voxel_size_assumed=why is not None,
+                  voxel_size_note=why or "", materials=dict(hdr.materials))

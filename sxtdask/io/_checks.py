@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from sxtdask.errors import InvalidVolumeError
+from sxtdask.errors import ConfigError, InvalidVolumeError
 
-__all__ = ["check_dtype", "check_shape", "voxel_size_or_default"]
+__all__ = ["ASSUMED_VOXEL_NM", "check_dtype", "check_shape", "check_voxel_size", "voxel_size_or_default"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +57,27 @@ def check_shape(path: Path | str, shape: tuple[int, ...], axes: str | None = Non
     return out
 
 
+def check_voxel_size(voxel_size_nm: Any) -> tuple[float, float, float]:
+    """Validate a (z, y, x) voxel size in nanometres."""
+    try:
+        vs = tuple(float(v) for v in voxel_size_nm)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"voxel_size_nm {voxel_size_nm!r} must be three numbers (z, y, x)") from err
+    if len(vs) != 3 or not all(np.isfinite(v) and v > 0 for v in vs):
+        raise ConfigError(f"voxel_size_nm {voxel_size_nm!r} must be three positive finite numbers (z, y, x)")
+    return vs
+
+
+#: The voxel size a file without one is given, nanometres (marked "assumed" wherever it goes).
+ASSUMED_VOXEL_NM = (1.0, 1.0, 1.0)
+
+
 def voxel_size_or_default(
     path: Path | str, size: tuple[float, float, float] | None, why: str,
-) -> tuple[float, float, float]:
-    """Return ``size`` if it is known, else (1, 1, 1) nm with a log line saying ``why``."""
+) -> tuple[tuple[float, float, float], str | None]:
+    """``(size, None)`` if the size is known, else ``((1, 1, 1), why)``: assumed, for the reason
+    ``why`` (:func:`sxtdask.io.open_volume` warns unless the caller gives the real size).
+    """
     if size is None:
-        logger.info("%s: voxel size unknown (%s); using 1.0 nm", path, why)
-        return (1.0, 1.0, 1.0)
-    return size
+        return ASSUMED_VOXEL_NM, why
+    return size, None

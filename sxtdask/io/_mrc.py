@@ -184,7 +184,8 @@ def _voxel_size_nm(path: Path, angstrom: tuple[float, float, float],
         notes = notes + [f"voxel size (z, y, x) = {angstrom} Å is not a positive finite number"]
     nm = tuple(a / 10.0 for a in angstrom) if valid else (1.0, 1.0, 1.0)
     if notes:
-        action = "using a voxel size of 1.0 nm" if not valid else f"using the header voxel size {nm} nm"
+        action = ("a voxel size of 1.0 nm is assumed unless one is given (convert --voxel-size "
+                  "Z,Y,X)" if not valid else f"using the header voxel size {nm} nm")
         msg = f"{path}: damaged MRC header ({'; '.join(dict.fromkeys(notes))}); {action}"
         logger.warning("%s", msg)
         warnings.warn(msg, HeaderWarning, stacklevel=4)
@@ -212,4 +213,6 @@ def open_mrc(path: Path, head: bytes, size: int) -> Volume:
     if hdr.unsigned_bytes:
         logger.info("%s: MRC mode 0 with the IMOD flag for unsigned bytes; reading uint8", path)
     voxel = _voxel_size_nm(path, angstrom, notes)
-    return Volume(path, layout, voxel, "mrc")
+    assumed = not all(np.isfinite(a) and a > 0 for a in angstrom)  # _voxel_size_nm fell back to 1 nm
+    # the damaged header's warning has said it already: the note is empty
+    return Volume(path, layout, voxel, "mrc", voxel_size_assumed=assumed)

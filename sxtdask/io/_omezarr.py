@@ -33,18 +33,20 @@ from zarr.storage import LocalStore
 
 from sxtdask._fs import atomic_directory as _atomic_directory
 from sxtdask.errors import ConfigError, InputError, InvalidVolumeError
-from sxtdask.io._checks import check_dtype, check_shape
+from sxtdask.io._checks import ASSUMED_VOXEL_NM, check_dtype, check_shape, check_voxel_size
 from sxtdask.io._volume import Volume
 
 __all__ = [
     "AXES", "MAX_EXTRA_LEVELS", "MIN_LEVEL_SIZE", "OmeImage", "atomic_directory", "check_chunks_present",
     "level_chunks", "member", "multiscale_metadata", "normalize_chunks", "open_image", "open_level_array",
-    "open_root", "pyramid_shapes", "read_block", "write_image", "write_pyramid",
+    "open_root", "pyramid_shapes", "read_block", "voxel_size_is_assumed", "write_image", "write_pyramid",
 ]
 
 logger = logging.getLogger(__name__)
 
 OME_VERSION = "0.5"
+#: The key of sxtdask's own attributes beside ``ome`` (e.g. ``{"voxel_size": "assumed"}``).
+SXTDASK_ATTRS = "sxtdask"
 AXES = ("z", "y", "x")
 MIN_LEVEL_SIZE = 32
 MAX_EXTRA_LEVELS = 4
@@ -110,17 +112,6 @@ def multiscale_metadata(
     entry["type"] = method
     entry["metadata"] = {"method": _METHODS[method], "software": "sxtdask"}
     return entry
-
-
-def check_voxel_size(voxel_size_nm: Any) -> tuple[float, float, float]:
-    """Validate a (z, y, x) voxel size in nanometres."""
-    try:
-        vs = tuple(float(v) for v in voxel_size_nm)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"voxel_size_nm {voxel_size_nm!r} must be three numbers (z, y, x)") from err
-    if len(vs) != 3 or not all(np.isfinite(v) and v > 0 for v in vs):
-        raise ConfigError(f"voxel_size_nm {voxel_size_nm!r} must be three positive finite numbers (z, y, x)")
-    return vs
 
 
 # --- atomic output --------------------------------------------------------------------------------
@@ -301,7 +292,9 @@ def write_image(
     chunks : (cz, cy, cx), optional
         Chunk shape of level 0, voxels; clipped to the shape. Default ``(min(32, Z), Y, X)``.
     voxel_size_nm : (z, y, x), optional
-        Voxel size in nanometres; default the volume's (1.0 for arrays).
+        Voxel size in nanometres; default the volume's. An array without one, or a file that
+        carries none, gets 1 nm, marked *assumed* in the store (``OmeImage.voxel_size_assumed``)
+        with a warning in the log.
     overwrite : bool
         Replace an existing ``out`` (removed only once the new image is complete).
     name : str, optional
@@ -325,8 +318,14 @@ def write_image(
     """
     out = Path(out)
     src = _as_source(volume)
-    default_vs = volume.voxel_size_nm if isinstance(volume, Volume) else (1.0, 1.0, 1.0)
-    vs = check_voxel_size(voxel_size_nm if voxel_size_nm is not None else default_vs)
+    if voxel_size_nm is not None:
+        vs, assumed = check_voxel_size(voxel_size_nm), False
+    elif isinstance(volume, Volume):
+        vs, assumed = volume.voxel_size_nm, volume.voxel_size_assumed  # its reader warned
+    else:
+        vs, assumed = ASSUMED_VOXEL_NM, True
+        logger.warning("%s: no voxel size given for the array; assuming 1 nm, so physical sizes "
+                       "are not real (pass voxel_size_nm=(z, y, x))", out)
     chunks = normalize_chunks(chunks, src.shape)
     dtype = np.dtype(np.float32) if src.dtype == np.float16 else src.dtype
     shapes = pyramid_shapes(src.shape)
@@ -337,7 +336,8 @@ def write_image(
         _write_level0(src, level0, tick)
         write_pyramid(root, shapes, chunks, "mean", tick, write_empty_chunks=True)
         ms = multiscale_metadata(name or src.name, vs, len(shapes), "mean")
-        root.attrs.update({"ome": {"version": OME_VERSION, "multiscales": [ms]}})
+        root.attrs.update({"ome": {"version": OME_VERSION, "multiscales": [ms]},
+                           SXTDASK_ATTRS: {"voxel_size": "assumed" if assumed else "known"}})
     logger.info("%s: wrote OME-Zarr image %s %s, chunks %s, %d levels", out, src.shape, dtype, chunks,
                 len(shapes))
     return out
@@ -363,6 +363,10 @@ class OmeImage:
         Multiscale name.
     level_paths : tuple of str
         Zarr paths of the levels, finest first, as the metadata names them.
+    voxel_size_assumed : bool
+        The source carried no voxel size: ``voxel_size_nm`` is an assumed 1 nm and physical sizes
+        (µm³, nm) computed from it are not real. Stored as ``{"sxtdask": {"voxel_size":
+        "assumed"}}`` in the image's attributes.
     """
 
     path: Path
@@ -371,6 +375,7 @@ class OmeImage:
     levels: int
     name: str | None
     level_paths: tuple[str, ...] = ()
+    voxel_size_assumed: bool = False
 
     def array_path(self, k: int = 0) -> Path:
         """Absolute path of the Zarr array of pyramid level ``k`` (its path from the metadata).
@@ -859,4 +864,11 @@ def open_image(path: str | os.PathLike[str], *, check_chunks: bool = True) -> Om
     if check_chunks:
         check_chunks_present(level0, where=str(p), what="level 0")
     vs = voxel_size_of(p, ms, 0)
-    return OmeImage(p, da.from_zarr(level0), vs, len(paths), ms.get("name"), paths)
+    return OmeImage(p, da.from_zarr(level0), vs, len(paths), ms.get("name"), paths,
+                    voxel_size_assumed=voxel_size_is_assumed(root.attrs.asdict()))
+
+
+def voxel_size_is_assumed(attrs: dict[str, Any]) -> bool:
+    """Whether an image's attributes mark its voxel size as assumed (see :func:`write_image`)."""
+    ours = attrs.get(SXTDASK_ATTRS)
+    return isinstance(ours, dict) and ours.get("voxel_size") == "assumed"

@@ -16,7 +16,7 @@ import numpy as np
 
 from sxtdask.errors import InputError, InvalidVolumeError, SxtdaskError, UnsupportedFormatError
 from sxtdask.io._amira import AMIRA_MAGIC, AMIRA_SUFFIXES, open_amira
-from sxtdask.io._checks import check_dtype, check_shape, voxel_size_or_default
+from sxtdask.io._checks import check_dtype, check_shape, check_voxel_size, voxel_size_or_default
 from sxtdask.io._mrc import (
     HEADER_BYTES,
     MRC_SUFFIXES,
@@ -122,11 +122,12 @@ def _open_npy(path: Path) -> Volume:
                          f"({expected} bytes with the header), but the file has {size} bytes")
     order: Literal["C", "F"] = "F" if fortran and len(disk_shape) > 1 else "C"
     layout = RawLayout(offset, dtype.str, disk_shape, shape, order)
-    voxel = voxel_size_or_default(path, None, ".npy files carry no voxel size")
-    return Volume(path, layout, voxel, "npy")
+    voxel, why = voxel_size_or_default(path, None, ".npy files carry none")
+    return Volume(path, layout, voxel, "npy", voxel_size_assumed=True, voxel_size_note=why or "")
 
 
-def open_volume(path: str | os.PathLike[str]) -> Volume:
+def open_volume(path: str | os.PathLike[str], *,
+                voxel_size_nm: tuple[float, float, float] | None = None) -> Volume:
     """Open a tomogram lazily, checking that it is a readable 3-D numeric volume.
 
     Parameters
@@ -135,6 +136,10 @@ def open_volume(path: str | os.PathLike[str]) -> Volume:
         An MRC (``.mrc``, ``.rec``, ``.map``, ``.st``), AmiraMesh binary (``.am``, ``.rec``),
         multi-page TIFF (``.tif``, ``.tiff``) or NumPy (``.npy``) file. The format is chosen by the
         file's first bytes; the extension is a hint.
+    voxel_size_nm : (z, y, x), optional
+        The voxel size in nanometres, replacing the file's. Without it, a file that carries no
+        voxel size (npy, a TIFF without units, AmiraMesh without a physical ``BoundingBox``, a
+        damaged MRC header) gets 1 nm, marked ``voxel_size_assumed``, with a one-line warning.
 
     Returns
     -------
@@ -172,5 +177,11 @@ def open_volume(path: str | os.PathLike[str]) -> Volume:
         vol = open_tiff(path)
     else:
         vol = _open_npy(path)
+    if voxel_size_nm is not None:
+        vol.voxel_size_nm = check_voxel_size(voxel_size_nm)
+        vol.voxel_size_assumed, vol.voxel_size_note = False, ""
+    elif vol.voxel_size_note:
+        logger.warning("%s: no voxel size (%s); assuming 1 nm, so physical sizes are not real "
+                       "(give the real one with convert --voxel-size Z,Y,X)", path, vol.voxel_size_note)
     logger.debug("%s: opened %r", path, vol)
     return vol

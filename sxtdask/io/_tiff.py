@@ -358,5 +358,6 @@ def open_tiff(path: Path) -> Volume:
         if caught.messages:
             raise InputError(f"{path}: truncated or corrupted TIFF ({_one_line(caught.messages[0])})")
         shape, layout = _structure(path, tif)
-        voxel = voxel_size_or_default(path, *_voxel_size(path, tif))
-    return Volume(path, layout, voxel, "tiff")
+        voxel, why = voxel_size_or_default(path, *_voxel_size(path, tif))
+    return Volume(path, layout, voxel, "tiff", voxel_size_assumed=why is not None,
+                  voxel_size_note=why or "")

@@ -165,13 +165,22 @@ class Volume:
         (z, y, x) voxel size, nanometres.
     format : str
         ``"mrc"``, ``"amira"``, ``"tiff"`` or ``"npy"``.
+    voxel_size_assumed : bool
+        The file carries no (valid) voxel size: ``voxel_size_nm`` is the assumed 1 nm, and physical
+        sizes computed from it mean nothing until the real size is given.
+    voxel_size_note : str
+        Why it is assumed (empty when it is not, or when a header warning has said so).
+    materials : dict of int to str
+        A label file's class names by value (AmiraMesh ``Materials``, e.g. ``{0: "void", 1:
+        "cell", 2: "ignore"}``); empty when the file names none.
     """
 
     ndim = 3
 
     def __init__(
         self, path: Path, layout: RawLayout | TiffPagesLayout, voxel_size_nm: tuple[float, float, float],
-        fmt: str,
+        fmt: str, *, voxel_size_assumed: bool = False, voxel_size_note: str = "",
+        materials: dict[int, str] | None = None,
     ) -> None:
         self.path = Path(path)
         self.layout = layout
@@ -180,6 +189,9 @@ class Volume:
         vs = tuple(float(v) for v in voxel_size_nm)
         self.voxel_size_nm = cast(tuple[float, float, float], vs)
         self.format = fmt
+        self.voxel_size_assumed = bool(voxel_size_assumed)
+        self.voxel_size_note = voxel_size_note  # why it is assumed ("" once said or not assumed)
+        self.materials = dict(materials or {})
         self._data: Any = None
         self._lock = threading.Lock()
 

@@ -28,11 +28,13 @@ from sxtdask.metrics._evaluate import (
 from sxtdask.metrics._instances import (
     IOU_THRESHOLDS,
     Contingency,
+    InstanceOutcomes,
     MatchResult,
     average_precision,
     block_contingency,
     combine_contingency,
     contingency_table,
+    instance_outcomes,
     match_contingency,
 )
 from sxtdask.metrics._morph import morphometrics, surface_area
@@ -48,6 +50,7 @@ __all__ = [
     "COCO_STATS",
     "IOU_THRESHOLDS",
     "Contingency",
+    "InstanceOutcomes",
     "LabelKind",
     "LabelPair",
     "MatchResult",
@@ -66,6 +69,7 @@ __all__ = [
     "dice_score",
     "evaluate_labels",
     "evaluate_stores",
+    "instance_outcomes",
     "match_contingency",
     "morphometrics",
     "resolve_labels",

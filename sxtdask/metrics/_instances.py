@@ -21,8 +21,9 @@ from sxtdask._tree import tree_reduce
 from sxtdask.errors import ConfigError
 from sxtdask.metrics._reduce import align, block_tasks
 
-__all__ = ["IOU_THRESHOLDS", "Contingency", "MatchResult", "average_precision", "block_contingency",
-           "combine_contingency", "contingency_table", "match_contingency"]
+__all__ = ["IOU_THRESHOLDS", "Contingency", "InstanceOutcomes", "MatchResult", "average_precision",
+           "block_contingency", "combine_contingency", "contingency_table", "instance_outcomes",
+           "match_contingency"]
 
 IOU_THRESHOLDS: tuple[float, ...] = tuple(np.round(np.linspace(0.5, 0.95, 10), 2).tolist())
 
@@ -201,3 +202,78 @@ def average_precision(
         per.append(m.tp / den if den else 1.0)
     return {"ap": float(np.mean(per)), "thresholds": [float(t) for t in thresholds],
             "ap_per_threshold": per}
+
+
+@dataclass(frozen=True, eq=False)
+class InstanceOutcomes:
+    """Every true and predicted instance classified by the matching of :func:`match_contingency`.
+
+    The classes part the matcher's counts: ``tp = len(matched_gt)``, ``fn = len(missed) +
+    len(split_gt)``, ``fp = len(false) + len(split_pred)``.
+
+    Attributes
+    ----------
+    matched_gt, matched_pred : (n,) ndarray of int64
+        The matched pairs (IoU above the threshold): true positives.
+    missed : ndarray of int64
+        True instances neither matched nor split: false negatives.
+    false : ndarray of int64
+        Predicted instances neither matched nor a fragment of a split one: false positives.
+    split_gt : ndarray of int64
+        True instances not matched that hold two or more unmatched predicted instances, each with
+        more than half of its voxels inside the true one.
+    split_pred : ndarray of int64
+        Those fragments (ascending).
+    """
+
+    matched_gt: np.ndarray
+    matched_pred: np.ndarray
+    missed: np.ndarray
+    false: np.ndarray
+    split_gt: np.ndarray
+    split_pred: np.ndarray
+
+    def masks(self, truth: Any, pred: Any) -> dict[str, np.ndarray]:
+        """Boolean masks of each outcome on ``truth`` and ``pred`` (the same labels, any shape,
+        e.g. one slice): ``matched``, ``false`` and ``split`` mark predicted voxels, ``missed``
+        true ones.
+        """
+        t, p = np.asarray(truth), np.asarray(pred)
+        return {"matched": np.isin(p, self.matched_pred), "missed": np.isin(t, self.missed),
+                "false": np.isin(p, self.false), "split": np.isin(p, self.split_pred)}
+
+
+def instance_outcomes(table: Contingency, iou_threshold: float = 0.5) -> InstanceOutcomes:
+    """Classify each instance as matched, missed, false or split (see :class:`InstanceOutcomes`).
+
+    Parameters
+    ----------
+    table : Contingency
+        Of the whole volume (:func:`block_contingency` of two in-memory images, or
+        :func:`contingency_table` computed), so that the classes are those of the 3-D matching.
+    iou_threshold : float
+        At least 0.5, as for :func:`match_contingency`.
+
+    Examples
+    --------
+    >>> t = np.zeros((1, 4, 8), np.uint8); t[0, :, :4] = 1; t[0, :, 4:] = 2
+    >>> p = np.zeros_like(t); p[0, :, :4] = 1; p[0, :2, 4:] = 2; p[0, 2:, 4:] = 3
+    >>> o = instance_outcomes(block_contingency(p, t))
+    >>> o.matched_gt.tolist(), o.split_gt.tolist(), o.split_pred.tolist()
+    ([1], [2], [2, 3])
+    """
+    if iou_threshold < 0.5:
+        raise ConfigError(f"iou_threshold ({iou_threshold}) must be at least 0.5 for a 1:1 matching")
+    hit = table.pair_iou() > iou_threshold
+    matched_gt, matched_pred = table.pair_gt[hit], table.pair_pred[hit]
+    size_p = table.pred_sizes[np.searchsorted(table.pred_ids, table.pair_pred)]
+    inside = 2 * table.pair_voxels > size_p  # more than half of the prediction: one true instance
+    free = inside & ~np.isin(table.pair_gt, matched_gt) & ~np.isin(table.pair_pred, matched_pred)
+    hosts, n = np.unique(table.pair_gt[free], return_counts=True)
+    split_gt = hosts[n >= 2]
+    split_pred = np.sort(table.pair_pred[free & np.isin(table.pair_gt, split_gt)])
+    return InstanceOutcomes(
+        matched_gt=matched_gt, matched_pred=matched_pred,
+        missed=np.setdiff1d(table.gt_ids, np.concatenate([matched_gt, split_gt])),
+        false=np.setdiff1d(table.pred_ids, np.concatenate([matched_pred, split_pred])),
+        split_gt=split_gt, split_pred=split_pred)

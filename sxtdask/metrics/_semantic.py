@@ -34,7 +34,7 @@ def _classes(block: np.ndarray, binarise: bool, what: str, max_classes: int) -> 
 
 def block_confusion(
     pred: np.ndarray, gt: np.ndarray, binarise_pred: bool = False, binarise_gt: bool = False,
-    max_classes: int = MAX_CLASSES,
+    max_classes: int = MAX_CLASSES, ignore_label: int | None = None,
 ) -> np.ndarray:
     """The confusion matrix of one block: ``out[t, p]`` voxels of true class t predicted as p.
 
@@ -46,12 +46,17 @@ def block_confusion(
         Compare ``label > 0`` instead of the label values (instance images as masks).
     max_classes : int
         Values must be below this; a larger one raises ConfigError.
+    ignore_label : int, optional
+        Voxels whose true value is this are left out (unannotated voxels of a sparse annotation).
 
     Returns
     -------
     (n, n) ndarray of int64
         ``n`` is one more than the largest class in the block (at least 1).
     """
+    if ignore_label is not None:
+        keep = gt != ignore_label
+        pred, gt = pred[keep], gt[keep]
     p = _classes(pred, binarise_pred, "predicted", max_classes)
     t = _classes(gt, binarise_gt, "ground-truth", max_classes)
     n = 1 + max(int(p.max()) if p.size else 0, int(t.max()) if t.size else 0)
@@ -70,7 +75,7 @@ def combine_confusion(*matrices: np.ndarray) -> np.ndarray:
 
 def confusion_matrix(
     pred: Any, gt: Any, *, binarise_pred: bool = False, binarise_gt: bool = False,
-    max_classes: int = MAX_CLASSES,
+    max_classes: int = MAX_CLASSES, ignore_label: int | None = None,
 ) -> Delayed:
     """The confusion matrix of two label volumes, chunk by chunk (lazy).
 
@@ -85,6 +90,9 @@ def confusion_matrix(
         Compare ``label > 0`` (e.g. an instance image against a semantic mask).
     max_classes : int
         Class values must be below this (ConfigError at compute time otherwise).
+    ignore_label : int, optional
+        True value of voxels left out of every count (e.g. 2 = unannotated in NCXT's sparse
+        labels); its row of the matrix is then all zeros.
 
     Returns
     -------
@@ -100,9 +108,9 @@ def confusion_matrix(
     [[0, 4], [0, 4]]
     """
     pred, gt = align(pred, gt)
-    token = tokenize(pred, gt, binarise_pred, binarise_gt, max_classes)
+    token = tokenize(pred, gt, binarise_pred, binarise_gt, max_classes, ignore_label)
     parts = block_tasks(block_confusion, (pred, gt), f"sxtdask-evaluate-confusion-{token}",
-                        binarise_pred, binarise_gt, max_classes)
+                        binarise_pred, binarise_gt, max_classes, ignore_label)
     return tree_reduce(parts, combine_confusion, f"sxtdask-evaluate-confusion-sum-{token}")
 
 
