@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputError
+from .errors import OVERWRITE, OutputError
 
 __all__ = [
     "EXISTS",
@@ -149,7 +149,7 @@ def replace_directory(partial: str | os.PathLike[str], out: str | os.PathLike[st
     old = None
     if _exists(out):
         if not overwrite:
-            raise OutputError(f"{out}: exists (created while writing); pass --overwrite to replace it")
+            raise OutputError(f"{out}: exists (created while writing); pass {OVERWRITE} to replace it")
         old = _partial_name(out, "old")
         os.replace(out, old)
     try:
@@ -242,7 +242,7 @@ def atomic_directory(out: str | os.PathLike[str], overwrite: bool = False,
         fcntl.flock(fd, fcntl.LOCK_EX)  # "being written": what remove_stale_partials looks for
         yield partial
         if _exists(out) and not overwrite:
-            raise OutputError(f"{out}: exists (created while writing); pass --overwrite to replace it")
+            raise OutputError(f"{out}: exists (created while writing); pass {OVERWRITE} to replace it")
         swap_directories(partial, out)  # one atomic exchange where there is an old one
     finally:
         if _exists(partial):
@@ -279,7 +279,7 @@ def remove_stale_partials(out: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
-EXISTS = "{subject} exists; pass --overwrite to replace it"
+EXISTS = "{subject} exists; pass " + OVERWRITE + " to replace it"
 
 
 def check_new_path(
@@ -309,7 +309,7 @@ def check_new_path(
         What the output is, put before the path in messages (e.g. ``"table"``).
     exists : str
         The message when ``path`` exists without ``overwrite``; ``{subject}`` is replaced by
-        ``what`` and the path (e.g. ``"{subject}: exists; pass --overwrite to replace it"``).
+        ``what`` and the path (e.g. ``"{subject}: exists; pass overwrite=True to replace it"``).
     parent : bool
         Check that the parent folder exists and is writable (False where the caller creates it;
         then only an ancestor that is a file is refused).

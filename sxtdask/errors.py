@@ -8,7 +8,11 @@ where there is one.
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
+    "OVERWRITE",
+    "option",
     "SxtdaskError",
     "InputError",
     "UnsupportedFormatError",
@@ -19,8 +23,41 @@ __all__ = [
 ]
 
 
+# An option named both ways inside a message: ``⟦python⟧⟦cli⟧``.
+_OPTION = re.compile("\u27e6([^\u27e7]*)\u27e7\u27e6([^\u27e7]*)\u27e7")
+
+
+def option(python: str, cli: str) -> str:
+    """Name an option in an error message both ways: a Python caller reads ``python`` (e.g.
+    ``overwrite=True``), the command line's one-line error reads ``cli`` (``--overwrite``).
+
+    >>> str(OutputError(f"x.zarr exists; pass {option('overwrite=True', '--overwrite')}"))
+    'x.zarr exists; pass overwrite=True'
+    >>> OutputError(f"x.zarr exists; pass {option('overwrite=True', '--overwrite')}").for_cli()
+    'x.zarr exists; pass --overwrite'
+    """
+    return f"\u27e6{python}\u27e7\u27e6{cli}\u27e7"
+
+
+#: ``overwrite=True`` for Python callers, ``--overwrite`` on the command line.
+OVERWRITE = option("overwrite=True", "--overwrite")
+
+
 class SxtdaskError(Exception):
-    """Base class of every error sxtdask raises on purpose."""
+    """Base class of every error sxtdask raises on purpose.
+
+    Its message speaks Python (``str(err)``: "pass overwrite=True"); :meth:`for_cli` gives the
+    same message in the command line's words ("pass --overwrite"), for options named with
+    :func:`option`.
+    """
+
+    def __str__(self) -> str:
+        """The message in Python's words."""
+        return _OPTION.sub(lambda m: m.group(1), super().__str__())
+
+    def for_cli(self) -> str:
+        """The message with every option in its command-line spelling."""
+        return _OPTION.sub(lambda m: m.group(2), super().__str__())
 
 
 class InputError(SxtdaskError):

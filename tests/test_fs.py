@@ -121,7 +121,7 @@ def test_replace_directory_swaps_folders(tmp_path) -> None:
 def test_replace_directory_without_overwrite_keeps_out(tmp_path) -> None:
     out = _folder(tmp_path / "out", old="1")
     new = _folder(tmp_path / "new", a="2")
-    with pytest.raises(OutputError, match="out: exists .*--overwrite"):
+    with pytest.raises(OutputError, match="out: exists .*overwrite=True"):
         replace_directory(new, out, overwrite=False)
     assert (out / "old").read_text() == "1" and (new / "a").read_text() == "2"
 
@@ -152,7 +152,7 @@ def test_atomic_directory_commits_or_leaves_the_old_folder(tmp_path) -> None:
         raise ValueError("boom")
     assert sorted(p.name for p in out.iterdir()) == ["a"]
     assert os.listdir(tmp_path) == ["store"]
-    with pytest.raises(OutputError, match="store exists; pass --overwrite"), atomic_directory(out):
+    with pytest.raises(OutputError, match="store exists; pass overwrite=True"), atomic_directory(out):
         pytest.fail("the check comes first")
     with atomic_directory(out, True, exists="{subject}: taken") as tmp:
         (tmp / "c").write_text("2")
@@ -183,7 +183,7 @@ def test_check_new_path_accepts_a_new_or_replaceable_path(tmp_path) -> None:
 def test_check_new_path_messages(tmp_path) -> None:
     (tmp_path / "file").write_text("x")
     (tmp_path / "dir").mkdir()
-    with pytest.raises(OutputError, match=r"file exists; pass --overwrite to replace it$"):
+    with pytest.raises(OutputError, match=r"file exists; pass overwrite=True to replace it$"):
         check_new_path(tmp_path / "file", False)
     with pytest.raises(OutputError, match=r"^table .*file: exists; pass overwrite=True$"):
         check_new_path(tmp_path / "file", what="table", exists="{subject}: exists; pass overwrite=True")

@@ -510,7 +510,7 @@ def test_non_finite_voxel_fails_and_leaves_nothing(tmp_path: Path, value: float,
 def test_existing_output_without_overwrite_is_untouched(tmp_path: Path) -> None:
     out = write_image(rand((8, 8, 8), seed=1), tmp_path / "o.ome.zarr")
     stamp = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
-    with pytest.raises(OutputError, match="o.ome.zarr: exists; pass --overwrite to replace it"):
+    with pytest.raises(OutputError, match="o.ome.zarr: exists; pass overwrite=True to replace it"):
         write_image(rand((8, 8, 8), seed=2), out)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == stamp
     new = rand((8, 8, 8), seed=3)
@@ -575,7 +575,7 @@ def test_create_then_finalize_labels(tmp_path: Path) -> None:
 def test_existing_labels_need_overwrite_and_unfinished_ones_resume(tmp_path: Path) -> None:
     out = write_image(rand((8, 8, 8)), tmp_path / "l.ome.zarr")
     write_labels(out, "cells", da.ones((8, 8, 8), dtype=np.uint8, chunks=4))
-    with pytest.raises(OutputError, match="label image 'cells' exists; pass --overwrite"):
+    with pytest.raises(OutputError, match="label image 'cells' exists; pass overwrite=True"):
         create_labels(out, "cells", shape=(8, 8, 8), chunks=None, dtype="uint8")
     arr = create_labels(out, "cells", shape=(8, 8, 8), chunks=None, dtype="uint8", overwrite=True)
     assert list_labels(out) == [] and arr[:].max() == 0

@@ -92,5 +92,5 @@ def test_untrained_torchvision_maskrcnn_runs_end_to_end(tmp_path):
 
 
 def test_maskrcnn_weights_are_not_bundled():
-    with pytest.raises(SxtdaskError, match="--model PATH"):
+    with pytest.raises(SxtdaskError, match=r"pass one, load_model\('path/to/isg_mask_rcnn_final.pth'\)$"):
         MaskRCNNISG().load_model()

@@ -97,7 +97,7 @@ def test_pipeline_equals_the_engine_step_by_step_and_a_whole_volume_run(store, t
 def test_existing_labels_are_refused_at_planning_and_overwrite_keeps_nothing_stale(store):
     segment_tomogram(store, ClassicalISG()).result.compute(scheduler="sync")
     first = _label_bytes(store)
-    with pytest.raises(OutputError, match="exists; pass --overwrite"):
+    with pytest.raises(OutputError, match="exists; pass overwrite=True"):
         segment_tomogram(store, ClassicalISG())
     segment_tomogram(store, ClassicalISG(), overwrite=True).result.compute(scheduler="sync")
     assert _label_bytes(store) == first

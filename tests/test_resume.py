@@ -181,7 +181,7 @@ def test_a_changed_plan_or_overwrite_discards_progress(phantom, tmp_path, caplog
     before = _label_files(path)
     _interrupt(path, Blobs(), 3, overwrite=True)
     assert {k: v for k, v in _label_files(path).items() if ".sxtdask-new" not in k} == before
-    with pytest.raises(OutputError, match="exists; pass --overwrite"):
+    with pytest.raises(OutputError, match="exists; pass overwrite=True"):
         _plan(path, Blobs())
     assert _plan(path, Blobs(), overwrite=True).chunks_reused == 3
     assert _plan(path, Blobs(level=0.7), overwrite=True).chunks_reused == 0

@@ -193,3 +193,21 @@ def test_ignore_label_for_semantic_and_instances():
     assert sem["classes"]["1"]["dice"] == 1.0 and "9" not in sem["classes"]
     with pytest.raises(ConfigError, match="cell_parts"):
         evaluate_labels(pred, truth, "cell", cell_parts=("organelle",))
+
+
+# --------------------------------------------------------------------------- errors in the caller's words
+
+
+def test_errors_speak_python_to_python_and_flags_to_the_command_line(tmp_path):
+    from sxtdask.errors import OutputError
+
+    write_image(np.zeros((4, 8, 8), np.float32), tmp_path / "a.zarr", voxel_size_nm=(30, 30, 30))
+    with pytest.raises(OutputError) as err:
+        write_image(np.zeros((4, 8, 8), np.float32), tmp_path / "a.zarr", voxel_size_nm=(30, 30, 30))
+    assert str(err.value).endswith("pass overwrite=True to replace it") and "--" not in str(err.value)
+    assert err.value.for_cli().endswith("pass --overwrite to replace it")
+    np.save(tmp_path / "v.npy", np.zeros((4, 8, 8), np.float32))
+    proc = sxtdask("convert", "v.npy", "a.zarr", "--voxel-size", "30", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].endswith("exists; pass --overwrite to replace it")
+    assert "overwrite=True" not in proc.stderr

@@ -153,7 +153,7 @@ def test_same_seed_and_resume_give_the_uninterrupted_weights(trained, data, tmp_
     assert state_path(out).is_file()
     with pytest.raises(ConfigError, match="another configuration"):
         train_maskrcnn(train, val, out, dataclasses.replace(CFG, lr=0.01), resume=True)
-    with pytest.raises(OutputError, match="--overwrite"):
+    with pytest.raises(OutputError, match="overwrite=True"):
         train_maskrcnn(train, val, out, CFG)
     resumed = train_maskrcnn(train, val, out, CFG, resume=True)
     drop = ("seconds",)

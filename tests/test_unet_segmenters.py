@@ -114,7 +114,7 @@ def test_without_a_checkpoint_the_error_says_how_to_pass_one(tmp_path, monkeypat
     import sxtdask.models._bundled as bundled
 
     monkeypatch.setattr(bundled, "BUNDLED_DIR", tmp_path)  # an installation without the weights
-    with pytest.raises(SxtdaskError, match="--model PATH"):
+    with pytest.raises(SxtdaskError, match=r"load_model\(PATH\)"):
         UNetSegmenter(task=Task.MITO).load_model()
     with pytest.raises(ConfigError, match="load_model"):
         UNetSegmenter(task=Task.MITO).model  # noqa: B018 (no silent fallback to any weights)

@@ -133,5 +133,8 @@ def _killed_worker(err: BaseException) -> str:
 
 
 def _one_line(err: BaseException) -> str:
-    """The error's message as one line (a message from a library may span several)."""
-    return "; ".join(part.strip() for part in str(err).splitlines() if part.strip()) or type(err).__name__
+    """The error's message as one line (a message from a library may span several), options in
+    the command line's words (``--overwrite``, not ``overwrite=True``).
+    """
+    text = err.for_cli() if isinstance(err, SxtdaskError) else str(err)
+    return "; ".join(part.strip() for part in text.splitlines() if part.strip()) or type(err).__name__

@@ -28,7 +28,7 @@ from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from skimage import measure
 
 from .._fs import remove_path, swap_directories
-from ..errors import ConfigError, OutputError
+from ..errors import OVERWRITE, ConfigError, OutputError, option
 from ..io import (
     create_labels,
     finalize_labels,
@@ -175,12 +175,14 @@ def plan_memory(segmenter: Segmenter, grid: BlockGrid, memory_limit: int | None,
         fits = seg.memory_bytes((depth + 2 * grid.halo[0], *block[1:])) <= budget
         thinner = (f" or chunks of {depth}×{chunk[1]}×{chunk[2]}" if fits and depth < chunk[0]
                    else "")
+        enough = need * threads / MEMORY_FRACTION / _GIB
         raise ConfigError(
             f"{type(segmenter).__name__} needs about {need / _GIB:.1f} GiB to segment one "
             f"{'×'.join(map(str, block))} block, one slice at a time; the workers have "
             f"{memory_limit / _GIB:.1f} GiB for {threads} thread(s) (of which sxtdask plans "
-            f"{MEMORY_FRACTION:.0%}): use --memory-limit {need * threads / MEMORY_FRACTION / _GIB:.1f}GiB"
-            f"{' with fewer --threads-per-worker' if threads > 1 else ''}{thinner}")
+            f"{MEMORY_FRACTION:.0%}): use "
+            f"{option(f'workers of {enough:.1f} GiB', f'--memory-limit {enough:.1f}GiB')}"
+            f"{' with fewer threads per worker' if threads > 1 else ''}{thinner}")
     if seg is not segmenter:
         logger.info("batches of at most %d slices so that %d block(s) of %s fit in %.1f GiB",
                     batch, threads, "×".join(map(str, block)), memory_limit / _GIB)
@@ -697,7 +699,7 @@ def plan_store(
     complete = {spec.name for spec in segmenter.outputs if labels_complete(path, spec.name)}
     if complete and not overwrite:
         name = next(s.name for s in segmenter.outputs if s.name in complete)
-        raise OutputError(f"{path}: label image {name!r} exists; pass --overwrite to replace it")
+        raise OutputError(f"{path}: label image {name!r} exists; pass {OVERWRITE} to replace it")
     return _Layout(path, img.voxel_size_nm, segmenter, grid,
                    (img.data.shape, img.data.chunksize, str(img.data.dtype)), overwrite,
                    frozenset(complete), img.level_paths[0] if img.level_paths else "0")

@@ -18,7 +18,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from sxtdask.errors import ConfigError, InputError, OutputError
+from sxtdask.errors import OVERWRITE, ConfigError, InputError, OutputError
 from sxtdask.io._omezarr import (
     OME_VERSION,
     array_at,
@@ -176,7 +176,7 @@ def create_labels(
     group = _labels_group(root)
     if name in group:
         if labels_complete(path, name) and not overwrite:
-            raise OutputError(f"{path}: label image {name!r} exists; pass --overwrite to replace it")
+            raise OutputError(f"{path}: label image {name!r} exists; pass {OVERWRITE} to replace it")
         reuse = None if overwrite else _reuse(group_at(group, name), image.data.shape, chunks, dt)
         if reuse is not None:
             logger.info("%s: resuming the unfinished label image %r", path, name)

@@ -32,7 +32,7 @@ from zarr.codecs import ZstdCodec
 from zarr.storage import LocalStore
 
 from sxtdask._fs import atomic_directory as _atomic_directory
-from sxtdask.errors import ConfigError, InputError, InvalidVolumeError
+from sxtdask.errors import OVERWRITE, ConfigError, InputError, InvalidVolumeError
 from sxtdask.io._checks import ASSUMED_VOXEL_NM, check_dtype, check_shape, check_voxel_size
 from sxtdask.io._volume import Volume
 
@@ -116,7 +116,7 @@ def multiscale_metadata(
 
 # --- atomic output --------------------------------------------------------------------------------
 
-_EXISTS = "{subject}: exists; pass --overwrite to replace it"
+_EXISTS = "{subject}: exists; pass " + OVERWRITE + " to replace it"
 
 
 def atomic_directory(out: Path, overwrite: bool) -> AbstractContextManager[Path]:

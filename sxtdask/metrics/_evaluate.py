@@ -16,7 +16,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.delayed import Delayed
 
-from sxtdask.errors import ConfigError, InputError
+from sxtdask.errors import ConfigError, InputError, option
 from sxtdask.metrics._coco import coco_metrics
 from sxtdask.metrics._instances import (
     Contingency,
@@ -38,6 +38,8 @@ __all__ = ["LabelKind", "LabelPair", "evaluate_labels", "evaluate_stores", "reso
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
+_LABELS_PAIR = option('labels=["PRED=GT"]', "--labels PRED=GT")
+_LABELS_NAME = option('labels=["NAME"]', "--labels NAME")
 
 class LabelKind(enum.Enum):
     """How a label image is evaluated."""
@@ -75,7 +77,7 @@ def _parse(spec: str) -> tuple[str, str]:
     pred, sep, gt = spec.partition("=")
     pred, gt = pred.strip(), (gt.strip() if sep else pred.strip())
     if not pred or not gt:
-        raise ConfigError(f"--labels {spec!r} must be NAME or PRED=GT")
+        raise ConfigError(f"{option('labels', '--labels')} {spec!r} must be NAME or PRED=GT")
     return pred, gt
 
 
@@ -120,7 +122,7 @@ def resolve_labels(
             raise InputError(
                 f"{pred} and {gt} have no label image name in common (prediction: "
                 f"{', '.join(pred_names) or 'none'}; ground truth: {', '.join(gt_names) or 'none'}); "
-                f"pass --labels PRED=GT")
+                f"pass {_LABELS_PAIR}")
     else:
         pairs = [_parse(s) for s in labels]
     out = []
@@ -377,7 +379,7 @@ def _label_file(
     materials = {k: v.lower() for k, v in vol.materials.items()}
     if labels is not None:
         if len(labels) != 1:
-            raise ConfigError(f"{gt} is one label file: give one --labels NAME (the prediction's label "
+            raise ConfigError(f"{gt} is one label file: give one {_LABELS_NAME} (the prediction's label "
                               f"image), not {len(labels)}")
         name = _parse(labels[0])[0]
     elif "cell" in materials.values() and "cell" in names:
@@ -386,7 +388,7 @@ def _label_file(
         name = names[0]
     else:
         raise InputError(f"{pred} has the label images {', '.join(names) or 'none'}: say which one "
-                         f"{gt} is the truth of with --labels NAME")
+                         f"{gt} is the truth of with {_LABELS_NAME}")
     if name not in names:
         raise InputError(f"{pred}: no label image {name!r}; available: {', '.join(names) or 'none'}")
     p = open_labels(pred, name)
@@ -423,7 +425,7 @@ def _apply_materials(
             raise InputError(
                 f"{gt}: material {name!r} has the value {value}, but a cell label image has 0 "
                 "background, 1 cytoplasm (or the whole cell), 2 nucleus; evaluate it as classes "
-                "with --labels and a renumbered truth")
+                f"with {option('labels', '--labels')} and a renumbered truth")
         parts.append("nucleus" if name == "nucleus" else "cytoplasm" if name in ("cytoplasm", "cytosol")
                      else "cell")
     if "nucleus" in parts and "cytoplasm" not in parts and "cell" in parts:

@@ -10,7 +10,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 
 from sxtdask._tree import tree_reduce
-from sxtdask.errors import ConfigError
+from sxtdask.errors import ConfigError, option
 from sxtdask.metrics._reduce import align, block_tasks
 
 __all__ = ["MAX_CLASSES", "block_confusion", "class_scores", "combine_confusion", "confusion_matrix",
@@ -28,7 +28,8 @@ def _classes(block: np.ndarray, binarise: bool, what: str, max_classes: int) -> 
     if block.size and int(block.max()) >= max_classes:
         raise ConfigError(
             f"{what} holds the value {int(block.max())}, beyond the {max_classes} classes a semantic "
-            f"label image may have; evaluate it as instances (--instances NAME)")
+            f"label image may have; evaluate it as instances "
+            f"({option('instances=[NAME]', '--instances NAME')})")
     return block
 
 

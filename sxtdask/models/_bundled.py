@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import SxtdaskError
+from ..errors import SxtdaskError, option
 
 __all__ = ["BUNDLED_DIR", "bundled_weights"]
 
@@ -31,5 +31,5 @@ def bundled_weights(kind: str) -> Path:
     path = BUNDLED_DIR / f"{kind}_unet.pt"
     if not path.is_file():
         raise SxtdaskError(f"the bundled {kind} weights are missing from this installation "
-                           f"({path}); pass a checkpoint with --model PATH")
+                           f"({path}); pass a checkpoint with {option('load_model(PATH)', '--model PATH')}")
     return path

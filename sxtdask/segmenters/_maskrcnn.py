@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, SxtdaskError
+from ..errors import ConfigError, SxtdaskError, option
 from ..stats import IntensityStats
 from ._base import OutputKind, OutputSpec, Segmenter
 from ._linking import link_slices
@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 #: The task name sxtdask's Mask R-CNN checkpoints record in their metadata.
 CHECKPOINT_TASK = "isg-maskrcnn"
+
+_PASS_WEIGHTS = option("load_model('path/to/isg_mask_rcnn_final.pth')", "--model PATH")
 
 
 def prepare_maskrcnn_slices(block: np.ndarray) -> np.ndarray:
@@ -130,7 +132,7 @@ class MaskRCNNISG(Segmenter):
         if path is None:
             raise SxtdaskError(
                 "Mask R-CNN weights are not bundled (a ResNet-50 FPN checkpoint is ~170 MB): "
-                "pass one, load_model('path/to/isg_mask_rcnn_final.pth') or --model PATH"
+                f"pass one, {_PASS_WEIGHTS}"
             )
         self._check(str(path))
         self._update(model_path=str(path))

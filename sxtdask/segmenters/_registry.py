@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, option
 from ._base import Segmenter
 from ._classical import ClassicalISG
 from ._combined import CombinedSegmenter
@@ -162,7 +162,8 @@ def make_segmenter(
     if not names or len(set(names)) != len(names):
         raise ConfigError(f"tasks must be distinct values of {', '.join(Task)}")
     if method is not None and len(names) > 1:
-        raise ConfigError("--method applies to one task; with several, each uses its default")
+        raise ConfigError(f"{option('method', '--method')} applies to one task; with several, each uses its "
+                          "default")
     given = {_task(k): v for k, v in (models or {}).items() if v is not None}
     extra = sorted(t.value for t in set(given) - set(names))
     if extra:
@@ -180,11 +181,11 @@ def _one(row: MethodEntry, model: str | Path | None, *, device: str, batch_size:
         options["device"] = device
         if batch_size is not None:
             if batch_size < 1:
-                raise ConfigError(f"--batch-size ({batch_size}) must be at least 1")
+                raise ConfigError(f"{option('batch_size', '--batch-size')} ({batch_size}) must be at least 1")
             options["batch_size"] = batch_size
     elif model is not None:
-        raise ConfigError(f"--model is for network methods; the {row.method.value} method has no "
-                          "model")
+        raise ConfigError(f"{option('a model', '--model')} is for network methods; the "
+                          f"{row.method.value} method has no model")
     seg = row.make(**options)
     if row.network is not None:
         seg.load_model(model)

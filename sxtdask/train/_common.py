@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .._fs import atomic_file, check_new_path
-from ..errors import ConfigError, InputError
+from ..errors import OVERWRITE, ConfigError, InputError, option
 
 __all__ = ["Progress", "TrainResult", "resolve_train_device", "seed_everything", "state_path"]
 
@@ -79,7 +79,8 @@ def check_out(out: Path, resume: bool, overwrite: bool) -> None:
     check_new_path(out, overwrite, exists=_EXISTS)
 
 
-_EXISTS = "{subject} exists; pass --overwrite to replace it or --resume to continue"
+_EXISTS = ("{subject} exists; pass " + OVERWRITE + " to replace it or "
+           + option("resume=True", "--resume") + " to continue")
 
 
 def save_state(out: Path, state: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, option
 from ..stats import IntensityStats
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ def open_training_data(sources: Sequence[str | os.PathLike[str]], task: str,
     if task not in TASK_LABELS:
         raise ConfigError(f"task {task!r} is not one of {', '.join(TASK_LABELS)}")
     if not sources:
-        raise ConfigError("no training data given (--data PATH ...)")
+        raise ConfigError(f"no training data given ({option('data=[PATH, ...]', '--data PATH ...')})")
     keys = [source_key(src) for src in sources]
     for i, key in enumerate(keys):
         if key in keys[:i]:

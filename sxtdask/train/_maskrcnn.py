@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, OutputError
+from ..errors import OVERWRITE, ConfigError, OutputError
 from ._coco import (
     PatchRef,
     check_patching,
@@ -222,7 +222,7 @@ def train_maskrcnn(train: Sequence[TrainingVolume], val: Sequence[TrainingVolume
     out = Path(out)
     check_out(out, resume, overwrite)
     if not resume and not overwrite and final_path(out).exists():
-        raise OutputError(f"{final_path(out)} exists; pass --overwrite to replace it")
+        raise OutputError(f"{final_path(out)} exists; pass {OVERWRITE} to replace it")
     device = resolve_train_device(config.device)
     rng = seed_everything(config.seed)
     train_refs = patch_grid(train, config.patch, config.stride, config.min_area)
@@ -322,7 +322,7 @@ def _resume_state(out: Path, record: dict[str, Any]) -> dict[str, Any]:
     state = load_state(out)
     if state.get("config") != record:
         raise ConfigError(f"{state_path(out)} was written with another configuration or other "
-                          "data; resume with the same options or start afresh with --overwrite")
+                          f"data; resume with the same options or start afresh with {OVERWRITE}")
     return state
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import OVERWRITE, ConfigError
 from ..metrics import dice_from_counts
 from ._common import (
     Progress,
@@ -148,7 +148,7 @@ def train_unet(task: str, train: Sequence[TrainingVolume], val: Sequence[Trainin
         state = load_state(out)
         if state.get("config") != _config_record(task, config):
             raise ConfigError(f"{state_path(out)} was written with another configuration; "
-                              "resume with the same options or start afresh with --overwrite")
+                              f"resume with the same options or start afresh with {OVERWRITE}")
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
