@@ -520,7 +520,7 @@ def _archive_sound(run: Path, ref: Path, inputs: Path) -> None:
     if not out.exists():
         return
     assert _visible_top(out) <= {"tomograms", "manifest.json", "manifest.csv", "summary.csv",
-                                 "summary.parquet", "summary.png"}
+                                 "summary.parquet", "summary.png", "summary.html"}
     rows = _rows(out / "manifest.json") if (out / "manifest.json").exists() else {}
     if (out / "manifest.csv").exists():
         assert set(pd.read_csv(out / "manifest.csv")["input"]) == set(rows)

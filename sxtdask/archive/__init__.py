@@ -4,8 +4,9 @@
 and existing OME-Zarr images) and reads the earlier manifest; ``run_archive(plan, segmenter,
 client)`` keeps several tomograms in flight on a Dask client (each inside its own
 ``distributed.span``), records each one's outcome in ``manifest.csv``/``manifest.json`` and writes
-``summary.csv``, ``summary.parquet`` and ``summary.png``. Reruns skip finished tomograms and
-resume interrupted ones.
+``summary.csv``, ``summary.parquet``, ``summary.png`` and ``summary.html`` (interactive: each
+point names its tomogram). Reruns skip finished tomograms and resume interrupted ones. Zarr
+folders that are not tomograms (``*.gt.zarr`` ground truth, labels only) are ignored with a note.
 
 Examples
 --------
@@ -20,7 +21,13 @@ Examples
 
 from __future__ import annotations
 
-from sxtdask.archive._discover import Tomogram, assign_outputs, discover_tomograms
+from sxtdask.archive._discover import (
+    InputScan,
+    Tomogram,
+    assign_outputs,
+    discover_tomograms,
+    scan_inputs,
+)
 from sxtdask.archive._manifest import (
     MANIFEST_COLUMNS,
     STAGES,
@@ -53,12 +60,14 @@ __all__ = [
     "ArchivePlan",
     "ArchiveProgress",
     "ArchiveResult",
+    "InputScan",
     "Tomogram",
     "assign_outputs",
     "discover_tomograms",
     "plan_archive",
     "read_manifest",
     "run_archive",
+    "scan_inputs",
     "sha256_path",
     "summary_frame",
     "tomogram_metrics",

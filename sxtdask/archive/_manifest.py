@@ -29,11 +29,12 @@ VERSION = 1
 #: Stages of one tomogram, in order (``seconds_<stage>`` columns).
 STAGES: tuple[str, ...] = ("checksum", "convert", "statistics", "segment", "pyramids", "measure")
 #: ``done``: processed in this run; ``skipped``: complete from an earlier run and unchanged;
-#: ``failed``: see ``error``; ``incomplete``: interrupted at ``stage`` (a rerun resumes it).
-STATUSES: tuple[str, ...] = ("done", "skipped", "failed", "incomplete")
+#: ``failed``: see ``error``; ``incomplete``: interrupted at ``stage`` (a rerun resumes it);
+#: ``ignored``: a Zarr folder found that is not a tomogram (ground truth, labels only), see ``note``.
+STATUSES: tuple[str, ...] = ("done", "skipped", "failed", "incomplete", "ignored")
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
-    "input", "input_sha256", "input_bytes", "status", "stage", "error", "output",
+    "input", "input_sha256", "input_bytes", "status", "stage", "error", "note", "output",
     "shape", "voxel_size_nm",
     *(f"seconds_{s}" for s in STAGES), "seconds_total",
     "chunks_total", "chunks_recomputed", "chunks_skipped", "instance_counts",

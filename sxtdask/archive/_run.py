@@ -50,7 +50,7 @@ from sxtdask.io import labels_complete, normalize_chunks, open_image
 from sxtdask.pipeline import METRIC_COLUMNS, segment_tomogram
 from sxtdask.segmenters import CombinedSegmenter, OutputKind, Segmenter
 
-from ._discover import OUTPUT_FOLDER, Tomogram, assign_outputs, discover_tomograms
+from ._discover import OUTPUT_FOLDER, Tomogram, assign_outputs, scan_inputs
 from ._manifest import STAGES, read_manifest, write_manifest
 from ._summary import tomogram_metrics, write_summary
 from ._tasks import TaskError, convert_tomogram, guarded, sha256_path
@@ -79,6 +79,9 @@ class ArchivePlan:
         Output image per key, relative to ``out_dir``.
     previous : dict of str → dict
         Rows of the earlier manifest, by key.
+    ignored : dict of str → str
+        Zarr folders found that are not tomograms (ground truth, labels only, no image): key →
+        the reason. Each gets a manifest row with status ``ignored`` and the reason in ``note``.
     """
 
     input_dir: Path
@@ -86,6 +89,7 @@ class ArchivePlan:
     tomograms: list[Tomogram]
     outputs: dict[str, str]
     previous: dict[str, dict[str, Any]]
+    ignored: dict[str, str] = field(default_factory=dict)
 
 
 def _make_out_dir(out_dir: Path) -> None:
@@ -123,14 +127,21 @@ def plan_archive(
     if out.exists() and out.resolve() == inp.resolve():
         raise OutputError(f"--out {out_dir}: must differ from the input folder")
     _make_out_dir(out)
-    tomograms = discover_tomograms(inp, exclude=exclude, skip=[out])
+    scan = scan_inputs(inp, exclude=exclude, skip=[out])
+    tomograms = scan.tomograms
     if not tomograms:
+        also = ""
+        if scan.ignored:
+            key, reason = next(iter(scan.ignored.items()))
+            more = f" and {len(scan.ignored) - 1} more" if len(scan.ignored) > 1 else ""
+            also = f"; ignored {key} ({reason}){more}"
         raise InputError(f"{input_dir}: no tomograms found (looked for .mrc, .rec, .map, .st, .am, "
-                         ".tif, .tiff, .npy files and OME-Zarr folders)")
+                         f".tif, .tiff, .npy files and OME-Zarr images){also}")
     previous = read_manifest(out)
     claimed = {k: _confined(out, k, r.get("output"), tomograms) for k, r in previous.items()
                if r.get("output") is not None}
-    return ArchivePlan(inp, out, tomograms, assign_outputs(tomograms, claimed), previous)
+    return ArchivePlan(inp, out, tomograms, assign_outputs(tomograms, claimed), previous,
+                       ignored=dict(scan.ignored))
 
 
 def _confined(out: Path, key: str, output: Any, tomograms: list[Tomogram]) -> str:
@@ -272,11 +283,12 @@ class ArchiveResult:
     Attributes
     ----------
     rows : list of dict
-        This run's manifest rows (one per tomogram found), sorted by input.
+        This run's manifest rows (one per tomogram found, and one with status ``ignored`` per
+        Zarr folder skipped as not a tomogram), sorted by input.
     manifest : Path
         ``manifest.csv`` (``manifest.json`` beside it).
     summary : list of Path
-        ``summary.csv``, ``summary.parquet``, ``summary.png``.
+        ``summary.csv``, ``summary.parquet``, ``summary.png``, ``summary.html``.
     """
 
     rows: list[dict[str, Any]]
@@ -345,8 +357,11 @@ class _Driver:
         self.parts = _parts(segmenter)
         self.memory = worker_memory(client)  # batches sized to fit each worker
         self.tasks = [p.task for p in self.parts]
-        names = {n for p in self.parts for n in p.outputs}
-        self.metric_labels = {k: (k if k in names else None) for k in ("cell", "mito", "isg")}
+        # which label image feeds which summary metric: by the task that makes it (--name may
+        # have renamed it)
+        by_task = {p.task: p.outputs[0] for p in self.parts if p.outputs}
+        self.metric_labels = {k: by_task.get(task) for k, task in
+                              (("cell", "cell"), ("mito", "mito"), ("isg", "isg-instances"))}
         self.rows: dict[str, dict[str, Any]] = {k: dict(v) for k, v in plan.previous.items()}
         self.ac = distributed.as_completed()
         self.waiting: dict[int, tuple[Any, _Job]] = {}  # one stage future per tomogram
@@ -362,7 +377,7 @@ class _Driver:
     def _new_row(self, t: Tomogram) -> dict[str, Any]:
         return {
             "input": t.key, "input_sha256": None, "input_bytes": None, "status": "incomplete",
-            "stage": "checksum", "error": None, "output": self.plan.outputs[t.key],
+            "stage": "checksum", "error": None, "note": None, "output": self.plan.outputs[t.key],
             "shape": None, "voxel_size_nm": None,
             **{f"seconds_{s}": None for s in STAGES}, "seconds_total": None,
             "chunks_total": None, "chunks_recomputed": None, "chunks_skipped": None,
@@ -374,6 +389,15 @@ class _Driver:
             "image_sha256": None, "config": {},
             **{k: float("nan") for k in METRIC_COLUMNS},
         }
+
+    def ignore(self, key: str, reason: str) -> None:
+        """Record a Zarr folder found that is not a tomogram (status ``ignored``, ``note``)."""
+        row = {"input": key, "status": "ignored", "stage": None, "error": None, "note": reason,
+               "output": None, "started": _now(), "finished": _now(),
+               "sxtdask_version": __version__, **{k: float("nan") for k in METRIC_COLUMNS}}
+        self.rows[key] = row
+        if self.on_row is not None:
+            self.on_row(dict(row))
 
     def _snapshot(self) -> ArchiveProgress:
         return ArchiveProgress(
@@ -623,6 +647,8 @@ class _Driver:
 
     def run(self) -> None:
         queue = list(self.plan.tomograms)
+        for key, reason in self.plan.ignored.items():
+            self.ignore(key, reason)
         try:
             while queue or self.waiting:
                 while queue and len(self.waiting) < self.in_flight:  # one future per tomogram
@@ -643,6 +669,7 @@ class _Driver:
                     block = self.blocks.pop(id(fut), None)
                     if block is not None:
                         self.block_done(fut, block[1])
+            self._tidy_failed()  # nothing in flight now
         finally:
             for fut, _ in self.blocks.values():
                 fut.cancel()
@@ -656,6 +683,32 @@ class _Driver:
                                               len(self.waiting))
             self.waiting.clear()
             self._save()
+
+    def _tidy_failed(self) -> None:
+        """Remove the empty folders left on the way to the outputs of this run's failed
+        tomograms, so that a failure leaves nothing under ``tomograms/`` for its input.
+        """
+        for t in self.plan.tomograms:
+            if self.rows.get(t.key, {}).get("status") == "failed":
+                _remove_empty_folders(self.plan.out_dir, self.plan.outputs[t.key])
+
+
+def _remove_empty_folders(out_dir: Path, output: str) -> None:
+    """``output`` (relative to ``out_dir``) and its parents up to ``tomograms/`` itself, each only
+    while it is an empty folder (``rmdir``: a folder with anything in it stays).
+    """
+    top = out_dir / OUTPUT_FOLDER
+    path = out_dir / output
+    while path == top or top in path.parents:
+        try:
+            path.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError:  # not empty, or not a folder: it and its parents stay
+            return
+        else:
+            logger.debug("%s: removed the empty folder", path)
+        path = path.parent
 
 
 def _size(path: Path) -> int | None:
@@ -704,7 +757,7 @@ def run_archive(
     -------
     ArchiveResult
         A failed tomogram is a row with status ``failed`` and a one-line ``error``; it raises
-        nothing. ``manifest.csv``/``.json`` and ``summary.csv``/``.parquet``/``.png`` are
+        nothing. ``manifest.csv``/``.json`` and ``summary.csv``/``.parquet``/``.png``/``.html`` are
         written in ``plan.out_dir`` (also when interrupted).
 
     Raises
@@ -726,6 +779,6 @@ def run_archive(
         finally:
             done = [r for r in driver.rows.values() if r.get("status") in ("done", "skipped")]
             summary = write_summary(sorted(done, key=lambda r: r["input"]), plan.out_dir)
-    keys = {t.key for t in plan.tomograms}
+    keys = {t.key for t in plan.tomograms} | set(plan.ignored)
     rows = sorted((r for k, r in driver.rows.items() if k in keys), key=lambda r: r["input"])
     return ArchiveResult(rows, plan.out_dir / "manifest.csv", summary)

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from dask.delayed import Delayed
 
-from sxtdask._fs import atomic_file
+from sxtdask._fs import atomic_file, write_atomic
 from sxtdask.io import open_image, open_labels
 from sxtdask.measure import write_table
 from sxtdask.pipeline import METRIC_COLUMNS, summary_metrics
@@ -124,15 +124,62 @@ def _figure(df: pd.DataFrame, out: Path) -> None:
         plt.close(fig)
 
 
+def _names(df: pd.DataFrame) -> list[str]:
+    """Each row's tomogram name: its output image's name without ``.ome.zarr`` (else the input's)."""
+    names = []
+    for output, inp in zip(df["output"], df["input"], strict=True):
+        name = str(output if isinstance(output, str) and output else inp).rsplit("/", 1)[-1]
+        names.append(name.removesuffix(".ome.zarr"))
+    return names
+
+
+def _interactive(df: pd.DataFrame, out: Path) -> None:
+    """``summary.html``: the figure's metrics as a self-contained bokeh page (BokehJS inlined, no
+    network), each point a tomogram whose name, input path and value show on hover.
+    """
+    from bokeh.embed import file_html
+    from bokeh.layouts import gridplot
+    from bokeh.models import ColumnDataSource, HoverTool, Range1d
+    from bokeh.models.annotations import Label
+    from bokeh.plotting import figure
+    from bokeh.resources import INLINE
+
+    names, inputs = _names(df), [str(v) for v in df["input"]]
+    jitter = np.random.default_rng(0).uniform(-0.12, 0.12, len(df))
+    plots: list[Any] = []
+    for col in METRIC_COLUMNS:
+        values = pd.to_numeric(df[col], errors="coerce").astype("float64").to_numpy()
+        keep = np.flatnonzero(np.isfinite(values))
+        p = figure(title=_TITLES[col], width=280, height=260, x_range=Range1d(start=0.5, end=1.5),
+                   tools="pan,wheel_zoom,box_zoom,reset,save")
+        p.xaxis.visible = False
+        p.xgrid.visible = False
+        if not keep.size:
+            p.add_layout(Label(x=1, y=0, text="not measured", text_align="center"))
+        source = ColumnDataSource({
+            "x": 1 + jitter[keep], "y": values[keep], "name": [names[i] for i in keep],
+            "input": [inputs[i] for i in keep]})
+        dots = p.scatter("x", "y", source=source, size=9, alpha=0.7, color="#1f77b4")
+        p.add_tools(HoverTool(renderers=[dots], tooltips=[
+            ("tomogram", "@name"), ("input", "@input"), (_TITLES[col], "@y{0.[000]}")]))
+        plots.append(p)
+    grid = gridplot(plots, ncols=4, toolbar_location="right")
+    write_atomic(out, file_html(grid, INLINE, title=f"sxtdask archive: {len(df)} tomogram(s)"))
+
+
 def write_summary(rows: Sequence[dict[str, Any]], folder: str | os.PathLike[str]) -> list[Path]:
-    """Write ``summary.csv``, ``summary.parquet`` and ``summary.png`` (distributions across
-    tomograms) into ``folder``, each atomically; return their paths.
+    """Write ``summary.csv``, ``summary.parquet``, ``summary.png`` (distributions across
+    tomograms) and ``summary.html`` (the same, interactive: each point names its tomogram on
+    hover; self-contained, it opens without network) into ``folder``, each atomically; return
+    their paths.
     """
     folder = Path(folder)
     df = summary_frame(rows)
-    paths = [folder / "summary.csv", folder / "summary.parquet", folder / "summary.png"]
+    paths = [folder / "summary.csv", folder / "summary.parquet", folder / "summary.png",
+             folder / "summary.html"]
     write_table(df, paths[0], overwrite=True)
     write_table(df, paths[1], overwrite=True)
     _figure(df, paths[2])
+    _interactive(df, paths[3])
     logger.info("%s: summary of %d tomogram(s)", folder, len(df))
     return paths

@@ -86,6 +86,9 @@ class _Bars:
 
 def _say_row(con: Console, row: dict[str, Any]) -> None:
     status = row["status"]
+    if status == "ignored":
+        con.say(f"{row['input']}: ignored: {row['note']}", input=row["input"], status=status)
+        return
     if status == "failed":
         con.say(f"{row['input']}: failed at {row['stage']}: {row['error']}",
                 input=row["input"], status=status)
@@ -107,7 +110,9 @@ def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
         raise ConfigError(f"--batch-size ({args.batch_size}) must be at least 1")
     segmenter = make_segmenter(args)
     plan = plan_archive(args.input_dir, args.out, exclude=args.exclude)  # errors before any cluster
-    con.say(f"{len(plan.tomograms)} tomogram(s) under {args.input_dir}; archive in {args.out}")
+    ignored = f" ({len(plan.ignored)} Zarr folder(s) ignored)" if plan.ignored else ""
+    con.say(f"{len(plan.tomograms)} tomogram(s) under {args.input_dir}{ignored}; archive in "
+            f"{args.out}")
     config = cluster_config(args)
     if segmenter.needs_gpu and not args.scheduler:
         config = dataclasses.replace(config, gpu=True)  # dask-cuda: one worker per GPU
@@ -124,7 +129,7 @@ def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
             f"{', '.join(p.name for p in result.summary)} ({time.perf_counter() - t0:.1f} s)")
     if failed:
         names = ", ".join(r["input"] for r in failed)
-        print(f"sxtdask: archive: {len(failed)} of {len(result.rows)} tomogram(s) failed: {names} "
+        print(f"sxtdask: archive: {len(failed)} of {len(plan.tomograms)} tomogram(s) failed: {names} "
               f"(errors in {result.manifest})", file=sys.stderr)
     return {
         "exit_status": 1 if failed else 0,
