@@ -89,6 +89,10 @@ def model_options(chunks_help: str) -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", default=None, metavar="[TASK=]PATH",
                    help="network checkpoint (a reference *_best.pth or sxtdask's own); with "
                         "several tasks, one TASK=PATH each")
+    p.add_argument("--name", action="append", default=None, metavar="[TASK=]NAME",
+                   help="write the task's labels as labels/NAME instead of its own name (cell, "
+                        "mito, isg-mask, isg), so that methods sit side by side, e.g. --name "
+                        "isg-classical; with several tasks, one TASK=NAME each")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="where networks run (default: cuda when a GPU is visible)")
     p.add_argument("--batch-size", type=int, default=None,

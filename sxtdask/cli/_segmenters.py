@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sxtdask.errors import ConfigError
-from sxtdask.segmenters import REGISTRY, Segmenter, Task
+from sxtdask.segmenters import REGISTRY, Task  # names only: no NumPy, Dask or torch for --help
 from sxtdask.segmenters import make_segmenter as build
+
+if TYPE_CHECKING:
+    from sxtdask.segmenters import Segmenter
 
 __all__ = ["METHOD_WORDS", "TASKS", "make_segmenter"]
 
@@ -41,6 +45,31 @@ def make_segmenter(args: argparse.Namespace) -> Segmenter:
     ``--batch-size``, ``--halo``): one task's, or a ``CombinedSegmenter`` of several.
     """
     models = _models(getattr(args, "model", None), args.task)
-    return build(args.task, getattr(args, "method", None), models=dict(models),
-                 device=args.device, batch_size=getattr(args, "batch_size", None),
-                 halo=getattr(args, "halo", None))
+    seg = build(args.task, getattr(args, "method", None), models=dict(models),
+                device=args.device, batch_size=getattr(args, "batch_size", None),
+                halo=getattr(args, "halo", None))
+    from sxtdask.segmenters import rename_outputs
+
+    return rename_outputs(seg, _names(getattr(args, "name", None), args.task, seg))
+
+
+def _names(values: list[str] | None, tasks: tuple[str, ...], seg: Segmenter) -> dict[str, str]:
+    """``--name`` values → {output name: label image name} (a bare NAME when there is one task)."""
+    out: dict[str, str] = {}
+    seen: set[str] = set()
+    by_task = {p.task.value: p for p in seg.parts}
+    for value in values or []:
+        task, sep, name = value.partition("=")
+        if not sep and len(tasks) == 1:
+            task, name = tasks[0], value
+        elif task not in by_task:
+            raise ConfigError(f"--name {value!r}: say which task it is for, as TASK=NAME "
+                              f"(tasks: {', '.join(tasks)})")
+        if task in seen:
+            raise ConfigError(f"--name gives the task {task} two names")
+        seen.add(task)
+        outputs = by_task[task].outputs
+        if len(outputs) != 1:  # every registered method writes one label image
+            raise ConfigError(f"--name: the task {task} writes {len(outputs)} label images")
+        out[outputs[0].name] = name.strip()
+    return out
