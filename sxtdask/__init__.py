@@ -19,26 +19,63 @@ The public API:
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .engine import ClusterConfig, connect, segment_array, segment_store
-from .errors import SxtdaskError
-from .io import open_image, open_labels, open_volume, write_image, write_labels
-from .measure import instance_table, match_instances, regionprops_table
-from .phantoms import make_phantom, write_phantom
-from .relabel import label
-from .segmenters import (
-    ClassicalISG,
-    Method,
-    Segmenter,
-    SXTCellSegmenter,
-    SXTISGMaskRCNNSegmenter,
-    SXTISGSegmenter,
-    SXTMitoSegmenter,
-    Task,
-    create_segmenter,
-    make_segmenter,
-)
-from .stats import IntensityStats, global_stats
+
+if TYPE_CHECKING:
+    from .engine import ClusterConfig, connect, segment_array, segment_store
+    from .errors import SxtdaskError
+    from .io import open_image, open_labels, open_volume, write_image, write_labels
+    from .measure import instance_table, match_instances, regionprops_table
+    from .phantoms import make_phantom, write_phantom
+    from .relabel import label
+    from .segmenters import (
+        ClassicalISG,
+        Method,
+        Segmenter,
+        SXTCellSegmenter,
+        SXTISGMaskRCNNSegmenter,
+        SXTISGSegmenter,
+        SXTMitoSegmenter,
+        Task,
+        create_segmenter,
+        make_segmenter,
+    )
+    from .stats import IntensityStats, global_stats
+
+#: Where each public name lives. ``import sxtdask`` imports none of them (nor NumPy, Dask or
+#: torch): a name's sub-package is imported the first time the name is used (PEP 562), so the
+#: command line's help and ``sxtdask.__version__`` stay instant.
+_LAZY = {
+    "engine": ("ClusterConfig", "connect", "segment_array", "segment_store"),
+    "errors": ("SxtdaskError",),
+    "io": ("open_image", "open_labels", "open_volume", "write_image", "write_labels"),
+    "measure": ("instance_table", "match_instances", "regionprops_table"),
+    "phantoms": ("make_phantom", "write_phantom"),
+    "relabel": ("label",),
+    "segmenters": ("ClassicalISG", "Method", "Segmenter", "SXTCellSegmenter",
+                   "SXTISGMaskRCNNSegmenter", "SXTISGSegmenter", "SXTMitoSegmenter", "Task",
+                   "create_segmenter", "make_segmenter"),
+    "stats": ("IntensityStats", "global_stats"),
+}
+_HOME = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    """A public name, imported from its sub-package on first use (then a plain attribute)."""
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "ClassicalISG",

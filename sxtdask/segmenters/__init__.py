@@ -11,19 +11,11 @@
   :class:`SXTISGSegmenter`, :class:`SXTISGMaskRCNNSegmenter`.
 """
 
-from ._base import OutputKind, OutputSpec, Segmenter, SegmenterInfo
-from ._classical import ClassicalISG, split_granules
-from ._combined import CombinedSegmenter
-from ._linking import link_slices
-from ._maskrcnn import MaskRCNNISG, maskrcnn_max_size, prepare_maskrcnn_slices
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._names import Method, Task
-from ._reference import (
-    SXTCellSegmenter,
-    SXTISGMaskRCNNSegmenter,
-    SXTISGSegmenter,
-    SXTMitoSegmenter,
-)
-from ._registry import (
+from ._registry import (  # light: a method's class is imported when a segmenter is made
     REGISTRY,
     MethodEntry,
     create_segmenter,
@@ -33,15 +25,64 @@ from ._registry import (
     methods_for,
     trainable,
 )
-from ._tiles import (
-    Detections,
-    Tile,
-    segment_slice_tiled,
-    stitch_tile_detections,
-    tile_grid,
-)
-from ._unet import LAC_FACTOR, PREPROCESSING, UNetSegmenter, pad_reflect, prepare_slices
-from ._unet_instances import UNetISGInstances
+
+if TYPE_CHECKING:
+    from ._base import OutputKind, OutputSpec, Segmenter, SegmenterInfo
+    from ._classical import ClassicalISG, split_granules
+    from ._combined import CombinedSegmenter
+    from ._linking import link_slices
+    from ._maskrcnn import MaskRCNNISG, maskrcnn_max_size, prepare_maskrcnn_slices
+    from ._reference import (
+        SXTCellSegmenter,
+        SXTISGMaskRCNNSegmenter,
+        SXTISGSegmenter,
+        SXTMitoSegmenter,
+    )
+    from ._renamed import RenamedSegmenter, check_label_name, rename_outputs
+    from ._tiles import (
+        Detections,
+        Tile,
+        segment_slice_tiled,
+        stitch_tile_detections,
+        tile_grid,
+    )
+    from ._unet import LAC_FACTOR, PREPROCESSING, UNetSegmenter, pad_reflect, prepare_slices
+    from ._unet_instances import UNetISGInstances
+
+#: The modules that need NumPy, SciPy or Dask, and their public names: each is imported the
+#: first time one of its names is used (PEP 562), so that the names and the registry (what the
+#: command line's options offer) come without them. A new public name goes here, in the
+#: ``TYPE_CHECKING`` imports above and in ``__all__``.
+_LAZY = {
+    "_base": ("OutputKind", "OutputSpec", "Segmenter", "SegmenterInfo"),
+    "_classical": ("ClassicalISG", "split_granules"),
+    "_combined": ("CombinedSegmenter",),
+    "_linking": ("link_slices",),
+    "_maskrcnn": ("MaskRCNNISG", "maskrcnn_max_size", "prepare_maskrcnn_slices"),
+    "_reference": ("SXTCellSegmenter", "SXTISGMaskRCNNSegmenter", "SXTISGSegmenter",
+                   "SXTMitoSegmenter"),
+    "_renamed": ("RenamedSegmenter", "check_label_name", "rename_outputs"),
+    "_tiles": ("Detections", "Tile", "segment_slice_tiled", "stitch_tile_detections",
+               "tile_grid"),
+    "_unet": ("LAC_FACTOR", "PREPROCESSING", "UNetSegmenter", "pad_reflect", "prepare_slices"),
+    "_unet_instances": ("UNetISGInstances",),
+}
+_HOME = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    """A public name of a heavy module, imported on first use (then a plain attribute)."""
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "LAC_FACTOR",
@@ -55,6 +96,7 @@ __all__ = [
     "MethodEntry",
     "OutputKind",
     "OutputSpec",
+    "RenamedSegmenter",
     "SXTCellSegmenter",
     "SXTISGMaskRCNNSegmenter",
     "SXTISGSegmenter",
@@ -71,10 +113,12 @@ __all__ = [
     "link_slices",
     "make_segmenter",
     "maskrcnn_max_size",
+    "check_label_name",
     "methods_for",
     "pad_reflect",
     "prepare_maskrcnn_slices",
     "prepare_slices",
+    "rename_outputs",
     "segment_slice_tiled",
     "split_granules",
     "stitch_tile_detections",
