@@ -211,3 +211,27 @@ def test_errors_speak_python_to_python_and_flags_to_the_command_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].endswith("exists; pass --overwrite to replace it")
     assert "overwrite=True" not in proc.stderr
+
+
+def test_archive_records_and_says_an_assumed_voxel_size(tmp_path):
+    import pandas as pd
+
+    from sxtdask.phantoms import make_phantom
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    image = make_phantom((24, 48, 48), seed=1).image
+    np.save(inputs / "raw.npy", image)  # carries no voxel size
+    write_image(image, inputs / "known.ome.zarr", voxel_size_nm=(30, 30, 30))
+    write_image(open_volume(inputs / "raw.npy"), inputs / "copied.ome.zarr")  # assumed, copied
+    proc = sxtdask("archive", inputs, "--out", tmp_path / "out", "--tasks", "isg-instances",
+                   "--method", "classical", "--workers", "1", "--dashboard-address", "127.0.0.1:0",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv").set_index("input")
+    assumed = manifest["voxel_size_assumed"].to_dict()
+    assert assumed == {"raw.npy": True, "known.ome.zarr": False, "copied.ome.zarr": True}, assumed
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv").set_index("input")
+    assert summary["voxel_size_assumed"].to_dict() == assumed
+    said = {line.split(":")[0]: line for line in proc.stdout.splitlines() if "→" in line}
+    assert "voxel size assumed" in said["raw.npy"] and "voxel size assumed" not in said["known.ome.zarr"]

@@ -35,7 +35,7 @@ STATUSES: tuple[str, ...] = ("done", "skipped", "failed", "incomplete", "ignored
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "input", "input_sha256", "input_bytes", "status", "stage", "error", "note", "output",
-    "shape", "voxel_size_nm",
+    "shape", "voxel_size_nm", "voxel_size_assumed",
     *(f"seconds_{s}" for s in STAGES), "seconds_total",
     "chunks_total", "chunks_recomputed", "chunks_skipped", "instance_counts",
     "started", "finished", "sxtdask_version", "tasks", "methods", "models", "model_sha256",

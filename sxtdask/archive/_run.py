@@ -378,7 +378,7 @@ class _Driver:
         return {
             "input": t.key, "input_sha256": None, "input_bytes": None, "status": "incomplete",
             "stage": "checksum", "error": None, "note": None, "output": self.plan.outputs[t.key],
-            "shape": None, "voxel_size_nm": None,
+            "shape": None, "voxel_size_nm": None, "voxel_size_assumed": None,
             **{f"seconds_{s}": None for s in STAGES}, "seconds_total": None,
             "chunks_total": None, "chunks_recomputed": None, "chunks_skipped": None,
             "instance_counts": None, "started": _now(), "finished": None,
@@ -489,7 +489,7 @@ class _Driver:
                 key=self._key("convert", job), pure=False))
             return
         job.config = dict(prev.get("config") or {})
-        for k in ("image_sha256", "shape", "voxel_size_nm", "instance_counts",
+        for k in ("image_sha256", "shape", "voxel_size_nm", "voxel_size_assumed", "instance_counts",
                   "chunks_total"):  # of the reused image
             job.row[k] = prev.get(k, job.row.get(k))
         job.parts, job.overwrite = self._parts_to_run(job)
@@ -525,6 +525,7 @@ class _Driver:
 
     def _after_convert(self, job: _Job, info: dict[str, Any]) -> None:
         job.row["shape"], job.row["voxel_size_nm"] = info["shape"], info["voxel_size_nm"]
+        job.row["voxel_size_assumed"] = info.get("voxel_size_assumed", False)
         job.row["image_sha256"] = job.row["input_sha256"]  # what the image at job.out was made from
         job.row["stage"] = "statistics"
         job.row["config"] = {}

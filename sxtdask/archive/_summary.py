@@ -36,7 +36,8 @@ __all__ = ["METRIC_COLUMNS", "SUMMARY_COLUMNS", "summary_frame", "tomogram_metri
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_COLUMNS: tuple[str, ...] = ("input", "output", *METRIC_COLUMNS)
+#: ``voxel_size_assumed``: the input carried no voxel size, so µm³ and nm figures assume 1 nm.
+SUMMARY_COLUMNS: tuple[str, ...] = ("input", "output", "voxel_size_assumed", *METRIC_COLUMNS)
 
 _TITLES = {
     "cell_volume_um3": "cell volume (µm³)",

@@ -108,7 +108,7 @@ def convert_tomogram(
     Returns
     -------
     dict
-        ``shape``, ``dtype`` and ``voxel_size_nm`` of the written image.
+        ``shape``, ``dtype``, ``voxel_size_nm`` and ``voxel_size_assumed`` of the written image.
     """
     target = Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -118,10 +118,11 @@ def convert_tomogram(
         img = open_image(source)
         level0 = zarr.open_array(Path(source) / img.level_paths[0], mode="r")
         write_image(level0, target, chunks=chunks, voxel_size_nm=img.voxel_size_nm,
-                    name=img.name or Path(source).name, overwrite=True)
+                    voxel_size_assumed=img.voxel_size_assumed, name=img.name or Path(source).name,
+                    overwrite=True)
     else:
         with open_volume(source) as vol:
             write_image(vol, target, chunks=chunks, overwrite=True)
     img = open_image(target)
     return {"shape": list(img.data.shape), "dtype": str(img.data.dtype),
-            "voxel_size_nm": list(img.voxel_size_nm)}
+            "voxel_size_nm": list(img.voxel_size_nm), "voxel_size_assumed": img.voxel_size_assumed}

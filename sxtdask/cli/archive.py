@@ -20,7 +20,13 @@ from sxtdask.errors import ConfigError
 
 from ._cluster import cluster_config, open_cluster
 from ._console import Console
-from ._options import _positive, _tasks, cluster_options, model_options, output_options
+from ._options import (
+    _positive,
+    add_task_option,
+    cluster_options,
+    model_options,
+    output_options,
+)
 from ._segmenters import make_segmenter
 
 NAME = "archive"
@@ -35,13 +41,12 @@ _STAGE_LABELS = {
 def add_parser(sub: Any) -> None:
     """Add the ``archive`` sub-command to ``sub`` (argparse sub-parsers)."""
     head = argparse.ArgumentParser(add_help=False)
-    head.add_argument("input_dir", type=Path, metavar="INPUT_DIR")
+    head.add_argument("input_dir", type=Path, metavar="INPUT_DIR",
+                      help="folder searched (recursively) for tomograms")
     head.add_argument("--out", required=True, type=Path, metavar="OUTPUT_DIR",
                       help="archive folder (created; reruns reuse it)")
-    head.add_argument("--tasks", "--task", dest="task", required=True, type=_tasks,
-                      metavar="{cell,mito,isg,isg-instances}[,...]",
-                      help="what to segment in every tomogram; several share one read of each "
-                           "chunk")
+    add_task_option(head, "what to segment in every tomogram; several, comma-separated, share "
+                          "one read of each chunk")
     tail = argparse.ArgumentParser(add_help=False)
     tail.add_argument("--in-flight", type=_positive, default=None, metavar="N",
                       help="tomograms processed at once (default: the workers' threads, at least "
@@ -49,8 +54,7 @@ def add_parser(sub: Any) -> None:
     tail.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                       help="skip inputs whose relative path or name matches (repeatable), e.g. "
                            "'*.gt.zarr'")
-    models = model_options("chunk and block shape of the converted images (default: 32 full "
-                           "slices)")
+    models = model_options()  # --chunks: the archive's copies of the images are new images
     sub.add_parser(
         NAME, help="convert, segment and measure every tomogram under a folder (resumable)",
         description="Find tomograms (MRC/REC, AmiraMesh, TIFF, NumPy, OME-Zarr) under INPUT_DIR, "
@@ -96,8 +100,10 @@ def _say_row(con: Console, row: dict[str, Any]) -> None:
     counts = ", ".join(f"{k} {v}" for k, v in (row.get("instance_counts") or {}).items())
     took = row.get("seconds_total")
     detail = "unchanged" if status == "skipped" else f"{took:.1f} s" if took is not None else ""
+    scale = ("; voxel size assumed (1 nm: the file has none), so its µm³ figures are not physical"
+             if row.get("voxel_size_assumed") else "")
     con.say(f"{row['input']}: {status} → {row['output']}{f' ({counts})' if counts else ''}"
-            f"{f', {detail}' if detail else ''}", input=row["input"], status=status)
+            f"{f', {detail}' if detail else ''}{scale}", input=row["input"], status=status)
 
 
 def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:

@@ -279,7 +279,7 @@ def write_image(
     volume: Volume | np.ndarray | da.Array | zarr.Array, out: str | os.PathLike[str], *,
     chunks: tuple[int, int, int] | None = None,
     voxel_size_nm: tuple[float, float, float] | None = None, overwrite: bool = False,
-    name: str | None = None, progress: Progress | None = None,
+    name: str | None = None, progress: Progress | None = None, voxel_size_assumed: bool = False,
 ) -> Path:
     """Stream a tomogram into an OME-Zarr 0.5 image with a 2x mean pyramid.
 
@@ -301,6 +301,8 @@ def write_image(
         Multiscale name; default the source file's stem.
     progress : callable, optional
         Called as ``progress(done_slabs, total_slabs)`` after each slab of every level.
+    voxel_size_assumed : bool
+        Mark the given ``voxel_size_nm`` as assumed (copying an image whose size was).
 
     Returns
     -------
@@ -319,7 +321,7 @@ def write_image(
     out = Path(out)
     src = _as_source(volume)
     if voxel_size_nm is not None:
-        vs, assumed = check_voxel_size(voxel_size_nm), False
+        vs, assumed = check_voxel_size(voxel_size_nm), bool(voxel_size_assumed)
     elif isinstance(volume, Volume):
         vs, assumed = volume.voxel_size_nm, volume.voxel_size_assumed  # its reader warned
     else:
