@@ -234,15 +234,16 @@ def test_batches_shrink_to_fit_and_a_block_that_cannot_fit_is_refused_with_what_
     assert seg.batch_size == 8  # the caller's segmenter is not changed
     with pytest.raises(ConfigError) as err:
         plan_memory(seg, grid, int(0.5 * one / 0.6))
-    line = str(err.value)
+    line = err.value.for_cli()  # the command line's words: --memory-limit
     assert "\n" not in line and "block, one slice at a time" in line
     suggested = float(re.search(r"--memory-limit (\d+\.\d)GiB", line).group(1))
     assert plan_memory(seg, grid, int((suggested + 0.1) * _GIB)).batch_size == 1  # it fits
     if (thinner := re.search(r"chunks of (\d+)×2048×2048", line)) is not None:
         depth = int(thinner.group(1))
         assert seg.with_batch_size(1).memory_bytes((depth + 2, 2048, 2048)) <= 0.5 * one
-    with pytest.raises(ConfigError, match="fewer --threads-per-worker"):
+    with pytest.raises(ConfigError, match="fewer threads per worker") as err:
         plan_memory(seg, grid, int(1.2 * one / 0.6), threads=4)
+    assert "--memory-limit" in err.value.for_cli()
 
 
 _MEASURE = """

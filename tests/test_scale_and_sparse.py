@@ -235,3 +235,15 @@ def test_archive_records_and_says_an_assumed_voxel_size(tmp_path):
     assert summary["voxel_size_assumed"].to_dict() == assumed
     said = {line.split(":")[0]: line for line in proc.stdout.splitlines() if "→" in line}
     assert "voxel size assumed" in said["raw.npy"] and "voxel size assumed" not in said["known.ome.zarr"]
+
+
+def test_segment_says_when_its_volumes_rest_on_an_assumed_scale(tmp_path):
+    image = np.zeros((8, 32, 32), np.float32)
+    image[2:6, 8:20, 8:20] = 1.0
+    image += np.random.default_rng(1).normal(0, 0.02, image.shape).astype(np.float32)
+    np.save(tmp_path / "v.npy", image)
+    assert sxtdask("convert", "v.npy", "v.zarr", cwd=tmp_path).returncode == 0
+    proc = sxtdask("segment", "v.zarr", "--task", "cell", "--device", "cpu", "--workers", "1",
+                   "--dashboard-address", "127.0.0.1:0", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "voxels (" in proc.stdout and "assumed 1 nm voxel" in proc.stdout

@@ -6,8 +6,10 @@ command exits with status 2.
 
 One module per command (``COMMANDS``), each with ``NAME`` (the command word),
 ``add_parser(subparsers)`` (its ``argparse`` sub-parser, built from the shared option groups of
-``_options``) and ``run(args, console) -> dict`` (the work; user errors raised as
-``SxtdaskError``). What commands share lives in ``_console`` (bars, JSON lines, logging),
+``_options``), ``EXAMPLES`` (its help's epilog: commands that work, each after a ``#`` line saying
+what it does) and ``run(args, console) -> dict`` (the work; user errors raised as
+``SxtdaskError``). Building the parser imports no NumPy, Dask or torch: ``--help`` is instant.
+What commands share lives in ``_console`` (bars, JSON lines, logging),
 ``_options`` (option groups and types), ``_cluster`` (the Dask client) and ``_segmenters``.
 """
 
@@ -35,8 +37,8 @@ from . import (
     synth,
     train,
 )
-from ._console import Console, configure_logging
-from ._options import JSON_LOG_HELP, QUIET_HELP, _add_output_options
+from ._console import Console, configure_logging, discard_stdout
+from ._options import JSON_LOG_HELP, QUIET_HELP, HelpFormatter, _add_output_options
 
 __all__ = ["COMMANDS", "Console", "build_parser", "main"]
 
@@ -48,20 +50,39 @@ _DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 #: The command modules, in the order ``sxtdask --help`` lists them.
 COMMANDS = (convert, synth, segment, stats, demo, archive, evaluate, export_coco, train)
 
+EXAMPLES = """\
+examples:
+  # the whole pipeline on a synthetic cell, in ./sxtdask-demo (a few minutes on a laptop):
+  sxtdask demo
+  # step by step: a synthetic cell, its OME-Zarr image, ISG instances, their table:
+  sxtdask synth cell.mrc --shape 32,64,64
+  sxtdask convert cell.mrc cell.zarr
+  sxtdask segment cell.zarr --task isg-instances --method classical
+  sxtdask stats cell.zarr --labels isg --out isg.csv
+
+Each command's --help has its own examples.
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``sxtdask`` parser: the main options and one sub-parser per command."""
     parser = argparse.ArgumentParser(
         prog="sxtdask",
         description="Segment soft X-ray tomograms of whole cells at archive scale, on Dask.",
+        epilog=EXAMPLES, formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"sxtdask {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output: -v info, -vv debug")
     parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     parser.add_argument("--json-log", action="store_true", help=JSON_LOG_HELP)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="what to do (sxtdask COMMAND --help says more)")
     for module in COMMANDS:
         module.add_parser(sub)
+        command = sub.choices[module.NAME]
+        command.formatter_class = HelpFormatter
+        command.epilog = module.EXAMPLES
     _add_output_options(parser)  # nothing left to add unless a command lacks output_options()
     return parser
 
@@ -71,17 +92,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Exit status: 0, or 2 after a user error (one line on stderr), 130 when interrupted, or the
     ``exit_status`` a command puts in its result (e.g. 1 when some items of a batch failed).
-    Called in a process that goes on (tests, notebooks), it leaves the ``sxtdask`` logger and the
-    warning filters as it found them.
+    A reader that closes stdout (``sxtdask ... | head -1``) ends the command quietly, status 0
+    (what it finished stays; a rerun resumes the rest). Called in a process that goes on (tests,
+    notebooks), it leaves the ``sxtdask`` logger and the warning filters as it found them.
     """
-    args = build_parser().parse_args(argv)
-    log = logging.getLogger("sxtdask")
-    saved = (log.handlers[:], log.level, log.propagate)
     try:
-        with warnings.catch_warnings():
-            return _run_command(args)
-    finally:
-        log.handlers[:], log.level, log.propagate = saved
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit:  # --help, --version or a usage error: their text out before exiting
+            sys.stdout.flush()
+            raise
+        log = logging.getLogger("sxtdask")
+        saved = (log.handlers[:], log.level, log.propagate)
+        try:
+            with warnings.catch_warnings():
+                return _run_command(args)
+        finally:
+            log.handlers[:], log.level, log.propagate = saved
+    except BrokenPipeError:
+        discard_stdout()
+        return 0
+    except KeyboardInterrupt:  # before or after a command's own handling (imports, start-up)
+        print("sxtdask: interrupted", file=sys.stderr)
+        return 130
 
 
 def _run_command(args: argparse.Namespace) -> int:
@@ -97,7 +130,7 @@ def _run_command(args: argparse.Namespace) -> int:
         return 2
     except OSError as err:
         if err.errno not in _DISK_ERRORS:
-            raise
+            raise  # a closed stdout (EPIPE) included: main() ends quietly
         line = (f"{err.filename + ': ' if err.filename else ''}cannot write: "
                 f"{err.strerror or os.strerror(err.errno or 0)}; nothing complete-looking was left "
                 "(free some space or choose another output, then run again: finished parts resume)")

@@ -14,7 +14,11 @@ from sxtdask._fs import atomic_file, check_new_path
 
 from ._console import Console
 
-__all__ = ["cluster_config", "open_cluster", "span_name"]
+__all__ = ["check_memory", "cluster_config", "open_cluster", "span_name"]
+
+#: A measuring task (stats, evaluate) holds its input blocks and about twice as much again in
+#: temporaries (masks, per-label sums and index arrays): three copies of its blocks.
+_MEASURE_COPIES = 3
 
 
 def cluster_config(args: argparse.Namespace) -> Any:
@@ -29,19 +33,44 @@ def cluster_config(args: argparse.Namespace) -> Any:
     )
 
 
+def check_memory(args: argparse.Namespace, block_bytes: int, what: str) -> None:
+    """Refuse a ``--memory-limit`` in which a measuring task on blocks of ``block_bytes`` (its
+    input blocks together) cannot run beside a worker's own memory, before any cluster starts
+    (such a worker would be paused for good: the run would hang).
+    """
+    cluster_config(args).refuse_small_memory(_MEASURE_COPIES * block_bytes, what)
+
+
+def block_bytes(*arrays: Any) -> int:
+    """Bytes of one chunk of each of ``arrays`` (Dask arrays), together."""
+    total = 0
+    for a in arrays:
+        size = 1
+        for n in a.chunksize:
+            size *= int(n)
+        total += size * a.dtype.itemsize
+    return total
+
+
 @contextmanager
 def open_cluster(args: argparse.Namespace, con: Console, config: Any = None) -> Iterator[Any]:
     """The run's Dask client (``config``, default from the cluster options): its dashboard link is
-    said first, and the work inside is recorded into ``--performance-report`` when given.
+    said first (and, in one line on stderr, that the port asked for was taken), and the work
+    inside is recorded into ``--performance-report`` when given.
     """
-    from sxtdask.engine import connect
+    from sxtdask.engine import connect, dashboard_moved
 
     report = getattr(args, "performance_report", None)
     if report is not None:
         # a clear error before any cluster starts; an existing file only with --overwrite
         check_new_path(report, getattr(args, "overwrite", False), folder=False,
                        what="--performance-report")
-    with connect(config if config is not None else cluster_config(args)) as client:
+    config = config if config is not None else cluster_config(args)
+    with connect(config) as client:
+        moved = None if config.scheduler else dashboard_moved(config.dashboard_address,
+                                                              client.dashboard_link)
+        if moved:
+            con.note(f"dashboard port {moved[0]} is taken; using {moved[1]}")
         con.say(f"dashboard: {client.dashboard_link}", dashboard=client.dashboard_link)
         with _performance_report(report):
             yield client

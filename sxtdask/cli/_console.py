@@ -7,8 +7,10 @@ stderr or into the console's JSON lines; :func:`write_json` writes a command's J
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -17,11 +19,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from sxtdask._fs import write_atomic
 
-__all__ = ["Console", "configure_logging", "write_json"]
+__all__ = ["Console", "configure_logging", "discard_stdout", "write_json"]
 
 
 class Console:
@@ -64,11 +66,20 @@ class Console:
         self._lock = threading.RLock()
         self._live: Any = None  # the rich Progress that open bars share
         self._open = 0  # bars and spinners drawn in it
+        self._gone = False  # stdout's reader went away: writes go nowhere
+        self._raised = False  # ... and the main thread was told (once)
 
     # ---- JSON lines
 
     def emit(self, event: str, **fields: Any) -> None:
         """Write one JSON event line (only with ``json_log``)."""
+        self._emit(event, fields)
+
+    def log_event(self, **fields: Any) -> None:
+        """A log record as a JSON ``log`` line; never raises (a closed stdout is told later)."""
+        self._emit("log", fields, tell=False)
+
+    def _emit(self, event: str, fields: dict[str, Any], tell: bool = True) -> None:
         if not self.json_log:
             return
         record = {"event": event,
@@ -79,9 +90,35 @@ class Console:
         record.update(fields)
         line = json.dumps(record, default=_json_default)
         with self._lock:
-            stream = self._stream or sys.stdout
-            stream.write(line + "\n")
+            self._write(self._stream or sys.stdout, line + "\n", tell=tell)
+
+    def _write(self, stream: TextIO, text: str, tell: bool = True) -> None:
+        """Write and flush; a closed pipe (``sxtdask ... | head -1``) ends the command quietly
+        (``tell``: this output may raise it; a log record's may not).
+        """
+        if tell:
+            self.check_stdout()
+        try:
+            stream.write(text)
             stream.flush()
+        except BrokenPipeError:
+            self.stdout_closed(tell)
+
+    def stdout_closed(self, tell: bool = True) -> None:
+        """Stdout's reader went away: later writes go to /dev/null, and the main thread gets one
+        ``BrokenPipeError`` (now with ``tell``, else at its next output), which ends the command
+        quietly.
+        """
+        self._gone = True
+        discard_stdout()
+        if tell:
+            self.check_stdout()
+
+    def check_stdout(self) -> None:
+        """Raise ``BrokenPipeError`` once, in the main thread, after stdout's reader went away."""
+        if self._gone and not self._raised and threading.current_thread() is threading.main_thread():
+            self._raised = True
+            raise BrokenPipeError(errno.EPIPE, "stdout was closed")
 
     def summary(self, result: dict[str, Any]) -> None:
         """The command's result as the last JSON line (nothing without ``json_log``)."""
@@ -103,8 +140,20 @@ class Console:
         with self._lock:
             if self._live is not None:
                 self._live.console.print(text, markup=False, highlight=False, soft_wrap=True)
+                self.check_stdout()
                 return
-        print(text, flush=True)
+            self._write(sys.stdout, text + "\n")
+
+    def note(self, text: str) -> None:
+        """A notice (e.g. a taken dashboard port): one line ``sxtdask: TEXT`` on stderr, or a
+        ``log`` event among the JSON lines; nothing with ``quiet``.
+        """
+        if self.quiet:
+            return
+        if self.json_log:
+            self.emit("log", level="NOTICE", logger="sxtdask.cli", message=text)
+            return
+        print(f"sxtdask: {text}", file=sys.stderr, flush=True)
 
     @contextmanager
     def steps(self, label: str, total: int | None) -> Iterator[Callable[..., None]]:
@@ -124,6 +173,7 @@ class Console:
                 def update(done: int, total: int, note: str | None = None) -> None:
                     extra = {} if note is None else {"description": escape(f"{label} {note}")}
                     bar.update(task, completed=done, total=total, **extra)
+                    self.check_stdout()  # a closed stdout seen by the bar's refresh thread
 
                 yield update
 
@@ -142,10 +192,9 @@ class Console:
                 with self._bar(label, None):
                     yield
             else:
-                from rich.console import Console as RichConsole
-
-                with RichConsole(stderr=False).status(label):
+                with self._rich_console().status(label):
                     yield
+                self.check_stdout()
 
     def compute(self, client: Any, collection: Any, label: str) -> Any:
         """Compute a Dask collection on ``client`` with a progress bar over its tasks."""
@@ -198,7 +247,8 @@ class Console:
             nested = self._live is not None
             if not nested:
                 self._live = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                                      MofNCompleteColumn(), TimeElapsedColumn(), transient=False)
+                                      MofNCompleteColumn(), TimeElapsedColumn(), transient=False,
+                                      console=self._rich_console())
                 self._live.start()
             self._open += 1
             live = self._live
@@ -213,9 +263,55 @@ class Console:
                 if self._open == 0:
                     live.stop()
                     self._live = None
+        self.check_stdout()
+
+    def _rich_console(self) -> Any:
+        """A rich console on today's stdout, through :class:`_Guarded` (a closed pipe is quiet)."""
+        from rich.console import Console as RichConsole
+
+        return RichConsole(file=cast(TextIO, _Guarded(sys.stdout, self)))
 
 
 _RESERVED = frozenset({"event", "time", "elapsed", "command", "status"})
+
+
+class _Guarded:
+    """A text stream for rich: a write to a closed pipe (from any thread, rich's refresh thread
+    included) tells the console (:meth:`Console.stdout_closed`) instead of raising there.
+    """
+
+    def __init__(self, stream: TextIO, console: Console) -> None:
+        self._stream, self._console = stream, console
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:  # told to the main thread after rich returns (rich would exit)
+            self._console.stdout_closed(tell=False)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._console.stdout_closed(tell=False)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def discard_stdout() -> None:
+    """Point stdout at /dev/null, its reader having gone: later writes (Python's own flush at
+    exit included) go nowhere instead of raising ``BrokenPipeError``.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file behind stdout (tests)
+        pass
 
 
 def _json_default(value: Any) -> Any:
@@ -258,8 +354,8 @@ class _JsonLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.console.emit("log", level=record.levelname, logger=record.name,
-                              message=record.getMessage())
+            self.console.log_event(level=record.levelname, logger=record.name,
+                                   message=record.getMessage())
         except Exception:  # noqa: BLE001 - logging must never raise
             self.handleError(record)
 

@@ -12,11 +12,38 @@ from pathlib import Path
 
 from ._segmenters import METHOD_WORDS, TASKS
 
-__all__ = ["JSON_LOG_HELP", "QUIET_HELP", "cluster_options", "model_options", "output_options"]
+__all__ = ["CHUNKS_HELP", "JSON_LOG_HELP", "QUIET_HELP", "HelpFormatter", "add_chunks_option",
+           "add_task_option", "cluster_options", "model_options", "output_options"]
 
-QUIET_HELP = "no progress bars or summaries"
+QUIET_HELP = "no progress bars, summaries or notices (warnings and errors still show)"
 JSON_LOG_HELP = ("no bars: one JSON object per line on stdout (event, stage, done/total, time, "
                  "message; the result as a final 'summary' line), for batch-system logs")
+#: What ``--chunks`` means, in every command that has it.
+CHUNKS_HELP = ("the chunks Dask works in: an image that the command writes is stored in chunks of "
+               "this shape, an existing image is processed in blocks of this shape (default: the "
+               "image's own chunks, or 32 full slices for a new image)")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help with the examples of an epilog kept as written, and every default said the same
+    way, ``(default: VALUE)``: added to an argument's help unless it says one itself (flags have
+    none; where the default is None the help says in words what happens).
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (action.nargs == 0 or default is None or default is False
+                or default is argparse.SUPPRESS or default in ("", [], ()) or "(default" in text):
+            return text
+        return f"{text} (default: {default_text(default).replace('%', '%%')})"
+
+
+def default_text(value: object) -> str:
+    """A default as it is typed: ``128,256,256`` for a shape, ``sxtdask-demo`` for a path."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    return str(value)
 
 
 # --------------------------------------------------------------------------- option types
@@ -66,6 +93,35 @@ def _voxel_size(text: str) -> tuple[float, float, float]:
     return values[0], values[1], values[2]
 
 
+def _memory_limit(text: str) -> str:
+    """A worker's memory limit as Dask reads it: ``auto``, bytes with a unit (``4GiB``,
+    ``500MB``) or without (``4000000000``), a fraction of this machine's memory (``0.5``), or
+    ``0`` (no limit). Checked when the options are read; returned as given.
+    """
+    word = text.strip()
+    if word.lower() == "auto":
+        return "auto"
+    bad = argparse.ArgumentTypeError(
+        f"{text!r} is not a memory size: say e.g. 4GiB, 500MB, 0.5 (of this machine's memory), "
+        "0 (no limit) or auto")
+    if not word[:1].isdigit() and not word.startswith("."):  # "", "GiB" (Dask reads 1 GiB), "-1"
+        raise bad
+    try:
+        number = float(word)
+    except ValueError:
+        from dask.utils import parse_bytes  # only when a unit is given: Dask's own units
+
+        try:
+            if parse_bytes(word) <= 0:
+                raise bad
+        except (ValueError, TypeError):
+            raise bad from None
+        return word
+    if not math.isfinite(number) or number < 0 or (number > 1 and number != int(number)):
+        raise bad
+    return word
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -79,10 +135,19 @@ def _positive(text: str) -> int:
 # --------------------------------------------------------------------------- parent parsers
 
 
-def model_options(chunks_help: str) -> argparse.ArgumentParser:
-    """The options that choose and run the segmenters (``segment``, ``archive``); ``chunks_help``
-    says what ``--chunks`` means for the command.
-    """
+def add_task_option(p: argparse.ArgumentParser, help: str) -> None:
+    """``--task`` (or ``--tasks``): one task or several, comma-separated, e.g. ``cell,isg``."""
+    p.add_argument("--task", "--tasks", dest="task", required=True, type=_tasks,
+                   metavar="TASK[,TASK...]", help=f"{help}; tasks: {', '.join(TASKS)}")
+
+
+def add_chunks_option(p: argparse.ArgumentParser) -> None:
+    """``--chunks Z,Y,X`` (:data:`CHUNKS_HELP`), the same in every command that has it."""
+    p.add_argument("--chunks", type=_triple, default=None, metavar="Z,Y,X", help=CHUNKS_HELP)
+
+
+def model_options() -> argparse.ArgumentParser:
+    """The options that choose and run the segmenters (``segment``, ``archive``)."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--method", default=None, metavar="{" + ",".join(METHOD_WORDS) + "}",
                    help="method (default: unet, with the bundled weights unless --model is given)")
@@ -93,15 +158,20 @@ def model_options(chunks_help: str) -> argparse.ArgumentParser:
                    help="write the task's labels as labels/NAME instead of its own name (cell, "
                         "mito, isg-mask, isg), so that methods sit side by side, e.g. --name "
                         "isg-classical; with several tasks, one TASK=NAME each")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="where networks run (default: cuda when a GPU is visible)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="slices (U-Nets) or tiles (Mask R-CNN) per forward pass (default 8 slices, "
-                        "4 tiles)")
-    p.add_argument("--chunks", type=_triple, default=None, metavar="Z,Y,X", help=chunks_help)
+    add_device_option(p)
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="slices (U-Nets) or tiles (Mask R-CNN) per forward pass (default: 8 "
+                        "slices, 4 tiles, fewer where a worker's memory needs it)")
+    add_chunks_option(p)
     p.add_argument("--halo", type=_halo, default=None, metavar="Z,Y,X",
                    help="voxels read around each block (default: the method's)")
     return p
+
+
+def add_device_option(p: argparse.ArgumentParser) -> None:
+    """``--device auto|cpu|cuda``: where networks run."""
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where networks run: auto is cuda when a GPU is visible, else cpu")
 
 
 def cluster_options() -> argparse.ArgumentParser:
@@ -110,16 +180,20 @@ def cluster_options() -> argparse.ArgumentParser:
     """
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("workers")
-    g.add_argument("--workers", type=int, default=None,
+    g.add_argument("--workers", type=int, default=None, metavar="N",
                    help="local worker processes (default: cores, at most 4)")
-    g.add_argument("--threads-per-worker", type=int, default=1, help="threads per local worker (default 1)")
-    g.add_argument("--memory-limit", default="auto", help="memory per local worker, e.g. 4GiB (default auto)")
+    g.add_argument("--threads-per-worker", type=int, default=1, metavar="N",
+                   help="threads per local worker")
+    g.add_argument("--memory-limit", type=_memory_limit, default="auto", metavar="SIZE",
+                   help="memory per local worker: 4GiB, 500MB, 0.5 (of this machine's memory), 0 "
+                        "(no limit) or auto (this machine's memory shared by the workers' "
+                        "threads); a limit too small for the work is refused before it starts")
     g.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="use an existing Dask scheduler (tcp://HOST:8786, or tls://HOST:8786 with "
                         "the --tls-* files) instead of a local cluster")
-    g.add_argument("--dashboard-address", default="127.0.0.1:8787",
-                   help="local dashboard address (default 127.0.0.1:8787, this machine only; a busy "
-                        "port picks another; 0.0.0.0:8787 opens it to the network)")
+    g.add_argument("--dashboard-address", default="127.0.0.1:8787", metavar="HOST:PORT",
+                   help="local dashboard address, this machine only (a busy port picks "
+                        "another, said in one line; 0.0.0.0:8787 opens it to the network)")
     g.add_argument("--tls-ca-file", default=None, metavar="PEM",
                    help="tls:// scheduler: the CA certificate that signed the cluster's certificates")
     g.add_argument("--tls-cert", default=None, metavar="PEM",

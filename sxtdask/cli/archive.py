@@ -30,6 +30,13 @@ from ._options import (
 from ._segmenters import make_segmenter
 
 NAME = "archive"
+EXAMPLES = """\
+examples:
+  # every tomogram under tomograms/, ISG instances with the classical method:
+  sxtdask archive tomograms --out archive --task isg-instances --method classical
+  # cell and ISG instances with the bundled U-Nets; ground truth folders skipped:
+  sxtdask archive tomograms --out archive --tasks cell,isg-instances --exclude '*.gt.zarr'
+"""
 
 _STAGE_LABELS = {
     "checksum": "checksums", "convert": "conversions", "statistics": "statistics",
@@ -88,7 +95,10 @@ class _Bars:
             self._update("chunks", done, planned)
 
 
-def _say_row(con: Console, row: dict[str, Any]) -> None:
+def _say_row(con: Console, row: dict[str, Any], instances: frozenset[str] = frozenset()) -> None:
+    """One line for a finished tomogram; only the ``instances`` outputs are counted as such (a
+    semantic mask's count is not a number of objects).
+    """
     status = row["status"]
     if status == "ignored":
         con.say(f"{row['input']}: ignored: {row['note']}", input=row["input"], status=status)
@@ -97,7 +107,8 @@ def _say_row(con: Console, row: dict[str, Any]) -> None:
         con.say(f"{row['input']}: failed at {row['stage']}: {row['error']}",
                 input=row["input"], status=status)
         return
-    counts = ", ".join(f"{k} {v}" for k, v in (row.get("instance_counts") or {}).items())
+    counts = ", ".join(f"{k}: {int(v):,} instances"
+                       for k, v in (row.get("instance_counts") or {}).items() if k in instances)
     took = row.get("seconds_total")
     detail = "unchanged" if status == "skipped" else f"{took:.1f} s" if took is not None else ""
     scale = ("; voxel size assumed (1 nm: the file has none), so its µm³ figures are not physical"
@@ -115,11 +126,13 @@ def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size ({args.batch_size}) must be at least 1")
     segmenter = make_segmenter(args)
+    instances = frozenset(o.name for o in segmenter.outputs if o.kind.value == "instances")
     plan = plan_archive(args.input_dir, args.out, exclude=args.exclude)  # errors before any cluster
     ignored = f" ({len(plan.ignored)} Zarr folder(s) ignored)" if plan.ignored else ""
     con.say(f"{len(plan.tomograms)} tomogram(s) under {args.input_dir}{ignored}; archive in "
             f"{args.out}")
     config = cluster_config(args)
+    config.refuse_small_memory(0, "run a task")  # blocks are sized per tomogram, once converted
     if segmenter.needs_gpu and not args.scheduler:
         config = dataclasses.replace(config, gpu=True)  # dask-cuda: one worker per GPU
     # One writer per archive folder, checked before any cluster starts.
@@ -127,7 +140,7 @@ def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
             open_cluster(args, con, config) as client, ExitStack() as stack:
         bars = None if con.quiet else _Bars(con, stack, len(plan.tomograms))
         result = run_archive(plan, segmenter, client, chunks=args.chunks, in_flight=args.in_flight,
-                             progress=bars, on_row=lambda row: _say_row(con, row))
+                             progress=bars, on_row=lambda row: _say_row(con, row, instances))
     counts = result.counts
     failed = result.failed
     text = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))

@@ -8,18 +8,30 @@ from pathlib import Path
 from typing import Any
 
 from ._console import Console
-from ._options import _triple, _voxel_size, output_options
+from ._options import _voxel_size, add_chunks_option, output_options
 
 NAME = "convert"
+EXAMPLES = """\
+examples:
+  # an MRC tomogram as an OME-Zarr image in chunks of 32 full slices:
+  sxtdask convert cell.mrc cell.zarr
+  # chunks of 16 slices of 256 x 256 voxels, over an existing image:
+  sxtdask convert cell.mrc cell.zarr --chunks 16,256,256 --overwrite
+  # a TIFF stack without a voxel size in its header, 25 nm voxels:
+  sxtdask convert cell.tif cell-tif.zarr --voxel-size 25
+"""
 
 
 def add_parser(sub: Any) -> None:
     """Add the ``convert`` sub-command to ``sub`` (argparse sub-parsers)."""
     own = argparse.ArgumentParser(add_help=False)
-    own.add_argument("input", type=Path)
-    own.add_argument("output", type=Path)
-    own.add_argument("--chunks", type=_triple, default=None, metavar="Z,Y,X",
-                     help="chunk shape (default: 32 slices of the full plane)")
+    own.add_argument("input", type=Path, metavar="INPUT",
+                     help="tomogram file: MRC (.mrc, .st, .ali, .map, ...), AmiraMesh (.am), "
+                          ".rec (either, told by its content), TIFF stack (.tif, .tiff) or "
+                          "NumPy (.npy)")
+    own.add_argument("output", type=Path, metavar="OUTPUT",
+                     help="OME-Zarr image to write (e.g. cell.zarr), with its multiscale pyramid")
+    add_chunks_option(own)
     own.add_argument("--voxel-size", type=_voxel_size, default=None, metavar="Z,Y,X",
                      help="voxel size in nm (Z,Y,X, or one number for isotropic voxels); replaces "
                           "the file's (default: the file's own; a file without one gets 1 nm, "

@@ -16,24 +16,32 @@ from sxtdask.errors import OutputError
 
 from ._cluster import open_cluster
 from ._console import Console, write_json
-from ._options import _triple, cluster_options, output_options
+from ._options import _triple, add_device_option, cluster_options, output_options
 from .segment import run_segment
 from .stats import run_stats
 
 NAME = "demo"
+EXAMPLES = """\
+examples:
+  # the whole pipeline with the bundled U-Nets, in ./sxtdask-demo:
+  sxtdask demo
+  # a quick one: a small cell, classical ISGs only, in another folder:
+  sxtdask demo --method classical --shape 32,64,64 --out demo-small
+"""
 
 
 def add_parser(sub: Any) -> None:
     """Add the ``demo`` sub-command to ``sub`` (argparse sub-parsers)."""
     own = argparse.ArgumentParser(add_help=False)
     own.add_argument("--out", type=Path, default=Path("sxtdask-demo"),
-                     help="folder (default ./sxtdask-demo)")
-    own.add_argument("--shape", type=_triple, default=(128, 256, 256), metavar="Z,Y,X")
-    own.add_argument("--seed", type=int, default=0)
+                     help="folder for the demo's files")
+    own.add_argument("--shape", type=_triple, default=(128, 256, 256), metavar="Z,Y,X",
+                     help="voxels of the synthetic cell along Z, Y, X")
+    own.add_argument("--seed", type=int, default=0, help="random seed of the synthetic cell")
     own.add_argument("--method", default="unet", choices=("unet", "classical"),
-                     help="unet: the bundled cell, mito and ISG U-Nets (default); classical: ISGs "
-                          "only")
-    own.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+                     help="unet: the bundled cell, mito and ISG U-Nets; classical: ISGs only, no "
+                          "network")
+    add_device_option(own)
     own.add_argument("--overwrite", action="store_true",
                      help="replace an existing, non-empty --out folder")
     sub.add_parser(NAME, help="synth → convert → segment → stats → PNG, on a small phantom",

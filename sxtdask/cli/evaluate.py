@@ -10,11 +10,18 @@ from typing import Any
 
 from sxtdask._fs import check_new_path
 
-from ._cluster import open_cluster
+from ._cluster import check_memory, open_cluster
 from ._console import Console, write_json
 from ._options import cluster_options, output_options
 
 NAME = "evaluate"
+EXAMPLES = """\
+examples:
+  # ISG instances segmented by sxtdask segment against synth's ground truth:
+  sxtdask evaluate cell.zarr cell.gt.zarr --labels isg
+  # every label image in both, all figures to a JSON file:
+  sxtdask evaluate cell.zarr cell.gt.zarr --out scores.json
+"""
 
 
 def add_parser(sub: Any) -> None:
@@ -93,6 +100,19 @@ def render_table(result: dict[str, Any]) -> str:
     return out.getvalue().rstrip("\n")
 
 
+def _check_memory(args: argparse.Namespace) -> None:
+    """A ``--memory-limit`` too small to compare one block of predicted and true labels (on the
+    predicted image's chunks, at most 4 bytes a voxel each) is refused before a cluster starts.
+    """
+    from sxtdask.io import open_image
+
+    chunk = open_image(args.pred).data
+    voxels = 1
+    for n in chunk.chunksize:
+        voxels *= int(n)
+    check_memory(args, 2 * 4 * voxels, "compare a block of labels")
+
+
 def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
     """Evaluate ``args.pred`` against ``args.gt`` on a Dask cluster; print the headline table."""
     from distributed import span
@@ -106,6 +126,7 @@ def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
     graph = evaluate_stores(args.pred.absolute(), args.gt.absolute(), args.labels,
                             instances=args.instances, coco=not args.no_coco, compute=False,
                             ignore_label=args.ignore_label)
+    _check_memory(args)
     with open_cluster(args, con) as client, span(f"evaluate {args.pred.absolute().name}"):
         result = con.compute(client, graph, "evaluating")
     result["seconds"] = round(time.perf_counter() - t0, 3)

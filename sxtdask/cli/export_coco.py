@@ -15,6 +15,13 @@ from ._console import Console
 from ._options import output_options
 
 NAME = "export-coco"
+EXAMPLES = """\
+examples:
+  # COCO-style ISG patches of a labelled tomogram (from sxtdask synth):
+  sxtdask export-coco cell.gt.zarr --out coco
+  # several tomograms, a fifth of them for validation, 128-pixel patches as TIFF:
+  sxtdask export-coco a.gt.zarr b.gt.zarr c.gt.zarr d.gt.zarr e.gt.zarr --out all --patch 128 --format tif
+"""
 
 
 def add_parser(sub: Any) -> None:
@@ -27,17 +34,16 @@ def add_parser(sub: Any) -> None:
                      help="folder to create: train.json, train/, val.json, val/")
     own.add_argument("--labels", default=None, metavar="NAME",
                      help="ISG instance label image in the stores (default: isg)")
-    own.add_argument("--patch", type=int, default=256, help="patch side, pixels (default 256)")
+    own.add_argument("--patch", type=int, default=256, help="patch side, pixels")
     own.add_argument("--stride", type=int, default=None,
                      help="patch grid step, pixels (default: the patch side, no overlap)")
     own.add_argument("--min-area", type=int, default=16,
-                     help="drop fragments cut by a patch border smaller than this, pixels "
-                          "(default 16)")
+                     help="drop fragments cut by a patch border smaller than this, pixels")
     own.add_argument("--val-fraction", type=float, default=0.2,
-                     help="share of the tomograms (not slices) kept for validation (default 0.2)")
+                     help="share of the tomograms (not slices) kept for validation")
     own.add_argument("--seed", type=int, default=0, help="seed of the train/validation split")
     own.add_argument("--format", dest="image_format", choices=("png", "tif"), default="png",
-                     help="8-bit image files (default png)")
+                     help="8-bit image files")
     own.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     sub.add_parser(
         NAME, help="write COCO-style ISG patches (images + train.json/val.json) from labelled "

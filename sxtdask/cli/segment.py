@@ -6,33 +6,44 @@ import argparse
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sxtdask import __version__
 from sxtdask._fs import check_new_path, write_lock
-from sxtdask.segmenters import Segmenter
+
+if TYPE_CHECKING:
+    from sxtdask.segmenters import Segmenter
 
 from ._cluster import cluster_config, open_cluster, span_name
 from ._console import Console, write_json
-from ._options import _tasks, cluster_options, model_options, output_options
+from ._options import add_task_option, cluster_options, model_options, output_options
 from ._segmenters import make_segmenter
 
 NAME = "segment"
+EXAMPLES = """\
+examples:
+  # ISG instances with the classical method (no network):
+  sxtdask segment cell.zarr --task isg-instances --method classical
+  # cell, mitochondria and ISG instances with the bundled U-Nets, over earlier labels:
+  sxtdask segment cell.zarr --task cell,mito,isg-instances --overwrite
+  # a trained checkpoint, its labels beside the others, blocks of 8 full slices:
+  sxtdask segment cell.zarr --task cell --model cell.pt --name cell-mine --chunks 8,64,64
+"""
 
 
 def add_parser(sub: Any) -> None:
     """Add the ``segment`` sub-command to ``sub`` (argparse sub-parsers)."""
     head = argparse.ArgumentParser(add_help=False)
-    head.add_argument("data", type=Path)
-    head.add_argument("--task", required=True, type=_tasks,
-                      metavar="{cell,mito,isg,isg-instances}[,...]",
-                      help="what to segment; several, comma-separated, share one read of each "
-                           "chunk")
+    head.add_argument("data", type=Path, metavar="DATA",
+                      help="OME-Zarr image (from sxtdask convert); the labels go into its labels/")
+    add_task_option(head, "what to segment; several, comma-separated, share one read of each "
+                          "chunk")
     tail = argparse.ArgumentParser(add_help=False)
-    tail.add_argument("--report", type=Path, default=None, help="write a JSON run report here")
+    tail.add_argument("--report", type=Path, default=None, metavar="FILE.json",
+                      help="write the run's report here (timings, counts, chunks, workers)")
     tail.add_argument("--overwrite", action="store_true", help="replace existing labels")
     sub.add_parser(NAME, help="segment an OME-Zarr image chunk by chunk; writes labels/<name>",
-                   parents=[head, model_options("block shape (default: the image's chunks)"),
+                   parents=[head, model_options(),
                             tail, cluster_options(), output_options()])
 
 
@@ -90,6 +101,8 @@ def run_segment(
         "device": info.device,
         "stage_seconds": {k: round(v, 3) for k, v in stages.items()},
         "instance_count": {k: int(v) for k, v in report["instance_count"].items()},
+        "voxel_count": {k: int(v) for k, v in report.get("voxel_count", {}).items()},
+        "voxel_size_nm": list(run.voxel_size_nm),
         "outputs": report["outputs"],
         "workers": len(loads),
         "model_loads_per_worker": loads,
@@ -105,14 +118,16 @@ def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
     from sxtdask.engine import plan_store
     from sxtdask.io import open_image
 
-    open_image(args.data)  # clear errors before any cluster starts or any statistics run
+    img = open_image(args.data)  # clear errors before any cluster starts or any statistics run
     if args.report is not None:
         check_new_path(args.report, args.overwrite, folder=False, what="--report")
     segmenter = make_segmenter(args)
-    # Existing labels, bad chunks or halos: refused before any cluster starts (reads only).
-    plan_store(args.data, segmenter, chunks=args.chunks, overwrite=args.overwrite)
-    t0 = time.perf_counter()
     config = cluster_config(args)
+    # Existing labels, bad chunks or halos, a worker memory limit too small for a block:
+    # refused before any cluster starts (reads only).
+    plan_store(args.data, segmenter, chunks=args.chunks, overwrite=args.overwrite,
+               memory_limit=config.worker_memory_limit(), threads=config.threads_per_worker)
+    t0 = time.perf_counter()
     if segmenter.needs_gpu and not args.scheduler:
         config = dataclasses.replace(config, gpu=True)  # dask-cuda: one worker per GPU
     # Workers open the store by path, in their own working folders (remote ones too).
@@ -127,8 +142,30 @@ def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
         report["performance_report"] = str(args.performance_report)
     if args.report is not None:
         write_json(args.report, report)
-    instances = {o.name for o in segmenter.outputs if o.kind.value == "instances"}
-    n = ", ".join(f"{k}: {v}" for k, v in report["instance_count"].items() if k in instances)
-    con.say(f"{args.data}: {report['chunk_count']} chunks{f', {n} instances' if n else ''}; "
+    found = "; ".join(found_text(segmenter.outputs, report))
+    report["voxel_size_assumed"] = img.voxel_size_assumed
+    semantic = any(o.kind.value != "instances" for o in segmenter.outputs)
+    scale = (" (µm³ from an assumed 1 nm voxel: the image has no voxel size; convert with "
+             "--voxel-size Z,Y,X)" if img.voxel_size_assumed and semantic else "")
+    con.say(f"{args.data}: {report['chunk_count']} chunks; {found}{scale}; "
             f"wrote {', '.join(report['outputs'])} ({report['total_seconds']:.1f} s)")
     return report
+
+
+def found_text(outputs: Any, report: dict[str, Any]) -> list[str]:
+    """What each label image holds: ``isg: 42 instances`` for instances, ``cell: 123,456 voxels
+    (3.33 µm³)`` for a semantic mask (its voxels that are not background).
+    """
+    um3 = 1.0
+    for nm in report.get("voxel_size_nm") or (1000.0, 1000.0, 1000.0):
+        um3 *= float(nm) / 1000.0
+    out = []
+    for spec in outputs:
+        if spec.kind.value == "instances":
+            out.append(f"{spec.name}: {int(report['instance_count'].get(spec.name, 0)):,} instances")
+        else:
+            n = int(report.get("voxel_count", {}).get(spec.name, 0))
+            volume = n * um3
+            out.append(f"{spec.name}: {n:,} voxels "
+                       f"({f'{volume:,.1f}' if volume >= 10 else f'{volume:.3g}'} µm³)")
+    return out

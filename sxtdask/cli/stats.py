@@ -10,11 +10,18 @@ from typing import Any
 from sxtdask._fs import check_new_path
 from sxtdask.errors import ConfigError
 
-from ._cluster import open_cluster, span_name
+from ._cluster import block_bytes, check_memory, open_cluster, span_name
 from ._console import Console
 from ._options import cluster_options, output_options
 
 NAME = "stats"
+EXAMPLES = """\
+examples:
+  # one row per ISG: volume, centroid, bounding box, diameter, mean absorption:
+  sxtdask stats cell.zarr --labels isg --out isg.csv
+  # the same as Parquet, over an earlier table:
+  sxtdask stats cell.zarr --labels isg --out isg.parquet --overwrite
+"""
 
 logger = logging.getLogger(__name__)
 
@@ -22,10 +29,13 @@ logger = logging.getLogger(__name__)
 def add_parser(sub: Any) -> None:
     """Add the ``stats`` sub-command to ``sub`` (argparse sub-parsers)."""
     own = argparse.ArgumentParser(add_help=False)
-    own.add_argument("data", type=Path)
-    own.add_argument("--labels", required=True, help="label image name, e.g. isg")
-    own.add_argument("--out", required=True, type=Path, help="TABLE.csv or TABLE.parquet")
-    own.add_argument("--overwrite", action="store_true")
+    own.add_argument("data", type=Path, metavar="DATA",
+                     help="OME-Zarr image with labels/ (e.g. from sxtdask segment)")
+    own.add_argument("--labels", required=True, metavar="NAME",
+                     help="instance label image to measure, e.g. isg")
+    own.add_argument("--out", required=True, type=Path, metavar="TABLE",
+                     help="table to write, one row per instance: TABLE.csv or TABLE.parquet")
+    own.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     sub.add_parser(NAME, help="per-instance table (CSV or Parquet) of a label image",
                    parents=[own, cluster_options(), output_options()])
 
@@ -54,12 +64,14 @@ def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
     """Compute the per-instance table of one label image and write it (CSV or Parquet)."""
     from distributed import span
 
-    from sxtdask.io import open_labels
+    from sxtdask.io import open_image, open_labels
 
     if args.out.suffix.lower() not in (".csv", ".parquet"):
         raise ConfigError(f"{args.out}: the table must end in .csv or .parquet")
     check_new_path(args.out, args.overwrite, folder=False, what="--out")
-    open_labels(args.data, args.labels)  # a clear error before any cluster starts
+    lab = open_labels(args.data, args.labels)  # a clear error before any cluster starts
+    check_memory(args, block_bytes(lab, open_image(args.data).data),
+                 f"measure a block of {args.labels}")
     data = args.data.absolute()  # workers open the store by path, in their own working folders
     with open_cluster(args, con) as client, span(span_name(f"stats {args.labels}", data)):
         table = run_stats(data, args.labels, args.out, client, con, overwrite=args.overwrite)

@@ -11,16 +11,28 @@ from ._console import Console
 from ._options import _triple, output_options
 
 NAME = "synth"
+EXAMPLES = """\
+examples:
+  # a small synthetic cell (cell.mrc) and its ground truth (cell.gt.zarr):
+  sxtdask synth cell.mrc --shape 32,64,64
+  # a larger one, another cell, 25 nm voxels:
+  sxtdask synth big.mrc --shape 128,256,256 --seed 7 --voxel-size 25
+"""
 
 
 def add_parser(sub: Any) -> None:
     """Add the ``synth`` sub-command to ``sub`` (argparse sub-parsers)."""
     own = argparse.ArgumentParser(add_help=False)
-    own.add_argument("output", type=Path)
-    own.add_argument("--shape", type=_triple, default=(128, 256, 256), metavar="Z,Y,X")
-    own.add_argument("--seed", type=int, default=0)
-    own.add_argument("--voxel-size", type=float, default=30.0, help="nanometres (default 30)")
-    own.add_argument("--overwrite", action="store_true")
+    own.add_argument("output", type=Path, metavar="OUTPUT.mrc",
+                     help="the tomogram to write; its ground truth goes beside it as "
+                          "OUTPUT.gt.zarr")
+    own.add_argument("--shape", type=_triple, default=(128, 256, 256), metavar="Z,Y,X",
+                     help="voxels along Z, Y, X")
+    own.add_argument("--seed", type=int, default=0,
+                     help="random seed: the same seed and shape give the same cell")
+    own.add_argument("--voxel-size", type=float, default=30.0, help="voxel size, nanometres")
+    own.add_argument("--overwrite", action="store_true",
+                     help="replace an existing tomogram and ground truth")
     sub.add_parser(NAME, help="write a synthetic SXT cell (MRC, LAC per voxel: µm⁻¹ × voxel "
                               "size in µm, like real reconstructions) and its ground truth "
                               "(.gt.zarr)",

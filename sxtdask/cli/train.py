@@ -10,9 +10,17 @@ from typing import Any, Self
 from sxtdask.segmenters import trainable
 
 from ._console import Console
-from ._options import output_options
+from ._options import add_device_option, output_options
 
 NAME = "train"
+EXAMPLES = """\
+examples:
+  # a small ISG U-Net on two synthetic cells (one of them validates), then use it:
+  sxtdask train --task isg --data a.gt.zarr b.gt.zarr --out isg.pt --epochs 2
+  sxtdask segment cell.zarr --task isg --model isg.pt
+  # the ISG Mask R-CNN on a CPU, at the patches' own size:
+  sxtdask train --task isg-maskrcnn --data a.gt.zarr b.gt.zarr --out isg-maskrcnn.pt --min-size 256
+"""
 #: The networks ``--task`` trains: the registry's (cell, mito, isg, isg-maskrcnn).
 TASKS = trainable()
 
@@ -20,7 +28,9 @@ TASKS = trainable()
 def add_parser(sub: Any) -> None:
     """Add the ``train`` sub-command to ``sub`` (argparse sub-parsers)."""
     own = argparse.ArgumentParser(add_help=False)
-    own.add_argument("--task", required=True, choices=TASKS)
+    own.add_argument("--task", required=True, choices=TASKS,
+                     help="the network to train (one per run): a U-Net for cell, mito or isg, or "
+                          "the ISG Mask R-CNN")
     own.add_argument("--data", required=True, nargs="+", metavar="PATH",
                      help="OME-Zarr stores with labels/ (e.g. from `sxtdask synth`), or IMAGE,LABELS "
                           "file pairs (MRC/TIFF/...); split into training and validation by tomogram")
@@ -30,16 +40,19 @@ def add_parser(sub: Any) -> None:
     own.add_argument("--val-data", nargs="+", default=None, metavar="PATH",
                      help="validation tomograms (default: --val-fraction of --data)")
     own.add_argument("--val-fraction", type=float, default=0.2,
-                     help="share of the --data tomograms held out for validation (default 0.2)")
-    own.add_argument("--epochs", type=int, default=None, help="default: U-Net 10, Mask R-CNN 20")
+                     help="share of the --data tomograms held out for validation")
+    own.add_argument("--epochs", type=int, default=None,
+                     help="passes over the data (default: U-Net 10, Mask R-CNN 20)")
     own.add_argument("--steps-per-epoch", type=int, default=None,
                      help="optimiser steps per epoch (default: U-Net 100)")
-    own.add_argument("--batch-size", type=int, default=None, help="default: U-Net 8, Mask R-CNN 4")
+    own.add_argument("--batch-size", type=int, default=None,
+                     help="patches per optimiser step (default: U-Net 8, Mask R-CNN 4)")
     own.add_argument("--patch", type=int, default=None,
                      help="patch side (default: U-Net 128, Mask R-CNN 256)")
     own.add_argument("--lr", type=float, default=None,
                      help="peak learning rate (default: U-Net 3e-3 AdamW, Mask R-CNN 0.005 SGD)")
-    own.add_argument("--width", type=int, default=16, help="U-Net base width (default 16; reference 64)")
+    own.add_argument("--width", type=int, default=16,
+                     help="U-Net base width (the reference's is 64)")
     own.add_argument("--context", type=int, default=None, choices=(0, 1),
                      help="mito: neighbouring slices on each side as input channels (default 1; 0 "
                           "repeats the slice, as the reference)")
@@ -49,7 +62,7 @@ def add_parser(sub: Any) -> None:
     own.add_argument("--patience", type=int, default=None,
                      help="Mask R-CNN: stop after this many evaluations without improvement (default 3)")
     own.add_argument("--seed", type=int, default=0, help="random seed (runs are repeatable)")
-    own.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_device_option(own)
     own.add_argument("--resume", action="store_true", help="continue an interrupted run of --out")
     own.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     sub.add_parser(

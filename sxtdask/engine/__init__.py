@@ -3,14 +3,16 @@ per-worker model cache lives in ``sxtdask.models`` and is re-exported here).
 """
 
 from ..models import cached_model, clear_models, load_counts
-from ._cluster import ClusterConfig, connect
+from ._cluster import ClusterConfig, connect, dashboard_moved
 from ._run import (
+    WORKER_BASELINE,
     StoreRun,
     plan_grid,
     plan_memory,
     plan_store,
     segment_array,
     segment_store,
+    smallest_memory_limit,
     staged_name,
     task_prefix,
     tomogram_name,
@@ -18,17 +20,20 @@ from ._run import (
 )
 
 __all__ = [
+    "WORKER_BASELINE",
     "ClusterConfig",
     "StoreRun",
     "cached_model",
     "clear_models",
     "connect",
+    "dashboard_moved",
     "load_counts",
     "plan_grid",
     "plan_memory",
     "plan_store",
     "segment_array",
     "segment_store",
+    "smallest_memory_limit",
     "staged_name",
     "task_prefix",
     "tomogram_name",

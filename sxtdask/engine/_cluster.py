@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,8 +16,10 @@ from distributed.security import Security
 
 from ..errors import ConfigError, InputError, SxtdaskError
 from ..models import register_model_cache
+from ._run import WORKER_BASELINE, limit_option, memory_text, smallest_memory_limit
+from ._shutdown import QuietShutdown, close_local_cluster, sigint_deferred
 
-__all__ = ["ClusterConfig", "connect", "is_local_host", "warn_if_plain_tcp"]
+__all__ = ["ClusterConfig", "connect", "dashboard_moved", "is_local_host", "warn_if_plain_tcp"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +42,8 @@ class ClusterConfig:
     threads_per_worker : int
         Threads per local worker.
     memory_limit : str
-        Per local worker (Dask syntax: ``"4GiB"``, ``"auto"``).
+        Per local worker (Dask syntax: ``"4GiB"``, ``"500MB"``, ``"auto"``, a fraction of this
+        machine's memory such as ``"0.5"``, or ``"0"`` for no limit).
     dashboard_address : str
         Where the local dashboard listens (localhost unless told otherwise; ``:0`` picks a port).
     gpu : bool
@@ -71,6 +75,7 @@ class ClusterConfig:
             raise ConfigError(f"workers ({self.workers}) must be at least 1")
         if self.threads_per_worker < 1:
             raise ConfigError(f"threads per worker ({self.threads_per_worker}) must be at least 1")
+        self.worker_memory_limit()  # a memory limit Dask cannot read: an error now, not later
         files = {"CA file": self.tls_ca_file, "certificate": self.tls_cert, "key": self.tls_key}
         if not any(files.values()):
             return
@@ -83,6 +88,46 @@ class ClusterConfig:
         for what, path in files.items():
             if path is not None and not Path(path).is_file():
                 raise InputError(f"{path}: TLS {what} not found")
+
+    def worker_memory_limit(self) -> int | None:
+        """A local worker's memory limit in bytes, as its nanny will read ``memory_limit``
+        (``auto``: this machine's memory shared by the threads); None without a limit, or for
+        an existing scheduler (whose workers have their own).
+        """
+        if self.scheduler:
+            return None
+        from distributed.worker_memory import parse_memory_limit
+
+        quiet = logging.Logger("sxtdask-memory-limit")  # its cap to the machine is not news here
+        quiet.disabled = True
+        try:
+            return parse_memory_limit(self.memory_limit, self.threads_per_worker, logger=quiet)
+        except (ValueError, TypeError):
+            raise ConfigError(
+                f"memory limit {self.memory_limit!r} is not a size: say e.g. 4GiB, 500MB, 0.5 (of "
+                "this machine's memory), 0 (no limit) or auto") from None
+
+    def refuse_small_memory(self, task_bytes: float, what: str) -> None:
+        """Refuse, before any worker starts, a local worker memory limit in which tasks holding
+        ``task_bytes`` each (one per thread) cannot run next to the worker's own memory (such a
+        worker is paused for good: the run would hang). ``what`` names the work ("measure a
+        block of isg").
+
+        Raises
+        ------
+        ConfigError
+            One line with the smallest limit that can work.
+        """
+        limit = self.worker_memory_limit()
+        if limit is None:
+            return
+        floor = smallest_memory_limit(task_bytes, self.threads_per_worker)
+        if limit < floor:
+            raise ConfigError(
+                f"a worker memory limit of {memory_text(limit)} is too small to {what}: a worker "
+                f"holds about {memory_text(WORKER_BASELINE)} of its own, and each of its "
+                f"{self.threads_per_worker} thread(s) about {memory_text(task_bytes)} for one "
+                f"block; the smallest that can work is {limit_option(floor)}")
 
     def security(self) -> Security | None:
         """The client's TLS settings: from the options, else Dask's configuration for a ``tls://``
@@ -178,6 +223,23 @@ def _local_cuda_cluster(config: ClusterConfig) -> LocalCluster:
     )
 
 
+def dashboard_moved(asked: str | None, link: str | None) -> tuple[int, str] | None:
+    """``(port asked for, HOST:PORT used)`` when the dashboard went to another port than
+    ``asked`` (``HOST:PORT``; a taken port makes distributed pick another), else None.
+    """
+    from urllib.parse import urlsplit
+
+    wanted = (asked or "").rpartition(":")[2]
+    try:
+        url = urlsplit(link or "")
+        port = url.port
+    except ValueError:
+        return None
+    if not wanted.isdigit() or int(wanted) == 0 or port is None or port == int(wanted):
+        return None
+    return int(wanted), f"{url.hostname}:{port}"
+
+
 def _default_workers() -> int:
     import os
 
@@ -221,11 +283,43 @@ class QuietUserErrors(WorkerPlugin):
 
 
 @contextmanager
+def _local_cluster(config: ClusterConfig) -> Iterator[LocalCluster]:
+    """A local cluster, closed on exit (see :mod:`._shutdown`): its workers never see a Ctrl-C,
+    and closing it is quiet. A taken dashboard port is logged at INFO, not warned about.
+    """
+    cluster: LocalCluster | None = None
+    graceful = False
+    try:
+        # A Ctrl-C while the workers start comes once the cluster exists (then it is closed).
+        with sigint_deferred(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Port \d+ is already in use",
+                                    category=UserWarning)
+            cluster = _local_cuda_cluster(config) if config.gpu else LocalCluster(
+                n_workers=config.workers or _default_workers(),
+                threads_per_worker=config.threads_per_worker,
+                memory_limit=config.memory_limit,
+                dashboard_address=config.dashboard_address,
+                processes=True,
+                silence_logs=logging.WARNING,
+            )
+        moved = dashboard_moved(config.dashboard_address, cluster.dashboard_link)
+        if moved:
+            logger.info("dashboard port %s is taken; using %s", *moved)
+        yield cluster
+        graceful = True
+    finally:
+        if cluster is not None:
+            close_local_cluster(cluster, graceful=graceful)
+
+
+@contextmanager
 def connect(config: ClusterConfig = ClusterConfig()) -> Iterator[Client]:
     """A Dask client for the run; the local cluster (if any) is closed on exit.
 
     The dashboard link is logged at INFO (``client.dashboard_link``). Every worker gets the
-    model cache (:class:`sxtdask.models.ModelCache`, a worker plugin).
+    model cache (:class:`sxtdask.models.ModelCache`, a worker plugin). A local cluster's workers
+    ignore Ctrl-C (this process gets it and closes them) and close quietly: given time at a
+    normal end, at once after an error or an interruption.
     """
     if config.scheduler:
         security = config.security()
@@ -240,17 +334,10 @@ def connect(config: ClusterConfig = ClusterConfig()) -> Iterator[Client]:
             client.register_plugin(QuietUserErrors(), name=QuietUserErrors.name)
             yield client
         return
-    cluster = _local_cuda_cluster(config) if config.gpu else LocalCluster(
-        n_workers=config.workers or _default_workers(),
-        threads_per_worker=config.threads_per_worker,
-        memory_limit=config.memory_limit,
-        dashboard_address=config.dashboard_address,
-        processes=True,
-        silence_logs=logging.WARNING,
-    )
-    with cluster, Client(cluster) as client:
+    with _local_cluster(config) as cluster, Client(cluster) as client:
         logger.info("local cluster with %d workers; dashboard: %s",
                     len(cluster.workers), client.dashboard_link)
         register_model_cache(client)
         client.register_plugin(QuietUserErrors(), name=QuietUserErrors.name)
+        client.register_plugin(QuietShutdown(), name=QuietShutdown.name)
         yield client

@@ -57,8 +57,9 @@ from ._resume import (
     touch_marker,
 )
 
-__all__ = ["SCRATCH_DIR", "StoreRun", "plan_grid", "plan_store", "segment_array", "segment_store",
-           "plan_memory", "staged_name", "task_prefix", "tomogram_name",
+__all__ = ["SCRATCH_DIR", "WORKER_BASELINE", "StoreRun", "limit_option", "memory_text",
+           "plan_grid", "plan_store", "segment_array", "segment_store", "plan_memory",
+           "smallest_memory_limit", "staged_name", "task_prefix", "tomogram_name",
            "worker_memory"]
 
 logger = logging.getLogger(__name__)
@@ -134,7 +135,39 @@ def check_halo(segmenter: Segmenter, halo: Sequence[int]) -> tuple[int, int, int
 #: The share of a worker's memory limit its tasks may plan to use (Dask pauses a worker at 80 %
 #: and restarts it at 95 %; the rest is the worker's own and its stored results').
 MEMORY_FRACTION = 0.6
+#: What a worker process holds before it runs anything: the interpreter with Dask, distributed,
+#: NumPy, SciPy, scikit-image, Zarr and sxtdask imported (about 180 MiB measured on Linux, with
+#: distributed 2026.8). A memory limit must leave room for it beside the tasks.
+WORKER_BASELINE = 200 * 1024**2
 _GIB = 1024**3
+
+
+def smallest_memory_limit(task_bytes: float, threads: int = 1) -> int:
+    """The smallest worker memory limit (bytes) for ``threads`` tasks holding ``task_bytes``
+    each at once: what :func:`plan_memory` plans (:data:`MEMORY_FRACTION` of the limit for the
+    tasks), and below the limit at which Dask pauses a worker (its ``memory.pause`` fraction,
+    0.8) with the worker's own :data:`WORKER_BASELINE` as well. Below it a worker cannot run a
+    task: it is paused for good (a run that hangs) or restarted over and over.
+    """
+    import dask
+
+    pause = dask.config.get("distributed.worker.memory.pause", 0.8) or 0.95
+    tasks = max(1, int(threads)) * float(task_bytes)
+    return int(np.ceil(max(tasks / MEMORY_FRACTION, (WORKER_BASELINE + tasks) / float(pause))))
+
+
+def memory_text(nbytes: float) -> str:
+    """``3.2 MiB``, ``1.5 GiB``: a size for a message."""
+    for unit, size in (("GiB", _GIB), ("MiB", 1024**2), ("KiB", 1024)):
+        if nbytes >= size:
+            return f"{nbytes / size:.1f} {unit}"
+    return f"{int(nbytes)} bytes"
+
+
+def limit_option(nbytes: float) -> str:
+    """The option asking for at least ``nbytes`` per worker, in GiB rounded up to 0.1."""
+    gib = np.ceil(nbytes / _GIB * 10) / 10
+    return option(f'memory_limit="{gib:.1f}GiB"', f"--memory-limit {gib:.1f}GiB")
 
 
 def _largest_block(grid: BlockGrid) -> tuple[int, ...]:
@@ -167,6 +200,14 @@ def plan_memory(segmenter: Segmenter, grid: BlockGrid, memory_limit: int | None,
         batch //= 2
         seg = seg.with_batch_size(batch)
         need = seg.memory_bytes(block)
+    floor = smallest_memory_limit(need, threads)
+    if need <= budget and memory_limit < floor:  # the block fits, the worker itself does not
+        raise ConfigError(
+            f"a worker memory limit of {memory_text(memory_limit)} is too small: a worker holds "
+            f"about {memory_text(WORKER_BASELINE)} of its own, and {type(segmenter).__name__} "
+            f"needs about {memory_text(need)} for each of {threads} "
+            f"{'×'.join(map(str, block))} block(s) at once; the smallest that can work is "
+            f"{limit_option(floor)}")
     if need > budget:
         chunk = tuple(c[0] for c in grid.chunks)
         depth = chunk[0]
@@ -175,11 +216,11 @@ def plan_memory(segmenter: Segmenter, grid: BlockGrid, memory_limit: int | None,
         fits = seg.memory_bytes((depth + 2 * grid.halo[0], *block[1:])) <= budget
         thinner = (f" or chunks of {depth}×{chunk[1]}×{chunk[2]}" if fits and depth < chunk[0]
                    else "")
-        enough = need * threads / MEMORY_FRACTION / _GIB
+        enough = np.ceil(floor / _GIB * 10) / 10
         raise ConfigError(
-            f"{type(segmenter).__name__} needs about {need / _GIB:.1f} GiB to segment one "
+            f"{type(segmenter).__name__} needs about {memory_text(need)} to segment one "
             f"{'×'.join(map(str, block))} block, one slice at a time; the workers have "
-            f"{memory_limit / _GIB:.1f} GiB for {threads} thread(s) (of which sxtdask plans "
+            f"{memory_text(memory_limit)} for {threads} thread(s) (of which sxtdask plans "
             f"{MEMORY_FRACTION:.0%}): use "
             f"{option(f'workers of {enough:.1f} GiB', f'--memory-limit {enough:.1f}GiB')}"
             f"{' with fewer threads per worker' if threads > 1 else ''}{thinner}")
@@ -439,37 +480,54 @@ def _prepare(layout: _Layout, stats: IntensityStats, _after: Any = None) -> bool
 
 def _segment_and_write(
     layout: _Layout, targets: dict[str, str], stats: IntensityStats, idx: Index, _prepared: bool,
-) -> tuple[dict[str, tuple[Any, Any]], bool]:
+) -> tuple[dict[str, tuple[Any, Any]], bool, dict[str, int]]:
     """Read one extended block, segment it, write semantic labels and provisional instances.
 
     Idempotent, so Dask may run it again (after a worker died, or in a rerun): a block whose
     record exists is not segmented again, its saved stitching data is returned. Every chunk
     is written whole (Zarr writes a chunk file atomically) and the record only after them all.
-    Returns the block's stitching data and whether it came from a record.
+    Returns the block's stitching data, whether it came from a record, and the block's
+    foreground voxels of each semantic output (read back from its chunks for a recorded block).
     """
     names, grid, segmenter = layout.names, layout.grid, layout.segmenter
     rec = layout.progress.record(idx)
     if rec.exists():
         try:
-            return load_record(rec, names), True
+            saved = load_record(rec, names)
         except RECORD_ERRORS as err:
             logger.warning("%s: unreadable record (%s); segmenting the block again", rec, err)
+        else:
+            return saved, True, _written_voxels(segmenter, targets, grid.core(idx))
     ext = _read_ext(str(layout.path / layout.level0), grid.ext(idx))
     result = _run_segmenter(ext, segmenter, stats, layout.voxel_size_nm, grid, idx)
     core = grid.core(idx)
     small: dict[str, tuple[Any, Any]] = {}
+    voxels: dict[str, int] = {}
     for spec in segmenter.outputs:
         value = result[spec.name]
         if spec.kind is OutputKind.SEMANTIC:
             _zarr_array(targets[spec.name], "r+")[core] = value
+            voxels[spec.name] = int(np.count_nonzero(value))
         else:
             _zarr_array(targets[spec.name], "r+")[core] = value.core
             small[spec.name] = (value.meta, value.crops)
     save_record(rec, small, names)
-    return small, False
+    return small, False, voxels
 
 
-def _stitching_data(done: tuple[dict[str, Any], bool], name: str) -> Any:
+def _written_voxels(segmenter: Segmenter, targets: dict[str, str],
+                    core: tuple[slice, ...]) -> dict[str, int]:
+    """Foreground voxels of each semantic output in one block's written chunks."""
+    return {spec.name: int(np.count_nonzero(_zarr_array(targets[spec.name], "r")[core]))
+            for spec in segmenter.outputs if spec.kind is OutputKind.SEMANTIC}
+
+
+def _block_voxels(done: tuple[Any, bool, dict[str, int]]) -> dict[str, int]:
+    """A block's foreground voxels per semantic output (a small result, for the report)."""
+    return dict(done[2])
+
+
+def _stitching_data(done: tuple[dict[str, Any], bool, dict[str, int]], name: str) -> Any:
     return done[0][name]
 
 
@@ -490,7 +548,7 @@ def _relabel_chunk(
     return False
 
 
-def _block_written(done: tuple[Any, bool]) -> bool:
+def _block_written(done: tuple[Any, bool, dict[str, int]]) -> bool:
     """A small marker of one block (its reuse flag), so no segment result is held to the end."""
     return bool(done[1])
 
@@ -549,14 +607,21 @@ def _stamp(*_after: Any) -> float:
 
 def _report(counts: list[int], names: list[str], blocks: list[bool], relabel_names: list[str],
             relabel_flags: list[list[bool]], outputs: list[str] | None,
-            stats: IntensityStats, times: list[float], *_after: Any) -> dict[str, Any]:
-    """What the run did: instance counts, blocks segmented or reused, outputs written, the
-    statistics it normalised with, and when each stage ended (``time.time()`` on the workers).
+            stats: IntensityStats, times: list[float], voxels: list[dict[str, int]],
+            *_after: Any) -> dict[str, Any]:
+    """What the run did: instance counts, foreground voxels of the semantic outputs, blocks
+    segmented or reused, outputs written, the statistics it normalised with, and when each stage
+    ended (``time.time()`` on the workers).
     """
+    total: dict[str, int] = {}
+    for block in voxels:
+        for name, n in block.items():
+            total[name] = total.get(name, 0) + int(n)
     return {
         "intensity_stats": stats,
         "stage_ended": dict(zip(("statistics", "segment_and_relabel", "pyramids"), times, strict=False)),
         "instance_count": dict(zip(names, (int(c) for c in counts), strict=False)),
+        "voxel_count": total,
         "chunks_total": len(blocks),
         "chunks_reused": int(sum(blocks)),
         "chunks_computed": len(blocks) - int(sum(blocks)),
@@ -584,9 +649,10 @@ class StoreRun:
         Computes to ``{output name: instance count}`` (semantic outputs map to 0) after every
         chunk is written.
     report : Delayed
-        The same graph, computing to the run's report: ``instance_count``, ``chunks_total``,
-        ``chunks_reused``, ``chunks_computed``, ``relabel_reused`` and ``outputs`` (the label
-        images, when finalized in the graph, else None).
+        The same graph, computing to the run's report: ``instance_count``, ``voxel_count``
+        (foreground voxels of each semantic output), ``chunks_total``, ``chunks_reused``,
+        ``chunks_computed``, ``relabel_reused`` and ``outputs`` (the label images, when
+        finalized in the graph, else None).
     blocks : list of Delayed
         One per block, in grid order, computing to whether the block was reused (for progress).
     path : Path
@@ -849,9 +915,15 @@ def _store_graph(layout: _Layout, stats: IntensityStats | Delayed, finalize: boo
     done = f"{task_prefix('segment', what, tomo)}-written-{token}"
     written = {s.name: [] for s in outputs}  # type: dict[str, list[Any]]
     flags: list[Any] = []
+    semantic = any(s.kind is OutputKind.SEMANTIC for s in outputs)
+    counted = f"{task_prefix('segment', what, tomo)}-voxels-{token}"
+    voxels: list[Any] = []
     for i in grid.indices():
         dsk[(done, *i)] = (_block_written, block[i])
         flags.append((done, *i))
+        if semantic:
+            dsk[(counted, *i)] = (_block_voxels, block[i])
+            voxels.append((counted, *i))
         for spec in outputs:
             if spec.kind is OutputKind.SEMANTIC:
                 written[spec.name].append((done, *i))
@@ -886,7 +958,7 @@ def _store_graph(layout: _Layout, stats: IntensityStats | Delayed, finalize: boo
         times.append(done_key)
     name = f"{task_prefix('finish', what, tomo)}-{token}"
     dsk[name] = (_report, counts, what, flags, list(relabelled), list(relabelled.values()),
-                 finals, stats_key, times, *after)
+                 finals, stats_key, times, voxels, *after)
     counts_name = f"{task_prefix('finish', what, tomo)}-counts-{token}"
     dsk[counts_name] = (_counts, name)
     # Inference runs where the accelerator is; reading, relabelling and writing run anywhere.

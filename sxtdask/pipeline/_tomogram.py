@@ -73,7 +73,8 @@ class TomogramRun:
     store : StoreRun
         The engine's plan (grid, outputs, what an interrupted run left).
     result : Delayed
-        Computes to the run's report: ``instance_count``, ``chunks_total``, ``chunks_reused``,
+        Computes to the run's report: ``instance_count``, ``voxel_count`` (foreground voxels
+        of each semantic output), ``chunks_total``, ``chunks_reused``,
         ``chunks_computed``, ``relabel_reused``, ``outputs``, ``intensity_stats``, ``metrics``
         (None unless measured) and ``stage_ended`` (wall-clock end of each stage).
     blocks : list of Delayed

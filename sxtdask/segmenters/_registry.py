@@ -11,16 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, option
-from ._base import Segmenter
-from ._classical import ClassicalISG
-from ._combined import CombinedSegmenter
-from ._maskrcnn import MaskRCNNISG
 from ._names import Method, Task
-from ._unet import UNetSegmenter
-from ._unet_instances import UNetISGInstances
+
+if TYPE_CHECKING:
+    from ._base import Segmenter
+
+# The table names the methods' classes without importing them (they need NumPy, SciPy, Dask):
+# a class is imported when a segmenter is made, so the command line reads the names cheaply.
 
 __all__ = [
     "REGISTRY",
@@ -36,15 +36,32 @@ __all__ = [
 
 def _unet(task: Task) -> Callable[..., Segmenter]:
     def make(**options: Any) -> Segmenter:
+        from ._unet import UNetSegmenter
+
         return UNetSegmenter(task=task, **options)
 
     return make
 
 
 def _unet_instances(**options: Any) -> Segmenter:
+    from ._unet import UNetSegmenter
+    from ._unet_instances import UNetISGInstances
+
     unet_opts = {k: options.pop(k) for k in ("device", "batch_size", "threshold", "model_path")
                  if k in options}
     return UNetISGInstances(unet=UNetSegmenter(task=Task.ISG, **unet_opts), **options)
+
+
+def _maskrcnn(**options: Any) -> Segmenter:
+    from ._maskrcnn import MaskRCNNISG
+
+    return MaskRCNNISG(**options)
+
+
+def _classical(**options: Any) -> Segmenter:
+    from ._classical import ClassicalISG
+
+    return ClassicalISG(**options)
 
 
 @dataclass(frozen=True)
@@ -89,9 +106,9 @@ REGISTRY: tuple[MethodEntry, ...] = (
                 "2-D U-Net: granule mask"),
     MethodEntry(Task.ISG_INSTANCES, Method.UNET, _unet_instances, "isg_instances", True, "isg",
                 False, "ISG U-Net probability, then a seeded watershed split"),
-    MethodEntry(Task.ISG_INSTANCES, Method.MASKRCNN, MaskRCNNISG, "isg_maskrcnn", False,
+    MethodEntry(Task.ISG_INSTANCES, Method.MASKRCNN, _maskrcnn, "isg_maskrcnn", False,
                 "isg-maskrcnn", True, "tiled Mask R-CNN, linked across slices"),
-    MethodEntry(Task.ISG_INSTANCES, Method.CLASSICAL, ClassicalISG, "isg_classical", False, None,
+    MethodEntry(Task.ISG_INSTANCES, Method.CLASSICAL, _classical, "isg_classical", False, None,
                 False, "smoothing, a global threshold and a seeded watershed (no network)"),
 )
 
@@ -171,7 +188,11 @@ def make_segmenter(
                           f"({', '.join(t.value for t in names)})")
     parts = [_one(entry(t, method), given.get(t), device=device, batch_size=batch_size, halo=halo)
              for t in names]
-    return parts[0] if len(parts) == 1 else CombinedSegmenter(tuple(parts))
+    if len(parts) == 1:
+        return parts[0]
+    from ._combined import CombinedSegmenter
+
+    return CombinedSegmenter(tuple(parts))
 
 
 def _one(row: MethodEntry, model: str | Path | None, *, device: str, batch_size: int | None,
@@ -190,6 +211,8 @@ def _one(row: MethodEntry, model: str | Path | None, *, device: str, batch_size:
     if row.network is not None:
         seg.load_model(model)
     if halo is not None:
+        from ._unet import UNetSegmenter
+
         z = max(halo[0], seg.context) if isinstance(seg, UNetSegmenter) else halo[0]
         seg._update(halo=(z, *halo[1:]))  # a U-Net's slice context stays inside its z halo
     return seg
