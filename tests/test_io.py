@@ -229,7 +229,7 @@ def test_npy_round_trip_fortran_order_and_singleton_squeeze(tmp_path: Path,
     np.save(tmp_path / "s.npy", data[None])
     with caplog.at_level(logging.INFO, logger="sxtdask.io"):
         vol_f, vol_s = open_volume(tmp_path / "f.npy"), open_volume(tmp_path / "s.npy")
-    assert "squeezed" in caplog.text and "no voxel size (.npy files carry none); assuming 1 nm" in caplog.text
+    assert "squeezed" in caplog.text and "(.npy files carry none); 1 nm is assumed" in caplog.text
     assert vol_f.voxel_size_nm == (1.0, 1.0, 1.0) and vol_s.shape == (9, 10, 11)
     np.testing.assert_array_equal(vol_f.read(2, 5), data[2:5])
     img = open_image(write_image(vol_s, tmp_path / "s.ome.zarr", voxel_size_nm=(3.0, 2.0, 2.0)))

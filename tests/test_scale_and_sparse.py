@@ -49,10 +49,14 @@ def test_files_without_a_voxel_size_are_marked_assumed_with_one_warning(tmp_path
     with caplog.at_level(logging.WARNING, logger="sxtdask"):
         vol = open_volume(tmp_path / "a.npy")
         real = open_volume(SAMPLE)
+    assert not caplog.records  # opening says nothing yet: a conversion may still fail
+    assert vol.voxel_size_assumed and real.voxel_size_assumed
+    with caplog.at_level(logging.WARNING, logger="sxtdask"):
+        img = open_image(write_image(vol, tmp_path / "a.zarr"))
+        open_image(write_image(real, tmp_path / "r.zarr"))
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 2 and all("assuming 1 nm" in w and "--voxel-size" in w for w in warned)
-    assert vol.voxel_size_assumed and real.voxel_size_assumed
-    img = open_image(write_image(vol, tmp_path / "a.zarr"))
+    assert ".npy files carry none" in warned[0] and "BoundingBox is the index range" in warned[1]
     assert img.voxel_size_assumed and img.voxel_size_nm == (1.0, 1.0, 1.0)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="sxtdask"):  # a given size: no warning, not assumed

@@ -323,11 +323,9 @@ def write_image(
     if voxel_size_nm is not None:
         vs, assumed = check_voxel_size(voxel_size_nm), bool(voxel_size_assumed)
     elif isinstance(volume, Volume):
-        vs, assumed = volume.voxel_size_nm, volume.voxel_size_assumed  # its reader warned
+        vs, assumed = volume.voxel_size_nm, volume.voxel_size_assumed
     else:
         vs, assumed = ASSUMED_VOXEL_NM, True
-        logger.warning("%s: no voxel size given for the array; assuming 1 nm, so physical sizes "
-                       "are not real (pass voxel_size_nm=(z, y, x))", out)
     chunks = normalize_chunks(chunks, src.shape)
     dtype = np.dtype(np.float32) if src.dtype == np.float16 else src.dtype
     shapes = pyramid_shapes(src.shape)
@@ -342,7 +340,23 @@ def write_image(
                            SXTDASK_ATTRS: {"voxel_size": "assumed" if assumed else "known"}})
     logger.info("%s: wrote OME-Zarr image %s %s, chunks %s, %d levels", out, src.shape, dtype, chunks,
                 len(shapes))
+    if voxel_size_nm is None:
+        _warn_assumed(out, volume)
     return out
+
+
+def _warn_assumed(out: Path, volume: Any) -> None:
+    """One warning for an image written with an assumed voxel size (once it exists: a failed
+    conversion says only why it failed). A damaged MRC header has said it already.
+    """
+    if not isinstance(volume, Volume):
+        why = "none was given for the array"
+    elif volume.voxel_size_assumed and volume.voxel_size_note:
+        why = volume.voxel_size_note
+    else:
+        return
+    logger.warning("%s: no voxel size (%s); assuming 1 nm, so physical sizes are not real (give "
+                   "the real one with --voxel-size Z,Y,X, or voxel_size_nm= in Python)", out, why)
 
 
 # --- reading --------------------------------------------------------------------------------------

@@ -139,7 +139,8 @@ def open_volume(path: str | os.PathLike[str], *,
     voxel_size_nm : (z, y, x), optional
         The voxel size in nanometres, replacing the file's. Without it, a file that carries no
         voxel size (npy, a TIFF without units, AmiraMesh without a physical ``BoundingBox``, a
-        damaged MRC header) gets 1 nm, marked ``voxel_size_assumed``, with a one-line warning.
+        damaged MRC header) gets 1 nm, marked ``voxel_size_assumed`` (:func:`write_image` warns
+        when it writes an image with it).
 
     Returns
     -------
@@ -180,8 +181,8 @@ def open_volume(path: str | os.PathLike[str], *,
     if voxel_size_nm is not None:
         vol.voxel_size_nm = check_voxel_size(voxel_size_nm)
         vol.voxel_size_assumed, vol.voxel_size_note = False, ""
-    elif vol.voxel_size_note:
-        logger.warning("%s: no voxel size (%s); assuming 1 nm, so physical sizes are not real "
-                       "(give the real one with convert --voxel-size Z,Y,X)", path, vol.voxel_size_note)
+    elif vol.voxel_size_note:  # write_image warns once the image it assumes a size for exists
+        logger.info("%s: no voxel size (%s); 1 nm is assumed unless one is given", path,
+                    vol.voxel_size_note)
     logger.debug("%s: opened %r", path, vol)
     return vol
