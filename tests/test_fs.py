@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import shutil
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -212,15 +215,43 @@ def test_check_new_path_refuses_a_dangling_link(tmp_path) -> None:
         check_new_path(link, False)
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write anywhere")
+_CHECK_AS_NOBODY = """
+import sys
+import tempfile
+from pathlib import Path
+from sxtdask._fs import check_new_path
+from sxtdask.errors import OutputError
+try:
+    check_new_path(Path(sys.argv[1]) / "x.csv", False)
+except OutputError as err:
+    print(err)
+    sys.exit(3)
+"""
+
+
 def test_check_new_path_refuses_an_unwritable_folder(tmp_path) -> None:
-    folder = _folder(tmp_path / "ro")
-    folder.chmod(0o500)
+    if not (hasattr(os, "geteuid") and os.geteuid() == 0):
+        folder = _folder(tmp_path / "ro")
+        folder.chmod(0o500)
+        try:
+            with pytest.raises(OutputError, match="x.csv: cannot write: the folder .*ro is not writable"):
+                check_new_path(folder / "x.csv", False)
+        finally:
+            folder.chmod(0o700)
+        return
+    # root may write anywhere: check as the unprivileged user nobody, in a folder it may enter
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "running as root needs setpriv (util-linux) to drop privileges"
+    folder = Path(tempfile.mkdtemp(prefix="sxtdask-ro-"))
     try:
-        with pytest.raises(OutputError, match="x.csv: cannot write: the folder .*ro is not writable"):
-            check_new_path(folder / "x.csv", False)
+        folder.chmod(0o755)  # root's: nobody may enter it, not write in it
+        done = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
+                               sys.executable, "-c", _CHECK_AS_NOBODY, str(folder)],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 3, done.stderr
+        assert re.search(r"x.csv: cannot write: the folder .*sxtdask-ro-\w+ is not writable", done.stdout)
     finally:
-        folder.chmod(0o700)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # --- write_lock ----------------------------------------------------------------------------------
