@@ -292,7 +292,7 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(disk_data, tmp_pa
         train_unet("isg", train, val, out, config, progress=interrupt)
     assert state_path(out).is_file()
     assert read_checkpoint_meta(out)["epoch"] == 1
-    with pytest.raises(OutputError, match="--resume"):
+    with pytest.raises(OutputError, match="resume=True"):
         train_unet("isg", train, val, out, config)  # neither resume nor overwrite: refused
     resumed = train_unet("isg", train, val, out, config, resume=True)
     assert read_checkpoint_meta(out)["epoch"] == 3
