@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ._stamp import ICE
+from ._stamp import CELL_LABEL
 
 __all__ = ["add_noise", "add_texture", "blur"]
 
@@ -24,7 +24,7 @@ def add_texture(
     for z0 in range(0, lac.shape[0], _SLAB):
         zs = slice(z0, min(z0 + _SLAB, lac.shape[0]))
         total = sum(_upsample(f, 0, zs, spacing) for f, (spacing, _) in zip(fields, _OCTAVES, strict=True))
-        total *= region[zs] != ICE
+        total *= CELL_LABEL[region[zs]] != 0
         lac[zs] += total
 
 

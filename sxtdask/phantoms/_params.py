@@ -16,7 +16,15 @@ import numpy as np
 
 from sxtdask.errors import ConfigError
 
-__all__ = ["OVERRIDABLE", "PhantomParams", "apply_overrides", "check_shape", "draw_params"]
+__all__ = [
+    "OVERRIDABLE",
+    "VARIATIONS",
+    "PhantomParams",
+    "apply_overrides",
+    "check_shape",
+    "draw_params",
+    "draw_wide_params",
+]
 
 MIN_SIDE = 16
 
@@ -44,6 +52,15 @@ _RULES: dict[str, tuple[str, float, float]] = {
     "lac_isg": ("range", 0.0, 2.0),
     "lac_lipid": ("float", 0.0, 2.0),
     "lac_vacuole": ("float", 0.0, 2.0),
+    # scene and imaging (defaults below; the classic draw leaves them alone)
+    "lac_wall": ("float", 0.0, 5.0),
+    "lac_void": ("float", 0.0, 2.0),
+    "lac_bead": ("float", 0.0, 5.0),
+    "n_beads": ("int", 0, 10_000),
+    "bead_radius": ("range", 1.0, 40.0),
+    "n_debris": ("int", 0, 10_000),
+    "ice_thickness": ("range", 0.1, 1.0),
+    "dose": ("float", 0.0, 1e9),
 }
 
 OVERRIDABLE: tuple[str, ...] = tuple(_RULES)
@@ -57,6 +74,12 @@ class PhantomParams:
     value outside its rule raises :class:`~sxtdask.errors.ConfigError` naming the field.
     ``psf_sigma`` is ``(z, y, x)`` in voxels (a single number means isotropic); ``n_cells`` counts
     the whole cell plus partial neighbours cut by the volume's side faces.
+
+    The scene's own values: ``lac_wall`` (a capillary's glass), ``lac_void`` (vacuum beyond the
+    capillary or the ice), ``n_beads`` polystyrene beads of ``lac_bead`` and ``bead_radius``
+    voxels in the medium, ``n_debris`` clumps of broken cells, ``ice_thickness`` (a grid's ice
+    layer, as fractions of Z, thinnest to thickest), and ``dose`` (photons per detector pixel and
+    projection, for the tilt-series imaging model).
     """
 
     n_cells: int
@@ -81,6 +104,14 @@ class PhantomParams:
     lac_isg: tuple[float, float]
     lac_lipid: float
     lac_vacuole: float
+    lac_wall: float = 1.2
+    lac_void: float = 0.0
+    lac_bead: float = 0.8
+    n_beads: int = 0
+    bead_radius: tuple[float, float] = (7.0, 14.0)
+    n_debris: int = 0
+    ice_thickness: tuple[float, float] = (0.7, 0.95)
+    dose: float = 10000.0
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -172,6 +203,65 @@ def draw_params(rng: np.random.Generator, cyto_scale: float) -> PhantomParams:
         lac_isg=(isg_lo, u(isg_lo + 0.05, 0.55)),
         lac_lipid=u(0.45, 0.60),
         lac_vacuole=u(0.13, 0.17),
+    )
+    return PhantomParams(**draws)
+
+
+VARIATIONS = ("classic", "wide")
+
+
+def draw_wide_params(rng: np.random.Generator, cyto_scale: float) -> PhantomParams:
+    """Draw one phantom's parameters over the wide ranges real tomograms span.
+
+    Every LAC varies per tomogram in the ranges published for the water window (cytoplasm
+    0.16–0.34 µm⁻¹, water ice ≈0.11; granules the densest organelle, then mitochondria): the
+    nucleus lighter or darker than the cytoplasm with equal odds, heterochromatin present in
+    60 % of tomograms, granule contrast over the cytoplasm from 0.05 to 0.35 µm⁻¹. PSF (σ 0.6–1.8
+    voxels in-plane, 1–1.6× that along z), noise (0.005–0.05 µm⁻¹ for the direct model; dose
+    1,500–40,000 photons for the tilt series) and texture (0.004–0.035 µm⁻¹) cover blurrier, sharper,
+    noisier and cleaner data than the classic draw. Scene clutter: 0–5 beads, 0–4 debris clumps.
+    """
+    grow = cyto_scale**0.84
+    u = rng.uniform
+    cyto = u(0.16, 0.34)
+    delta = u(0.01, 0.07)
+    nucleus = max(0.10, cyto - delta) if u() < 0.5 else cyto + delta
+    chromatin = nucleus + u(0.02, 0.08) if u() < 0.6 else nucleus
+    mito = cyto + u(0.03, 0.10)
+    isg_lo = max(mito + u(0.01, 0.08), cyto + u(0.05, 0.25))
+    isg_hi = isg_lo + u(0.02, 0.12)
+    psf_xy = u(0.6, 1.8)
+    draws: dict[str, Any] = dict(  # noqa: C408
+        n_cells=1 + int(u() < 0.5) + int(u() < 0.3),
+        n_isg=round(u(120.0, 360.0) * grow),
+        isg_radius=(u(2.3, 3.2), u(4.2, 6.0)),
+        touching_fraction=u(0.1, 0.45),
+        n_mito=round(u(15.0, 60.0) * grow),
+        mito_radius=(u(1.6, 2.4), u(3.0, 4.5)),
+        mito_length=(10.0, u(30.0, 60.0)),
+        branch_probability=u(0.05, 0.5),
+        n_lipid=int(rng.integers(0, 4) * grow + 0.5),
+        n_vacuole=int(rng.integers(0, 5) * grow + 0.5),
+        noise_sigma=u(0.005, 0.05),
+        psf_sigma=(psf_xy * u(1.0, 1.6), psf_xy, psf_xy),
+        texture=u(0.004, 0.035),
+        lac_ice=u(0.08, 0.13),
+        lac_cytoplasm=cyto,
+        lac_membrane=cyto + u(0.0, 0.06),
+        lac_nucleus=nucleus,
+        lac_chromatin=min(chromatin, 2.0),
+        lac_mito=mito,
+        lac_isg=(isg_lo, isg_hi),
+        lac_lipid=u(max(isg_lo, 0.4), 0.75),
+        lac_vacuole=u(0.08, 0.16),
+        lac_wall=u(0.8, 2.0),
+        lac_void=0.0,
+        lac_bead=u(0.5, 1.0),
+        n_beads=int(rng.integers(0, 6)),
+        bead_radius=(u(5.0, 8.0), u(9.0, 14.0)),
+        n_debris=int(rng.integers(0, 5)),
+        ice_thickness=(u(0.55, 0.75), u(0.8, 1.0)),
+        dose=float(np.exp(u(np.log(1500.0), np.log(40000.0)))),
     )
     return PhantomParams(**draws)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -16,15 +17,25 @@ from ._cells import NOMINAL_CYTOPLASM, CellGeometry, draw_cells, render_cells
 from ._imaging import add_noise, add_texture, blur
 from ._isg import place_isgs
 from ._organelles import add_nucleolus, place_distractors, place_mitos
-from ._params import PhantomParams, apply_overrides, check_shape, draw_params
-from ._stamp import CELL_LABEL, CHROMATIN, MITO, N_CODES
+from ._params import (
+    VARIATIONS,
+    PhantomParams,
+    apply_overrides,
+    check_shape,
+    draw_params,
+    draw_wide_params,
+)
+from ._scene import MOUNTS, apply_scene
+from ._stamp import BEAD, CELL_LABEL, CHROMATIN, DEBRIS, MITO, N_CODES, VOID, WALL
+from ._tomo import TiltSeries, project_and_reconstruct
 
 __all__ = ["Phantom", "lac_scale", "make_phantom"]
 
 logger = logging.getLogger(__name__)
 
 # independent random streams, so that overriding one option never changes the others' draws
-_GEOMETRY, _PARAMS, _NUCLEUS, _DISTRACTORS, _MITO, _ISG, _TEXTURE, _NOISE = range(8)
+_GEOMETRY, _PARAMS, _NUCLEUS, _DISTRACTORS, _MITO, _ISG, _TEXTURE, _NOISE, _SCENE = range(9)
+IMAGING = ("direct", "tomo")
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,6 +51,8 @@ class Phantom:
     voxel_size_nm : isotropic voxel size in nanometres (metadata; geometry is in voxels)
     seed : the seed it was made with
     params : the values it was drawn with (after overrides)
+    metadata : how it was made: mount, variation, imaging model (tilt range, projections, dose,
+        reconstruction, library) and the scene's geometry; plain values, for the image's metadata
     """
 
     image: np.ndarray
@@ -49,6 +62,7 @@ class Phantom:
     voxel_size_nm: float
     seed: int
     params: PhantomParams | None = None
+    metadata: dict[str, Any] | None = None
 
     @property
     def lac_scale(self) -> float:
@@ -66,6 +80,13 @@ def make_phantom(
     *,
     seed: int = 0,
     voxel_size_nm: float = 30.0,
+    mount: str = "none",
+    variation: str | None = None,
+    imaging: str = "direct",
+    tilt: float | None = None,
+    tilt_step: float = 1.0,
+    recon: str = "fbp",
+    iterations: int = 40,
     **overrides: Any,
 ) -> Phantom:
     """Make a synthetic SXT tomogram of a cell in ice with its ground truth.
@@ -81,6 +102,17 @@ def make_phantom(
     seed : non-negative int; the same seed, shape and overrides give bit-identical arrays
     voxel_size_nm : float, nanometres: sizes are drawn in voxels, and it only sets the image
         scale (per-voxel LAC) and the metadata
+    mount : ``"none"`` (cells in ice filling the volume), ``"capillary"`` (a glass tube along y)
+        or ``"grid"`` (a layer of ice of varying thickness); see ``_scene``
+    variation : ``"classic"`` (the narrow ranges sxtdask's bundled weights were first trained
+        on; the default for mount ``"none"``) or ``"wide"`` (every LAC, the PSF, noise, dose,
+        granule contrast and clutter drawn over wide ranges; the default for other mounts)
+    imaging : ``"direct"`` (the LAC volume blurred by ``psf_sigma`` plus Gaussian noise) or
+        ``"tomo"`` (a tilt series about y, photon noise at ``dose``, then reconstruction)
+    tilt : largest tilt in degrees for ``"tomo"``; default 90 (full rotation) in a capillary,
+        65 otherwise (the missing wedge of a flat grid)
+    tilt_step : degrees between projections
+    recon : ``"fbp"`` or ``"sirt"`` (``iterations`` of it)
     **overrides : any field of :class:`PhantomParams` (``n_isg``, ``isg_radius=(lo, hi)``,
         ``touching_fraction``, ``n_mito``, ``noise_sigma``, ``psf_sigma``, ``n_cells``, ...);
         an unknown name or a value outside its rule raises ConfigError.
@@ -95,18 +127,53 @@ def make_phantom(
     seed = _check_seed(seed)
     if not (isinstance(voxel_size_nm, (int, float)) and 0 < voxel_size_nm < math.inf):
         raise ConfigError(f"voxel_size_nm must be a positive number, got {voxel_size_nm!r}")
-    streams = np.random.default_rng(seed).spawn(8)
+    variation = _check_choices(mount, variation, imaging)
+    series = None
+    if imaging == "tomo":
+        series = TiltSeries(tilt=(90.0 if mount == "capillary" else 65.0) if tilt is None else tilt,
+                            step=tilt_step, recon=recon, iterations=iterations)
+    elif tilt is not None or recon != "fbp":
+        raise ConfigError("tilt and recon belong to the tilt-series imaging model (imaging='tomo')")
+    streams = np.random.default_rng(seed).spawn(9)
     cells = draw_cells(streams[_GEOMETRY], shape)
     scale = max(cells.cytoplasm_volume, 0.0) / NOMINAL_CYTOPLASM
-    params = apply_overrides(draw_params(streams[_PARAMS], scale), overrides)
-    region, lac, isg = _build(streams, shape, cells, params)
+    draw = draw_params if variation == "classic" else draw_wide_params
+    params = apply_overrides(draw(streams[_PARAMS], scale), overrides)
+    if variation == "wide":  # neighbours may touch the whole cell
+        cells = dataclasses.replace(cells, gap=float(streams[_SCENE].uniform(0.0, 2.0)))
+    region, lac, isg, scene = _build(streams, shape, cells, params, mount)
     add_texture(streams[_TEXTURE], lac, region, params.texture)
-    image = blur(lac, params.psf_sigma)
-    del lac
-    add_noise(streams[_NOISE], image, params.noise_sigma)
-    image *= np.float32(lac_scale(voxel_size_nm))
+    metadata: dict[str, Any] = {"mount": mount, "variation": variation, **scene}
+    if series is None:
+        image = blur(lac, params.psf_sigma)
+        del lac
+        add_noise(streams[_NOISE], image, params.noise_sigma)
+        image *= np.float32(lac_scale(voxel_size_nm))
+        metadata["imaging"] = {"model": "direct", "psf_sigma": list(params.psf_sigma),
+                               "noise_sigma": params.noise_sigma}
+    else:
+        series = dataclasses.replace(series, dose=params.dose)
+        lac *= np.float32(lac_scale(voxel_size_nm))
+        image = project_and_reconstruct(lac, series, psf_sigma=params.psf_sigma[1:],
+                                        rng=streams[_NOISE])
+        del lac
+        metadata["imaging"] = {**series.describe(), "psf_sigma_yx": list(params.psf_sigma[1:])}
     return Phantom(image=image, cell=CELL_LABEL[region], mito=(region == MITO).view(np.uint8),
-                   isg=isg, voxel_size_nm=float(voxel_size_nm), seed=seed, params=params)
+                   isg=isg, voxel_size_nm=float(voxel_size_nm), seed=seed, params=params,
+                   metadata=metadata)
+
+
+def _check_choices(mount: Any, variation: Any, imaging: Any) -> str:
+    """Refuse unknown choices; the variation (default by mount)."""
+    if mount not in MOUNTS:
+        raise ConfigError(f"mount {mount!r} must be one of {', '.join(MOUNTS)}")
+    if imaging not in IMAGING:
+        raise ConfigError(f"imaging {imaging!r} must be one of {', '.join(IMAGING)}")
+    if variation is None:
+        return "classic" if mount == "none" else "wide"
+    if variation not in VARIATIONS:
+        raise ConfigError(f"variation {variation!r} must be one of {', '.join(VARIATIONS)}")
+    return str(variation)
 
 
 def lac_scale(voxel_size_nm: float) -> float:
@@ -129,10 +196,14 @@ def _build(
     shape: tuple[int, int, int],
     cells: CellGeometry,
     params: PhantomParams,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The region codes, the noiseless LAC map and the granule labels."""
+    mount: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+    """The region codes, the noiseless LAC map, the granule labels and the scene's geometry."""
     region = np.zeros(shape, dtype=np.uint8)
     render_cells(region, cells, params.n_cells)
+    scene: dict[str, float] = {}
+    if mount != "none" or params.n_beads or params.n_debris:
+        scene = apply_scene(streams[_SCENE], region, params, mount, cells.membrane)
     lac = _lac_table(params)[region]
     add_nucleolus(streams[_NUCLEUS], region, lac, cells.nucleus, params)
     lo, hi = cells.sampling_box(shape, params.n_cells)
@@ -145,7 +216,7 @@ def _build(
     if n_isg < params.n_isg or n_mito < params.n_mito:
         logger.warning("phantom %s: room for only %d of %d ISGs and %d of %d mitochondria",
                        shape, n_isg, params.n_isg, n_mito, params.n_mito)
-    return region, lac, isg
+    return region, lac, isg, scene
 
 
 def _lac_table(p: PhantomParams) -> np.ndarray:
@@ -153,4 +224,5 @@ def _lac_table(p: PhantomParams) -> np.ndarray:
     table = np.full(N_CODES, p.lac_cytoplasm, dtype=np.float32)
     table[:5] = [p.lac_ice, p.lac_cytoplasm, p.lac_membrane, p.lac_nucleus, p.lac_membrane]
     table[CHROMATIN] = p.lac_chromatin
+    table[[WALL, VOID, BEAD, DEBRIS]] = [p.lac_wall, p.lac_void, p.lac_bead, p.lac_cytoplasm]
     return table

@@ -12,7 +12,9 @@ import numpy as np
 __all__ = [
     "CELL_LABEL",
     "CHROMATIN",
+    "BEAD",
     "CYTO",
+    "DEBRIS",
     "ENVELOPE",
     "HALO",
     "ICE",
@@ -23,6 +25,8 @@ __all__ = [
     "NUCLEUS",
     "N_CODES",
     "VACUOLE",
+    "VOID",
+    "WALL",
     "Box",
     "box_around",
     "distances",
@@ -30,10 +34,12 @@ __all__ = [
 ]
 
 ICE, CYTO, MEMBRANE, NUCLEUS, ENVELOPE, MITO, ISG, LIPID, VACUOLE, HALO, CHROMATIN = range(11)
-N_CODES = 11
+# outside the cells: glass capillary wall, vacuum (beyond the capillary or the ice), beads, debris
+WALL, VOID, BEAD, DEBRIS = range(11, 15)
+N_CODES = 15
 
 # region code -> ground-truth cell label (0 ice, 1 cytoplasm and all it holds, 2 nucleus)
-CELL_LABEL = np.array([0, 1, 1, 2, 2, 1, 1, 1, 1, 1, 2], dtype=np.uint8)
+CELL_LABEL = np.array([0, 1, 1, 2, 2, 1, 1, 1, 1, 1, 2, 0, 0, 0, 0], dtype=np.uint8)
 
 Box = tuple[slice, slice, slice]
 
