@@ -461,6 +461,31 @@ def test_synth_bad_shape_is_an_argparse_error(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_synth_capillary_tilt_series_records_how_it_was_made(tmp_path: Path) -> None:
+    """--mount/--tilt/--dose/--recon reach the phantom and are recorded in both outputs."""
+    import mrcfile
+
+    proc = sxtdask("-q", "synth", tmp_path / "cap.mrc", "--shape", "32,48,48", "--mount",
+                   "capillary", "--tilt", "60", "--dose", "4000", "--seed", "2", cwd=tmp_path)
+    assert_ok(proc)
+    acq = zarr.open_group(tmp_path / "cap.gt.zarr", mode="r").attrs["sxtdask"]["acquisition"]
+    assert acq["mount"] == "capillary" and acq["variation"] == "wide"
+    assert acq["imaging"]["model"] == "tilt-series" and acq["imaging"]["recon"] == "fbp"
+    assert acq["imaging"]["tilt_deg"] == 60 and acq["imaging"]["dose"] == 4000
+    assert acq["imaging"]["n_projections"] == 121
+    with mrcfile.open(tmp_path / "cap.mrc") as mrc:
+        labels = [bytes(mrc.header.label[i]).decode().strip() for i in range(mrc.header.nlabl)]
+    assert "sxtdask mount=capillary variation=wide" in labels
+    assert any("tilt_deg=60" in line and "dose=4000" in line for line in labels)
+
+
+def test_synth_tilt_series_options_refuse_direct_imaging(tmp_path: Path) -> None:
+    proc = sxtdask("synth", tmp_path / "cell.mrc", "--shape", "32,64,64", "--imaging", "direct",
+                   "--tilt", "60", cwd=tmp_path)
+    assert_user_error(proc, "--tilt", ("--imaging tomo",))
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.fixture(scope="module")
 def synth_again(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """``synth`` onto the outputs of an earlier ``synth``, without --overwrite."""

@@ -18,7 +18,7 @@ import itertools
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,6 +280,7 @@ def write_image(
     chunks: tuple[int, int, int] | None = None,
     voxel_size_nm: tuple[float, float, float] | None = None, overwrite: bool = False,
     name: str | None = None, progress: Progress | None = None, voxel_size_assumed: bool = False,
+    acquisition: Mapping[str, Any] | None = None,
 ) -> Path:
     """Stream a tomogram into an OME-Zarr 0.5 image with a 2x mean pyramid.
 
@@ -303,6 +304,9 @@ def write_image(
         Called as ``progress(done_slabs, total_slabs)`` after each slab of every level.
     voxel_size_assumed : bool
         Mark the given ``voxel_size_nm`` as assumed (copying an image whose size was).
+    acquisition : mapping, optional
+        How the image was made (JSON values: mount, tilt range, dose, reconstruction...), stored
+        as ``{"sxtdask": {"acquisition": ...}}`` in the image's attributes.
 
     Returns
     -------
@@ -337,7 +341,9 @@ def write_image(
         write_pyramid(root, shapes, chunks, "mean", tick, write_empty_chunks=True)
         ms = multiscale_metadata(name or src.name, vs, len(shapes), "mean")
         root.attrs.update({"ome": {"version": OME_VERSION, "multiscales": [ms]},
-                           SXTDASK_ATTRS: {"voxel_size": "assumed" if assumed else "known"}})
+                           SXTDASK_ATTRS: {"voxel_size": "assumed" if assumed else "known",
+                                           **({"acquisition": dict(acquisition)}
+                                              if acquisition is not None else {})}})
     logger.info("%s: wrote OME-Zarr image %s %s, chunks %s, %d levels", out, src.shape, dtype, chunks,
                 len(shapes))
     if voxel_size_nm is None:
