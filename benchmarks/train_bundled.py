@@ -2,8 +2,12 @@
 
 Every step is an ``sxtdask`` command (printed as it runs), so the same can be typed by hand:
 
-1. ``sxtdask synth`` phantoms of training seeds (1000-1009 by default; never used for evaluation,
-   which uses seeds 9000+ in ``benchmarks/quality.py``);
+1. ``sxtdask synth`` phantoms of training seeds, four families of four (never used for
+   evaluation, which uses seeds 9000+ and two more families in ``benchmarks/quality.py``):
+   ``classic`` (1000-1003: sxtdask's first phantoms), ``wide`` (1010-1013: every LAC, the PSF,
+   noise, texture and clutter drawn over wide ranges), ``capillary`` (1020-1023: cells in a
+   glass tube, full tilt series, photon noise, FBP) and ``grid`` (1030-1033: ice on a grid,
+   ±65°, the missing wedge);
 2. ``sxtdask train --task {isg,cell,mito}`` on them, with two tomograms held out for validation;
 3. the best checkpoint's weights are stored as float16 (half the size; they are loaded back into
    float32 networks) beside its metadata, in ``sxtdask/weights/``.
@@ -26,7 +30,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = "128,256,256"
-SEEDS = range(1000, 1010)
+FAMILIES = {  # family -> (synth flags, seeds)
+    "classic": ([], range(1000, 1004)),
+    "wide": (["--variation", "wide"], range(1010, 1014)),
+    "capillary": (["--mount", "capillary"], range(1020, 1024)),
+    "grid": (["--mount", "grid"], range(1030, 1034)),
+}
 # Per task: options of `sxtdask train` (width 8: ~0.5 M parameters, ~1 MB as float16).
 TRAIN = {
     "isg": ["--width", "8", "--patch", "64", "--batch-size", "8", "--epochs", "12",
@@ -67,12 +76,13 @@ def main() -> None:
     exe = str(Path(sys.executable).with_name("sxtdask"))
     args.work.mkdir(parents=True, exist_ok=True)
     data = []
-    for seed in SEEDS:
-        mrc = args.work / f"train{seed}.mrc"
-        gt = args.work / f"train{seed}.gt.zarr"
-        if not gt.exists():
-            sh(exe, "-q", "synth", str(mrc), "--shape", SHAPE, "--seed", str(seed))
-        data.append(str(gt))
+    for family, (flags, seeds) in FAMILIES.items():
+        for seed in seeds:
+            mrc = args.work / f"train-{family}-{seed}.mrc"
+            gt = args.work / f"train-{family}-{seed}.gt.zarr"
+            if not gt.exists():
+                sh(exe, "-q", "synth", str(mrc), "--shape", SHAPE, "--seed", str(seed), *flags)
+            data.append(str(gt))
     for task in args.tasks.split(","):
         out = args.work / f"{task}_unet_fp32.pt"
         sh(exe, "train", "--task", task, "--data", *data, "--val-fraction", "0.2",
