@@ -13,8 +13,8 @@ series in a capillary) and ``grid-sirt`` (SIRT on a grid). The training seeds ar
 all (Dice from summed voxel counts, F1 from summed TP/FP/FN), with each family's minimum.
 
 sample_12.rec: cell Dice over the annotated voxels only (label 2 is "unannotated"); its AmiraMesh
-header carries no voxel size, so 1 nm is assumed (the networks resize whole planes and do not
-use it).
+header carries no voxel size, so 30 nm is given (``--voxel-size 30``; the 2-D networks resize whole
+planes and do not use it).
 
 Usage::
 
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT.parent / "shared" / "fixtures" / "real_sxt"
+SAMPLE = ROOT / "tests" / "data" / "real_sxt"
 TARGETS = {"cell Dice": 0.97, "nucleus Dice": 0.95, "mito Dice": 0.85, "ISG F1@0.5": 0.95}
 FAMILIES = {  # family -> (synth flags, seeds)
     "classic": ([], (9000, 9001, 9002)),
@@ -73,7 +73,7 @@ def figures(total: dict[str, list[int]]) -> dict[str, float]:
             "ISG F1@0.5": 2 * tp / max(1, 2 * tp + fp + fn)}
 
 
-def sample12(exe: str, work: Path, cluster: list[str]) -> float | None:
+def sample12(exe: str, work: Path, cluster: list[str], models: list[str]) -> float | None:
     """Cell Dice of the bundled cell U-Net on sample_12.rec over its annotated voxels."""
     from sxtdask.io import open_labels, open_volume
 
@@ -82,15 +82,15 @@ def sample12(exe: str, work: Path, cluster: list[str]) -> float | None:
         print(f"sample_12: {SAMPLE} not found; skipped")
         return None
     data = work / "sample_12.zarr"
-    sh(exe, "-q", "convert", str(rec), str(data), "--overwrite")
-    sh(exe, "-q", "segment", str(data), "--task", "cell", "--overwrite", *cluster)
+    sh(exe, "-q", "convert", str(rec), str(data), "--voxel-size", "30", "--overwrite")
+    sh(exe, "-q", "segment", str(data), "--task", "cell", "--overwrite", *models, *cluster)
     pred = np.asarray(open_labels(data, "cell").compute()) > 0
     truth = np.asarray(open_volume(lab)[:])
     annotated = truth != 2
     t, p = truth[annotated] == 1, pred[annotated]
     dice = 2 * np.count_nonzero(t & p) / max(1, np.count_nonzero(t) + np.count_nonzero(p))
     print(f"sample_12.rec {truth.shape}: cell Dice on the {np.count_nonzero(annotated)} annotated "
-          f"voxels {dice:.4f} (target >= 0.90; voxel size assumed 1 nm, none in the file)")
+          f"voxels {dice:.4f} (target >= 0.90; 30 nm voxels assumed, the file gives none)")
     return dice
 
 
@@ -100,11 +100,18 @@ def main() -> None:
     ap.add_argument("--shape", default="128,256,256")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--workers", default="1")
+    ap.add_argument("--tag", default="bundled", help="names the metrics files of this run")
+    ap.add_argument("--models", type=Path, default=None,
+                    help="a folder of {cell,mito,isg}_unet.pt to measure instead of the bundled")
     args = ap.parse_args()
     exe = str(Path(sys.executable).with_name("sxtdask"))
     work = args.work or Path(tempfile.mkdtemp(prefix="sxtdask-quality-"))
     work.mkdir(parents=True, exist_ok=True)
     cluster = ["--workers", args.workers, "--threads-per-worker", "2"]
+    models: list[str] = []
+    for task, name in (("cell", "cell"), ("mito", "mito"), ("isg-instances", "isg")):
+        if args.models is not None:
+            models += ["--model", f"{task}={args.models / f'{name}_unet.pt'}"]
     pooled, per_family = tally(), {}
     for family in args.families.split(","):
         flags, seeds = FAMILIES[family]
@@ -112,13 +119,14 @@ def main() -> None:
         for seed in seeds:
             stem = work / f"q-{family}-{seed}"
             mrc, data = Path(f"{stem}.mrc"), Path(f"{stem}.zarr")
-            gt, metrics = Path(f"{stem}.gt.zarr"), Path(f"{stem}.metrics.json")
+            gt, metrics = Path(f"{stem}.gt.zarr"), Path(f"{stem}.{args.tag}.metrics.json")
             if not metrics.exists():
-                sh(exe, "-q", "synth", str(mrc), "--shape", args.shape, "--seed", str(seed),
-                   *flags, "--overwrite")
-                sh(exe, "-q", "convert", str(mrc), str(data), "--overwrite")
+                if not (data / "zarr.json").exists():
+                    sh(exe, "-q", "synth", str(mrc), "--shape", args.shape, "--seed", str(seed),
+                       *flags, "--overwrite")
+                    sh(exe, "-q", "convert", str(mrc), str(data), "--overwrite")
                 sh(exe, "-q", "segment", str(data), "--task", "cell,mito,isg-instances",
-                   "--overwrite", *cluster)
+                   "--overwrite", *models, *cluster)
                 sh(exe, "-q", "evaluate", str(data), str(gt), "--out", str(metrics),
                    "--overwrite", *cluster)
             m = json.loads(metrics.read_text())["labels"]
@@ -139,7 +147,7 @@ def main() -> None:
         ok = "meets" if pool[k] >= target else "MISSES"
         print(f"  {k:<13} pooled {pool[k]:.4f} (target >= {target:.2f}: {ok}); family minimum "
               f"{worst[1][k]:.4f} ({worst[0]})")
-    sample12(exe, work, cluster)
+    sample12(exe, work, cluster, models[:2])
 
 
 def _one(m: dict) -> dict[str, list[int]]:

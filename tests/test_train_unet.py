@@ -578,3 +578,29 @@ def test_cli_errors_are_one_line_with_exit_2(phantoms, tmp_path, capsys):
         assert message in lines[0], lines[0]
     assert taken.read_bytes() == b"not to be clobbered"
     assert not any(p.exists() or state_path(p).exists() for p in outs)
+
+
+@pytest.mark.parametrize("jitter, lo, hi", [("mild", 0.75, 1.25), ("strong", 0.4, 2.5)])
+def test_intensity_jitter_spans_its_contrast_range(jitter: str, lo: float, hi: float) -> None:
+    """Strong jitter moves contrast far beyond the mild range (a capillary wall or vacuum moves a
+    tomogram's percentiles that much); labels move with the image either way."""
+    from sxtdask.train._unet import _augment
+
+    rng = np.random.default_rng(0)
+    x = np.zeros((1, 8, 8), dtype=np.float32)
+    x[0, :, 4:] = 1.0
+    y = (x[0] > 0.5).astype(np.int64)
+    gains = []
+    for _ in range(400):
+        xa, ya = _augment(x.copy(), y.copy(), rng, jitter)
+        hi_mean, lo_mean = xa[0][ya == 1].mean(), xa[0][ya == 0].mean()
+        gains.append(hi_mean - lo_mean)  # the step's height, noise averaged out
+    gains = np.asarray(gains)
+    # added noise (σ ≤ 0.15 per pixel, 32 pixels a side) moves a step by a few hundredths
+    assert gains.min() >= lo - 0.12 and gains.max() <= hi + 0.12
+    assert gains.min() <= lo + 0.1 and gains.max() >= hi - 0.25
+
+
+def test_unknown_intensity_jitter_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="jitter"):
+        UNetTrainConfig(jitter="huge")

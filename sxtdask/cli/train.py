@@ -56,6 +56,11 @@ def add_parser(sub: Any) -> None:
     own.add_argument("--context", type=int, default=None, choices=(0, 1),
                      help="mito: neighbouring slices on each side as input channels (default 1; 0 "
                           "repeats the slice, as the reference)")
+    own.add_argument("--intensity-jitter", dest="jitter", default=None,
+                     choices=("mild", "strong"),
+                     help="U-Net: contrast/brightness augmentation; mild ×0.75-1.25, ±0.2 "
+                          "(default); strong ×0.4-2.5, ±0.6 (tomograms whose percentiles a "
+                          "capillary wall, beads or vacuum move)")
     own.add_argument("--min-size", type=int, default=None,
                      help="Mask R-CNN: the image size its transform resizes to (default 800, the "
                           "reference; 256 keeps patches at their size and trains far faster on a CPU)")
@@ -100,17 +105,22 @@ def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
     if args.task == "isg-maskrcnn":
         from sxtdask.train import MaskRCNNTrainConfig, train_maskrcnn
 
+        if getattr(args, "jitter", None) is not None:
+            raise ConfigError("--intensity-jitter is a U-Net option")
+
         config: Any = MaskRCNNTrainConfig(**_options(
             args, {**common, "min_size": "min_size", "patience": "patience"}))
         trainer: Any = train_maskrcnn
     else:
+        if getattr(args, "jitter", None) is None:
+            args.jitter = "mild"
         for flag in ("min_size", "patience"):
             if getattr(args, flag) is not None:
                 raise ConfigError(f"--{flag.replace('_', '-')} is a Mask R-CNN option")
         if args.context is None:
             args.context = 1 if args.task == "mito" else 0
         config = UNetTrainConfig(**_options(args, {**common, "width": "width",
-                                                   "context": "context"}))
+                                                   "context": "context", "jitter": "jitter"}))
 
         def trainer(train: Any, val: Any, out: Any, config: Any, **kw: Any) -> Any:
             return train_unet(args.task, train, val, out, config, **kw)

@@ -44,6 +44,9 @@ _CLASS_NAMES = {"cell": ("background", "cytoplasm", "nucleus"), "mito": ("backgr
                 "isg": ("background", "isg")}
 
 
+JITTER = ("mild", "strong")
+
+
 @dataclass(frozen=True)
 class UNetTrainConfig:
     """Hyper-parameters of a U-Net training run (defaults suit the narrow bundled networks).
@@ -66,6 +69,10 @@ class UNetTrainConfig:
         Mitochondria only: 1 feeds slices z-1, z, z+1 as the network's 3 input channels (tubes
         are told from cytoplasm texture by their continuity across slices); 0 repeats slice z,
         as the reference does.
+    jitter : str
+        Intensity augmentation: ``"mild"`` (contrast × 0.75-1.25, brightness ±0.2) or
+        ``"strong"`` (contrast × 0.4-2.5 log-uniform, brightness ±0.6: tomograms whose percentiles
+        a capillary wall, beads or vacuum have moved).
     seed : int
     device : str
         ``auto``, ``cpu`` or ``cuda``.
@@ -81,6 +88,7 @@ class UNetTrainConfig:
     dice_weight: float = 1.0
     val_slices: int = 16
     context: int = 0
+    jitter: str = "mild"
     seed: int = 0
     device: str = "auto"
 
@@ -94,6 +102,8 @@ class UNetTrainConfig:
         positive("lr", self.lr)
         if self.context not in (0, 1):
             raise ConfigError(f"context ({self.context}) must be 0 or 1")
+        if self.jitter not in JITTER:
+            raise ConfigError(f"jitter ({self.jitter!r}) must be one of {', '.join(JITTER)}")
 
 
 def train_unet(task: str, train: Sequence[TrainingVolume], val: Sequence[TrainingVolume],
@@ -165,7 +175,7 @@ def train_unet(task: str, train: Sequence[TrainingVolume], val: Sequence[Trainin
         net.train()
         t0, losses = time.perf_counter(), []
         for step in range(config.steps_per_epoch):
-            xb, yb = _batch(sampler, config.batch_size, task, in_channels, rng)
+            xb, yb = _batch(sampler, config.batch_size, task, in_channels, rng, config.jitter)
             x, y = torch.from_numpy(xb).to(device), torch.from_numpy(yb).to(device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                 logits = net(x)
@@ -222,7 +232,7 @@ def _meta(task: str, config: UNetTrainConfig, train: Sequence[TrainingVolume],
 
 
 def _batch(sampler: PatchSampler, n: int, task: str, in_channels: int,
-           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+           rng: np.random.Generator, jitter: str = "mild") -> tuple[np.ndarray, np.ndarray]:
     from ..segmenters import Task, prepare_slices
 
     xs, ys = [], []
@@ -231,23 +241,27 @@ def _batch(sampler: PatchSampler, n: int, task: str, in_channels: int,
         stack = image if image.ndim == 3 else image[None]  # (C, p, p): slice context or one slice
         x = prepare_slices(stack, stats, task=t, preprocessing="percentile", in_channels=1)[:, 0]
         y = target_from_labels(task, labels)
-        x, y = _augment(x, y, rng)
+        x, y = _augment(x, y, rng, jitter)
         xs.append(x if len(x) == in_channels else np.repeat(x, in_channels, axis=0))
         ys.append(y)
     return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.int64)
 
 
-def _augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
+def _augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, jitter: str = "mild",
              ) -> tuple[np.ndarray, np.ndarray]:
     """Flips, 90° rotations, contrast/brightness jitter and Gaussian noise (image only); ``x`` is
-    (C, Y, X), every channel moved with the labels.
+    (C, Y, X), every channel moved with the labels. ``jitter`` as :class:`UNetTrainConfig`'s.
     """
     k = int(rng.integers(4))
     x, y = np.rot90(x, k, axes=(-2, -1)), np.rot90(y, k)
     if rng.random() < 0.5:
         x, y = x[..., ::-1], y[:, ::-1]
-    contrast = rng.uniform(0.75, 1.25)
-    brightness = rng.uniform(-0.2, 0.2)
+    if jitter == "strong":
+        contrast = float(np.exp(rng.uniform(np.log(0.4), np.log(2.5))))
+        brightness = rng.uniform(-0.6, 0.6)
+    else:
+        contrast = rng.uniform(0.75, 1.25)
+        brightness = rng.uniform(-0.2, 0.2)
     x = x * contrast + brightness
     if rng.random() < 0.5:
         x = x + rng.normal(0.0, rng.uniform(0.02, 0.15), size=x.shape)
