@@ -583,7 +583,8 @@ def test_cli_errors_are_one_line_with_exit_2(phantoms, tmp_path, capsys):
 @pytest.mark.parametrize("jitter, lo, hi", [("mild", 0.75, 1.25), ("strong", 0.4, 2.5)])
 def test_intensity_jitter_spans_its_contrast_range(jitter: str, lo: float, hi: float) -> None:
     """Strong jitter moves contrast far beyond the mild range (a capillary wall or vacuum moves a
-    tomogram's percentiles that much); labels move with the image either way."""
+    tomogram's percentiles that much); labels move with the image either way.
+    """
     from sxtdask.train._unet import _augment
 
     rng = np.random.default_rng(0)
