@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -39,7 +40,7 @@ def test_bundled_weights_are_small_narrow_and_say_they_were_trained_on_phantoms(
         assert meta["width"] <= 16
         assert meta["stored_as"] == "float16"
         # trained on synthetic phantoms of the training seeds only (benchmarks/train_bundled.py)
-        seeds = {int(name[len("train"):].split(".")[0]) for name in meta["train_data"] + meta["val_data"]}
+        seeds = {int(re.findall(r"\d+", name)[-1]) for name in meta["train_data"] + meta["val_data"]}
         assert seeds and all(1000 <= s < 2000 for s in seeds)
     assert total < 5_000_000, f"bundled weights take {total / 1e6:.1f} MB"
 
