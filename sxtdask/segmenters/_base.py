@@ -267,7 +267,8 @@ class Segmenter(abc.ABC):
         voxel_size_nm : (z, y, x)
         threshold : float, optional
             The method's probability or score threshold for this call (U-Nets: the foreground
-            probability; Mask R-CNN: the detection score; classical: the normalised absorption).
+            probability; Mask R-CNN: the detection score; classical: the fraction of each granule's
+            own peak contrast, in (0, 1)).
 
         Returns
         -------
