@@ -279,9 +279,18 @@ def _run_segmenter(
     voxel_size_nm: tuple[float, float, float],
     grid: BlockGrid,
     idx: Index,
+    context: Any = None,
 ) -> dict[str, Any]:
-    """Segment one extended block; semantic outputs trimmed, instance outputs renumbered."""
-    outs = segmenter.segment_block(ext, stats, voxel_size_nm)
+    """Segment one extended block; semantic outputs trimmed, instance outputs renumbered.
+
+    ``context`` is the block's piece of the segmenter's per-tomogram work
+    (:meth:`Segmenter.plan_context`), or None where it has none.
+    """
+    if context is None:
+        outs = segmenter.segment_block(ext, stats, voxel_size_nm)
+    else:
+        outs = segmenter.segment_block_in(ext, stats, voxel_size_nm, box=grid.ext(idx),
+                                          shape=grid.shape, context=context, core=grid.core(idx))
     stitch = stitch_grid(grid, segmenter)
     trusted = grid.crop_in_ext(idx, stitch.ext(idx))
     result: dict[str, Any] = {}
@@ -357,12 +366,14 @@ def segment_array(
     seg = f"{task_prefix('segment', [s.name for s in segmenter.outputs])}-{token}"
     layers: dict[Any, Any] = {}
     deps: list[Any] = [image]
+    context = segmenter.plan_context(image, stats)
     for i in grid.indices():
         ext = image[grid.ext(i)].rechunk(-1)
         deps.append(ext)
+        piece = _context_key(context, grid, i, deps)
         layers[(seg, *i)] = (
             _run_segmenter, (ext.name, *((0,) * image.ndim)), segmenter, stats,
-            voxel_size_nm, grid, i,
+            voxel_size_nm, grid, i, piece,
         )
     names: dict[str, str] = {}
     for spec in segmenter.outputs:
@@ -380,6 +391,18 @@ def segment_array(
         spec.name: da.Array(graph, names[spec.name], chunks=image.chunks, dtype=spec.dtype)
         for spec in segmenter.outputs
     }
+
+
+def _context_key(context: Any, grid: BlockGrid, idx: Index, deps: list[Any]) -> Any:
+    """The graph key (or plain value) of block ``idx``'s piece of a segmenter's per-tomogram
+    work; a lazy piece is added to ``deps`` (its graph joins the run's)."""
+    if context is None:
+        return None
+    piece = context.for_block(grid.ext(idx))
+    if isinstance(piece, Delayed):
+        deps.append(piece)
+        return piece.key
+    return piece
 
 
 # --------------------------------------------------------------------------- on-disk engine
@@ -480,6 +503,7 @@ def _prepare(layout: _Layout, stats: IntensityStats, _after: Any = None) -> bool
 
 def _segment_and_write(
     layout: _Layout, targets: dict[str, str], stats: IntensityStats, idx: Index, _prepared: bool,
+    context: Any = None,
 ) -> tuple[dict[str, tuple[Any, Any]], bool, dict[str, int]]:
     """Read one extended block, segment it, write semantic labels and provisional instances.
 
@@ -499,7 +523,7 @@ def _segment_and_write(
         else:
             return saved, True, _written_voxels(segmenter, targets, grid.core(idx))
     ext = _read_ext(str(layout.path / layout.level0), grid.ext(idx))
-    result = _run_segmenter(ext, segmenter, stats, layout.voxel_size_nm, grid, idx)
+    result = _run_segmenter(ext, segmenter, stats, layout.voxel_size_nm, grid, idx, context)
     core = grid.core(idx)
     small: dict[str, tuple[Any, Any]] = {}
     voxels: dict[str, int] = {}
@@ -907,11 +931,17 @@ def _store_graph(layout: _Layout, stats: IntensityStats | Delayed, finalize: boo
     dsk: dict[Any, Any] = {}
     seg_tasks: dict[Any, Any] = {}
     block: dict[Index, Any] = {}
+    context = None
+    if len(segmented) < grid.nblocks:  # blocks to segment: the per-tomogram work they read
+        img = open_image(layout.path, check_chunks=False)
+        context = seg.plan_context(img.strict(0), stats, binned=img.mean_levels())
+    ctx_deps: list[Any] = []
     for i in grid.indices():
         reused = i in segmented
         key = block[i] = (reuse_name if reused else run_name, *i)
+        piece = None if reused else _context_key(context, grid, i, ctx_deps)
         (dsk if reused else seg_tasks)[key] = (_segment_and_write, layout, targets, stats_key, i,
-                                               prepare)
+                                               prepare, piece)
     done = f"{task_prefix('segment', what, tomo)}-written-{token}"
     written = {s.name: [] for s in outputs}  # type: dict[str, list[Any]]
     flags: list[Any] = []
@@ -966,9 +996,10 @@ def _store_graph(layout: _Layout, stats: IntensityStats | Delayed, finalize: boo
     layers: dict[str, Any] = {prepare: MaterializedLayer(first),
                               run_name: MaterializedLayer(seg_tasks, annotations=resources),
                               name: MaterializedLayer(dsk)}
-    dependencies = {prepare: set(stats_layers), run_name: {prepare, *stats_layers},
+    ctx_layers = {n for d in ctx_deps for n in d.__dask_layers__()}
+    dependencies = {prepare: set(stats_layers), run_name: {prepare, *stats_layers, *ctx_layers},
                     name: {run_name, prepare, *stats_layers}}
-    for d in deps:
+    for d in [*deps, *ctx_deps]:
         graph = d.__dask_graph__()
         assert isinstance(graph, HighLevelGraph)
         layers.update(graph.layers)

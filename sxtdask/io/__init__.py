@@ -13,6 +13,7 @@ from sxtdask.io._labels import (
 )
 from sxtdask.io._omezarr import (
     OmeImage,
+    bin_mean,
     check_chunks_present,
     normalize_chunks,
     open_image,
@@ -27,6 +28,7 @@ __all__ = [
     "HeaderWarning",
     "OmeImage",
     "Volume",
+    "bin_mean",
     "check_chunks_present",
     "create_labels",
     "finalize_labels",

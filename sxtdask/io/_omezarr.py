@@ -198,6 +198,28 @@ def _subsample2(block: np.ndarray) -> np.ndarray:
 REDUCERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"mean": _mean2, "nearest": _subsample2}
 
 
+def bin_mean(block: np.ndarray, factor: int) -> np.ndarray:
+    """The ``factor``×``factor``×``factor`` mean of a (Z, Y, X) block, the last bins of odd
+    sizes averaging what exists; for powers of 2, exactly the values of a ``mean`` pyramid's
+    levels (repeated :func:`_mean2`), so a level can stand in for a binning.
+    """
+    if factor < 1:
+        raise ValueError(f"binning factor {factor} must be at least 1")
+    out = np.asarray(block)
+    if factor & (factor - 1) == 0:
+        while factor > 1:
+            out, factor = _mean2(out), factor // 2
+        return out
+    pad = [(0, -n % factor) for n in out.shape]
+    padded = np.pad(out.astype(np.float64), pad)  # zeros, not counted below
+    z, y, x = (n // factor for n in padded.shape)
+    total = padded.reshape(z, factor, y, factor, x, factor).sum(axis=(1, 3, 5))
+    counts = [np.minimum(factor, n - factor * np.arange(m)) for n, m in zip(out.shape, (z, y, x),
+                                                                          strict=True)]
+    mean = total / (counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :])
+    return (np.rint(mean) if out.dtype.kind in "iu" else mean).astype(out.dtype)
+
+
 def create_level(group: zarr.Group, k: int, shape: tuple[int, ...], chunks: tuple[int, ...],
                  dtype: Any, *, write_empty_chunks: bool = False) -> zarr.Array:
     """Create (replacing any) array ``str(k)`` of ``group`` with z, y, x dimension names.
@@ -389,6 +411,9 @@ class OmeImage:
         The source carried no voxel size: ``voxel_size_nm`` is an assumed 1 nm and physical sizes
         (µm³, nm) computed from it are not real. Stored as ``{"sxtdask": {"voxel_size":
         "assumed"}}`` in the image's attributes.
+    downsampling : str or None
+        The multiscale ``type`` (``"mean"``: each level the 2×2×2 mean of the one above, as
+        ``sxtdask convert`` writes it), or None where the metadata do not say.
     """
 
     path: Path
@@ -398,6 +423,23 @@ class OmeImage:
     name: str | None
     level_paths: tuple[str, ...] = ()
     voxel_size_assumed: bool = False
+    downsampling: str | None = None
+
+    def mean_levels(self) -> dict[int, da.Array]:
+        """{binning factor: level} of the levels that are exact 2×2×2 means of level 0, as
+        :func:`bin_mean` computes them (a ``mean`` pyramid of a floating-point image; integer
+        images are rounded there): ``{2: level 1, 4: level 2, ...}``, empty where none is.
+        """
+        if self.downsampling != "mean" or self.data.dtype.kind != "f":
+            return {}
+        out = {}
+        for k in range(1, self.levels):
+            level = self.strict(k)
+            want = tuple(-(-n // 2**k) for n in self.data.shape)
+            if tuple(level.shape) != want or level.dtype != self.data.dtype:
+                break
+            out[2**k] = level
+        return out
 
     def array_path(self, k: int = 0) -> Path:
         """Absolute path of the Zarr array of pyramid level ``k`` (its path from the metadata).
@@ -886,8 +928,10 @@ def open_image(path: str | os.PathLike[str], *, check_chunks: bool = True) -> Om
     if check_chunks:
         check_chunks_present(level0, where=str(p), what="level 0")
     vs = voxel_size_of(p, ms, 0)
+    kind = ms.get("type")
     return OmeImage(p, da.from_zarr(level0), vs, len(paths), ms.get("name"), paths,
-                    voxel_size_assumed=voxel_size_is_assumed(root.attrs.asdict()))
+                    voxel_size_assumed=voxel_size_is_assumed(root.attrs.asdict()),
+                    downsampling=kind if isinstance(kind, str) else None)
 
 
 def voxel_size_is_assumed(attrs: dict[str, Any]) -> bool:

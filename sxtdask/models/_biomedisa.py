@@ -31,7 +31,8 @@ from torch import nn
 
 from ._checkpoint import CheckpointError, check_fit
 
-__all__ = ["BiomedisaFile", "BiomedisaMeta", "BiomedisaUNet3D", "load_biomedisa", "read_biomedisa"]
+__all__ = ["BiomedisaFile", "BiomedisaMeta", "BiomedisaUNet3D", "biomedisa_checkpoint_meta",
+           "load_biomedisa", "read_biomedisa", "read_biomedisa_checkpoint", "read_unet3d"]
 
 logger = logging.getLogger(__name__)
 
@@ -393,3 +394,68 @@ def is_hdf5(path: str | os.PathLike[str]) -> bool:
             return fh.read(8) == b"\x89HDF\r\n\x1a\n"
     except OSError:
         return False
+
+
+# ------------------------------------------------------------------- sxtdask's own checkpoints
+
+
+def biomedisa_checkpoint_meta(net: BiomedisaUNet3D, meta: BiomedisaMeta) -> dict[str, Any]:
+    """The ``meta`` of an sxtdask checkpoint of a Biomedisa U-Net (``sxtdask train --arch
+    unet3d``): the architecture and everything Biomedisa keeps in its ``meta/`` group.
+    """
+    return {"architecture": "BiomedisaUNet3D", "filters": list(net.filters),
+            "channels": net.channels, "n_labels": net.n_labels, "resnet": net.resnet,
+            "labels": list(meta.labels),
+            "biomedisa": {"scale": list(meta.scale), "patch_size": list(meta.patch_size),
+                          "normalize": meta.normalize, "mu": meta.mu, "sig": meta.sig}}
+
+
+def _meta_of_checkpoint(meta: dict[str, Any], source: str) -> tuple[dict[str, Any], BiomedisaMeta]:
+    try:
+        arch = {"filters": [int(f) for f in meta["filters"]], "channels": int(meta["channels"]),
+                "n_labels": int(meta["n_labels"]), "resnet": bool(meta["resnet"])}
+        b = meta["biomedisa"]
+        info = BiomedisaMeta(labels=tuple(int(v) for v in meta["labels"]),
+                             scale=tuple(int(v) for v in b["scale"]),  # type: ignore[arg-type]
+                             patch_size=tuple(int(v) for v in b["patch_size"]),  # type: ignore[arg-type]
+                             normalize=bool(b["normalize"]), mu=float(b["mu"]),
+                             sig=float(b["sig"]), generation="sxtdask")
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{source}: not an sxtdask Biomedisa U-Net checkpoint (its "
+                              f"metadata lacks or mis-states {err})") from None
+    if not 2 <= len(arch["filters"]) <= 8 or min(arch["filters"]) < 1 or max(arch["filters"]) > 4096:
+        raise CheckpointError(f"{source}: metadata 'filters' {arch['filters']} must list 2 to 8 "
+                              "counts from 1 to 4096")
+    if arch["channels"] not in (1, 2) or not 2 <= arch["n_labels"] <= 256:
+        raise CheckpointError(f"{source}: metadata channels ({arch['channels']}) must be 1 or 2 "
+                              f"and n_labels ({arch['n_labels']}) from 2 to 256")
+    if len(info.labels) != arch["n_labels"] or len(info.scale) != 3 or len(info.patch_size) != 3:
+        raise CheckpointError(f"{source}: metadata 'labels' must list n_labels values and "
+                              "'biomedisa.scale' / 'patch_size' three sizes")
+    if min(info.scale + info.patch_size) < 1 or max(info.scale + info.patch_size) > 4096 or not \
+            info.sig > 0:
+        raise CheckpointError(f"{source}: metadata scale {info.scale}, patch {info.patch_size} "
+                              f"or sig {info.sig} out of range")
+    return arch, info
+
+
+def read_biomedisa_checkpoint(path: str | os.PathLike[str]) -> BiomedisaFile:
+    """An sxtdask checkpoint of a Biomedisa U-Net (``sxtdask train --arch unet3d``), read
+    weights-only and checked against the architecture its metadata records."""
+    from ._checkpoint import read_checkpoint
+
+    source = os.fspath(path)
+    state, meta = read_checkpoint(source)
+    if meta is None or meta.get("architecture") != "BiomedisaUNet3D":
+        raise CheckpointError(f"{source} is neither a Biomedisa .h5 file nor an sxtdask "
+                              "unet3d checkpoint (train one with `sxtdask train --arch unet3d`)")
+    arch, info = _meta_of_checkpoint(meta, source)
+    net = BiomedisaUNet3D(arch["filters"], arch["channels"], arch["n_labels"], arch["resnet"])
+    check_fit(net, state, source)
+    return BiomedisaFile(source, tuple(arch["filters"]), arch["channels"], arch["n_labels"],
+                         arch["resnet"], dict(state), info, "sxtdask")
+
+
+def read_unet3d(path: str | os.PathLike[str]) -> BiomedisaFile:
+    """A Biomedisa U-Net from a Keras ``.h5`` file (HDF5) or an sxtdask checkpoint."""
+    return read_biomedisa(path) if is_hdf5(path) else read_biomedisa_checkpoint(path)

@@ -15,11 +15,13 @@ from ..errors import SxtdaskError, option
 __all__ = ["BUNDLED_DIR", "bundled_weights"]
 
 BUNDLED_DIR = Path(__file__).resolve().parents[1] / "weights"
-_KINDS = ("cell", "mito", "isg")
+_KINDS = ("cell", "mito", "isg", "cascade")
+_FILES = {"cascade": "cell_cascade.pt"}
 
 
 def bundled_weights(kind: str) -> Path:
-    """The bundled checkpoint of a U-Net kind (``cell``, ``mito`` or ``isg``).
+    """The bundled checkpoint of a U-Net kind (``cell``, ``mito`` or ``isg``) or of the 3-D
+    cell cascade (``cascade``).
 
     Raises
     ------
@@ -28,7 +30,7 @@ def bundled_weights(kind: str) -> Path:
     """
     if kind not in _KINDS:
         raise SxtdaskError(f"no bundled weights for {kind!r} (bundled: {', '.join(_KINDS)})")
-    path = BUNDLED_DIR / f"{kind}_unet.pt"
+    path = BUNDLED_DIR / _FILES.get(kind, f"{kind}_unet.pt")
     if not path.is_file():
         raise SxtdaskError(f"the bundled {kind} weights are missing from this installation "
                            f"({path}); pass a checkpoint with {option('load_model(PATH)', '--model PATH')}")

@@ -12,8 +12,10 @@ the padding are not stored with the weights and are the caller's to give.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import torch
@@ -22,7 +24,8 @@ from torch import nn
 from ..errors import ConfigError
 from ._checkpoint import CheckpointError, check_fit, load_state_dict_file, strip_module_prefix
 
-__all__ = ["NCXTUNet3D", "infer_ncxt_config", "load_ncxt"]
+__all__ = ["CascadeConfig", "NCXTCascade", "NCXTUNet3D", "StageConfig", "cascade_from_ncxt",
+           "infer_ncxt_config", "load_cascade", "load_ncxt", "read_cascade"]
 
 PADDINGS = ("zeros", "replicate")
 
@@ -143,3 +146,194 @@ def load_ncxt(path_or_state: str | os.PathLike[str] | Mapping[str, torch.Tensor]
     check_fit(net, state, source)
     net.load_state_dict(state)
     return net.eval()
+
+
+# ----------------------------------------------------------------------------------- the cascade
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One stage of NCXT's cascade: its UNet3D and its tiling.
+
+    Attributes
+    ----------
+    depth, start_filts : int
+        The UNet3D's levels and first filter count.
+    instancenorm : bool
+    padding : ``"zeros"`` or ``"replicate"``
+    block : int
+        Tile side at the stage's own (binned) scale; a multiple of ``2**(depth-1)``.
+    binning : int
+        The stage's binning factor (stage 1: 2 by default; stage 2: 1).
+    """
+
+    depth: int = 3
+    start_filts: int = 32
+    instancenorm: bool = True
+    padding: str = "zeros"
+    block: int = 32
+    binning: int = 1
+
+    def __post_init__(self) -> None:
+        for name, lo, hi in (("depth", 1, 6), ("start_filts", 1, 256), ("block", 2, 512),
+                             ("binning", 1, 16)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise ConfigError(f"cascade stage {name} ({value!r}) must be an integer from "
+                                  f"{lo} to {hi}")
+        if not isinstance(self.instancenorm, bool):
+            raise ConfigError(f"cascade stage instancenorm ({self.instancenorm!r}) must be a bool")
+        if self.padding not in PADDINGS:
+            raise ConfigError(f"cascade stage padding {self.padding!r} must be one of "
+                              f"{', '.join(PADDINGS)}")
+        if self.block % 2 ** (self.depth - 1):
+            raise ConfigError(f"cascade stage block ({self.block}) must be a multiple of "
+                              f"{2 ** (self.depth - 1)} for depth {self.depth}")
+
+    @property
+    def extent(self) -> int:
+        """The tile's side at full resolution (``block · binning``)."""
+        return self.block * self.binning
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class CascadeConfig:
+    """NCXT's two-stage cascade, as an sxtdask checkpoint records it.
+
+    Attributes
+    ----------
+    num_classes : int
+        Classes of both stages (class 0 is the exterior).
+    stage1, stage2 : StageConfig
+        Stage 1 runs on the binned tomogram; stage 2 at full resolution on the image and stage 1's
+        smoothed probabilities of classes 1..n−1 (NCXT's code: channel 0 is replaced by the image).
+    sigma : float
+        The Gaussian (voxels) that smooths stage 1's probabilities before stage 2 (NCXT: 2).
+    preprocessing : dict
+        ``{"name": "lac", "factor": 100.0}`` (NCXT: LAC × 100, chunk-local) or ``{"name":
+        "percentile"}`` (sxtdask's: the volume's 0.5/99.5 percentiles → −1/1, clipped to ±2).
+    classes : tuple of str
+        Class names, index order.
+    labels : tuple of int
+        The label value written for each class index.
+    """
+
+    num_classes: int = 3
+    stage1: StageConfig = StageConfig(binning=2)
+    stage2: StageConfig = StageConfig()
+    sigma: float = 2.0
+    preprocessing: dict[str, Any] = dataclasses.field(
+        default_factory=lambda: {"name": "percentile"})
+    classes: tuple[str, ...] = ("exterior", "cytoplasm", "nucleus")
+    labels: tuple[int, ...] = (0, 1, 2)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or not \
+                2 <= self.num_classes <= 64:
+            raise ConfigError(f"cascade num_classes ({self.num_classes!r}) must be an integer "
+                              "from 2 to 64")
+        if self.stage2.binning != 1:
+            raise ConfigError(f"cascade stage 2 runs at full resolution (binning 1, not "
+                              f"{self.stage2.binning})")
+        if not isinstance(self.sigma, (int, float)) or isinstance(self.sigma, bool) or not \
+                0 <= self.sigma <= 16:
+            raise ConfigError(f"cascade sigma ({self.sigma!r}) must be a number from 0 to 16")
+        name = self.preprocessing.get("name") if isinstance(self.preprocessing, dict) else None
+        if name not in ("lac", "percentile"):
+            raise ConfigError(f"cascade preprocessing {self.preprocessing!r} must name 'lac' or "
+                              "'percentile'")
+        factor = self.preprocessing.get("factor", 100.0)
+        if name == "lac" and (isinstance(factor, bool) or not isinstance(factor, (int, float))
+                              or not 0 < factor < 1e9):
+            raise ConfigError(f"cascade preprocessing factor ({factor!r}) must be a positive "
+                              "number")
+        if len(self.classes) != self.num_classes or len(self.labels) != self.num_classes:
+            raise ConfigError(f"a cascade of {self.num_classes} classes names {len(self.classes)}"
+                              f" classes and {len(self.labels)} label values")
+        if len(set(self.labels)) != len(self.labels) or any(
+                isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**31
+                for v in self.labels):
+            raise ConfigError(f"cascade label values {self.labels!r} must be distinct "
+                              "non-negative integers")
+
+    def as_meta(self) -> dict[str, Any]:
+        """The checkpoint's ``meta`` fields of this configuration."""
+        return {"architecture": "NCXTCascade", "num_classes": self.num_classes,
+                "classes": list(self.classes), "labels": list(self.labels),
+                "preprocessing": dict(self.preprocessing),
+                "cascade": {"stage1": self.stage1.as_dict(), "stage2": self.stage2.as_dict(),
+                            "sigma": float(self.sigma)}}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any], source: str) -> CascadeConfig:
+        """The configuration an sxtdask cascade checkpoint's ``meta`` records."""
+        try:
+            casc = meta["cascade"]
+            return cls(num_classes=meta["num_classes"],
+                       stage1=StageConfig(**casc["stage1"]), stage2=StageConfig(**casc["stage2"]),
+                       sigma=casc.get("sigma", 2.0), preprocessing=dict(meta["preprocessing"]),
+                       classes=tuple(meta["classes"]), labels=tuple(meta["labels"]))
+        except (KeyError, TypeError, AttributeError) as err:
+            raise CheckpointError(f"{source}: not an sxtdask cascade checkpoint (its metadata "
+                                  f"lacks or mis-states {err})") from None
+        except ConfigError as err:
+            raise CheckpointError(f"{source}: {err}") from None
+
+
+class NCXTCascade(nn.Module):
+    """Both stages of a cascade in one module (state-dict keys ``stage1.*`` and ``stage2.*``)."""
+
+    def __init__(self, config: CascadeConfig) -> None:
+        super().__init__()
+        self.config = config
+        n = config.num_classes
+        s1, s2 = config.stage1, config.stage2
+        self.stage1 = NCXTUNet3D(n, 1, s1.depth, s1.start_filts, s1.instancenorm, s1.padding)
+        self.stage2 = NCXTUNet3D(n, n, s2.depth, s2.start_filts, s2.instancenorm, s2.padding)
+
+
+def read_cascade(path: str | os.PathLike[str]) -> tuple[CascadeConfig, dict[str, torch.Tensor]]:
+    """The configuration and the (checked) weights of an sxtdask cascade checkpoint."""
+    from ._checkpoint import read_checkpoint
+
+    source = os.fspath(path)
+    state, meta = read_checkpoint(source)
+    if meta is None or meta.get("architecture") != "NCXTCascade":
+        raise CheckpointError(f"{source} is not an sxtdask cascade checkpoint (train one with "
+                              "`sxtdask train --arch cascade`, or assemble NCXT stage files "
+                              "with sxtdask.models.cascade_from_ncxt)")
+    config = CascadeConfig.from_meta(meta, source)
+    check_fit(NCXTCascade(config), state, source)
+    return config, state
+
+
+def load_cascade(path: str | os.PathLike[str], device: str = "cpu") -> tuple[NCXTCascade,
+                                                                            CascadeConfig]:
+    """The cascade of an sxtdask checkpoint, in eval mode on ``device``."""
+    config, state = read_cascade(path)
+    net = NCXTCascade(config)
+    net.load_state_dict(state)
+    return net.eval().to(device), config
+
+
+def cascade_from_ncxt(stage1: str | os.PathLike[str] | Mapping[str, torch.Tensor],
+                      stage2: str | os.PathLike[str] | Mapping[str, torch.Tensor],
+                      out: str | os.PathLike[str], config: CascadeConfig) -> Any:
+    """Write an sxtdask cascade checkpoint from NCXT's two stage state dicts (files or dicts,
+    loaded strictly, ``module.`` prefixes removed). NCXT stores no hyperparameters with its
+    weights: ``config`` gives them, and the state dicts must fit it.
+    """
+    from ._checkpoint import save_checkpoint
+
+    net = NCXTCascade(config)
+    for name, src in (("stage1", stage1), ("stage2", stage2)):
+        part: NCXTUNet3D = getattr(net, name)
+        source = f"the {name} state dict" if isinstance(src, Mapping) else os.fspath(src)
+        state = strip_module_prefix(src) if isinstance(src, Mapping) else \
+            load_state_dict_file(src)
+        check_fit(part, state, source)
+        part.load_state_dict(state)
+    return save_checkpoint(out, net, {"task": "cell", **config.as_meta()})

@@ -24,7 +24,7 @@ from ..stats import IntensityStats, check_stats, global_stats
 from ._names import Method, Task
 from ._tiles import raster_relabel
 
-__all__ = ["OutputKind", "OutputSpec", "Segmenter", "SegmenterInfo", "Task"]
+__all__ = ["BlockContext", "OutputKind", "OutputSpec", "Segmenter", "SegmenterInfo", "Task"]
 
 
 class OutputKind(enum.StrEnum):
@@ -85,6 +85,21 @@ class SegmenterInfo:
     model_files: tuple[str, ...]
     device: str | None
     needs_gpu: bool
+
+
+class BlockContext(abc.ABC):
+    """Work a segmenter does once per tomogram, before (or beside) its blocks, as a lazy graph.
+
+    3-D methods that see the whole tomogram (Biomedisa's resized grid, NCXT's binned stage 1)
+    plan it in :meth:`Segmenter.plan_context`; the engine asks :meth:`for_block` for the piece
+    each block needs and hands its value to :meth:`Segmenter.segment_block_in`. A block's piece
+    is a ``Delayed`` (or a plain value), so the engine's graph depends only on the parts of the
+    per-tomogram work that the block reads.
+    """
+
+    @abc.abstractmethod
+    def for_block(self, box: tuple[slice, ...]) -> Any:
+        """The lazy value (a ``Delayed`` or a plain object) the block reading ``box`` needs."""
 
 
 class Segmenter(abc.ABC):
@@ -207,6 +222,29 @@ class Segmenter(abc.ABC):
         if self.threshold_field is None:
             raise ConfigError(f"{type(self).__name__} has no threshold to set")
         return dataclasses.replace(self, **{self.threshold_field: threshold})
+
+    # ----------------------------------------------------------------- per-tomogram work
+
+    def plan_context(self, image: da.Array, stats: Any, *,
+                     binned: dict[int, da.Array] | None = None) -> BlockContext | None:
+        """The per-tomogram work this segmenter needs before its blocks, as a lazy graph over
+        ``image`` (the level-0 (Z, Y, X) Dask array; ``stats`` its whole-volume
+        :class:`IntensityStats` or the ``Delayed`` that computes them; ``binned`` the pyramid
+        levels that equal :func:`sxtdask.io.bin_mean` of level 0, by factor). None (the
+        default): each block is segmented from its own voxels alone.
+        """
+        return None
+
+    def segment_block_in(self, block: np.ndarray, stats: IntensityStats,
+                         voxel_size_nm: tuple[float, float, float], *, box: tuple[slice, ...],
+                         shape: tuple[int, ...], context: Any,
+                         core: tuple[slice, ...] | None = None) -> dict[str, np.ndarray]:
+        """Segment one extended block that lies at ``box`` in a volume of ``shape``, given its
+        piece of :meth:`plan_context`'s work (``context``); ``core`` (default ``box``) is the
+        part of the block whose answer is kept. The default ignores them all and calls
+        :meth:`segment_block`.
+        """
+        return self.segment_block(block, stats, voxel_size_nm)
 
     @abc.abstractmethod
     def segment_block(

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..stats import IntensityStats
-from ._base import OutputSpec, Segmenter
+from ._base import BlockContext, OutputSpec, Segmenter
 from ._names import Task
 
 __all__ = ["CombinedSegmenter"]
@@ -104,3 +104,32 @@ class CombinedSegmenter(Segmenter):
         for part in self.parts:
             out.update(part.segment_block(block, stats, voxel_size_nm))
         return out
+
+    def plan_context(self, image: Any, stats: Any, *,
+                     binned: Any = None) -> BlockContext | None:
+        """The parts' per-tomogram work, each block getting every part's piece."""
+        contexts = tuple(p.plan_context(image, stats, binned=binned) for p in self.parts)
+        return None if all(c is None for c in contexts) else _PartsContext(contexts)
+
+    def segment_block_in(self, block: np.ndarray, stats: IntensityStats,
+                         voxel_size_nm: tuple[float, float, float], *, box: tuple[slice, ...],
+                         shape: tuple[int, ...], context: Any,
+                         core: tuple[slice, ...] | None = None) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for part, piece in zip(self.parts, context, strict=True):
+            out.update(part.segment_block_in(block, stats, voxel_size_nm, box=box, shape=shape,
+                                             context=piece, core=core))
+        return out
+
+
+@dataclass(frozen=True)
+class _PartsContext(BlockContext):
+    """A combination's per-tomogram work: one piece per part (None for parts without)."""
+
+    contexts: tuple[BlockContext | None, ...]
+
+    def for_block(self, box: tuple[slice, ...]) -> Any:
+        from dask import delayed
+
+        return delayed(tuple, pure=True)(
+            [None if c is None else c.for_block(box) for c in self.contexts])

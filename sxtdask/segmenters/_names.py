@@ -28,3 +28,5 @@ class Method(enum.StrEnum):
     UNET = "unet"
     MASKRCNN = "maskrcnn"
     CLASSICAL = "classical"
+    UNET3D = "unet3d"
+    CASCADE = "cascade"

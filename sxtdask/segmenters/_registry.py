@@ -58,6 +58,18 @@ def _maskrcnn(**options: Any) -> Segmenter:
     return MaskRCNNISG(**options)
 
 
+def _unet3d(**options: Any) -> Segmenter:
+    from ._unet3d import UNet3DSegmenter
+
+    return UNet3DSegmenter(**options)
+
+
+def _cascade(**options: Any) -> Segmenter:
+    from ._cascade import CascadeSegmenter
+
+    return CascadeSegmenter(**options)
+
+
 def _classical(**options: Any) -> Segmenter:
     from ._classical import ClassicalISG
 
@@ -100,6 +112,10 @@ class MethodEntry:
 REGISTRY: tuple[MethodEntry, ...] = (
     MethodEntry(Task.CELL, Method.UNET, _unet(Task.CELL), "cell", True, "cell", False,
                 "2-D U-Net: background, cytoplasm, nucleus"),
+    MethodEntry(Task.CELL, Method.CASCADE, _cascade, "cell_cascade", False, "cell", False,
+                "NCXT's 3-D U-Net cascade: binned stage 1, full-resolution stage 2"),
+    MethodEntry(Task.CELL, Method.UNET3D, _unet3d, "cell_unet3d", False, "cell", True,
+                "Biomedisa's 3-D U-Net (ACSeg's .h5) on a 256³ grid"),
     MethodEntry(Task.MITO, Method.UNET, _unet(Task.MITO), "mito", True, "mito", False,
                 "2-D U-Net: mitochondria mask"),
     MethodEntry(Task.ISG, Method.UNET, _unet(Task.ISG), "isg", True, "isg", False,

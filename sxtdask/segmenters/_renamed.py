@@ -128,6 +128,18 @@ class RenamedSegmenter(Segmenter):
         m = self._map
         return {m.get(k, k): v for k, v in self.inner.segment_block(block, stats, voxel_size_nm).items()}
 
+    def plan_context(self, image: Any, stats: Any, *, binned: Any = None) -> Any:
+        return self.inner.plan_context(image, stats, binned=binned)
+
+    def segment_block_in(self, block: np.ndarray, stats: IntensityStats,
+                         voxel_size_nm: tuple[float, float, float], *, box: tuple[slice, ...],
+                         shape: tuple[int, ...], context: Any,
+                         core: tuple[slice, ...] | None = None) -> dict[str, np.ndarray]:
+        m = self._map
+        out = self.inner.segment_block_in(block, stats, voxel_size_nm, box=box, shape=shape,
+                                          context=context, core=core)
+        return {m.get(k, k): v for k, v in out.items()}
+
 
 def rename_outputs(segmenter: Segmenter, names: dict[str, str]) -> Segmenter:
     """``segmenter`` writing its outputs under ``names`` (output name → label image name), part by

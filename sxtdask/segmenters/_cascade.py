@@ -1,0 +1,434 @@
+"""``--method cascade``: NCXT's 3-D U-Net cascade (Ekman et al. 2020; ncxt/ncxt_sxtcnn), at
+archive scale and chunk-invariant.
+
+The steps (REFERENCE-3D §3):
+
+1. **Stage 1** on the binned tomogram (factor ``b``, 2 by default: a ``mean`` pyramid level of
+   the OME-Zarr where one equals it, else the 2×2×2... mean of level 0, computed per task). NCXT's
+   tiling: per axis ``n = ceil(1.5 L / block)`` tiles starting at ``round(linspace(0, L − block,
+   n))`` (one zero-padded tile when ``L ≤ block``). Each tile's softmax is upsampled ×b by
+   nearest repetition and the tiles are fused by a weighted average with the window
+   ``0.01 + triang ⊗ triang ⊗ triang``, then smoothed by a Gaussian of σ = b / 2.355.
+2. Stage 1's probabilities are smoothed by a Gaussian of σ = 2 voxels (``sigma``) and **channel 0
+   is replaced by the image** — NCXT's code, which this follows (the paper's text says the image
+   and all n probability fields; the code feeds the image and n − 1 of them).
+3. **Stage 2** at full resolution, tiled and fused the same way, reading that n-channel volume;
+   the class of each voxel is the argmax of the fused probabilities, written as the checkpoint's
+   label value.
+
+Both tilings are fixed by the tomogram's shape, never by its chunks, and NCXT's networks use
+InstanceNorm (statistics of the whole tile), so a tile's answer depends on the whole tile: that
+is why the answer at a voxel is built from whole tiles, never from a chunk's own crop. On Dask,
+stage 1 is one task per row of tiles (``cascade.stage1``; only its small binned window is read);
+each engine block gets the stage-1 rows its region needs, fuses and smooths them over its stage-2
+tiles plus the Gaussians' reach (so every value equals the whole-volume one: the same tiles,
+added in the same order, the same Gaussian taps), predicts every stage-2 tile that overlaps its
+core (its halo is one stage-2 tile) and fuses them onto the core. The result equals
+:meth:`CascadeSegmenter.segment_block` on the whole volume (one block, the same steps), for any
+chunking.
+
+Decided here where NCXT is silent: tiles beyond a short axis are zero-padded after
+normalisation; the window is taken at full resolution (``block · b`` samples); sxtdask's own
+checkpoints normalise with the volume's percentiles (``percentile``, as the 2-D networks) —
+NCXT's ``LAC × 100`` (``lac``) is there for networks trained on calibrated LACs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+from dask.delayed import Delayed, delayed
+from scipy import ndimage
+
+from ..errors import ConfigError, SxtdaskError
+from ..stats import IntensityStats
+from ._base import BlockContext, OutputKind, OutputSpec, Segmenter
+from ._names import Method, Task
+from ._unet import checkpoint_model
+
+__all__ = ["CascadeSegmenter", "fuse_tiles", "gaussian_radius", "tile_starts", "tile_window"]
+
+#: FWHM → σ of the Gaussian that follows a ×b nearest upsampling (NCXT: σ = b / 2.355).
+FWHM = 2.355
+_TRUNCATE = 4.0  # scipy's default: the Gaussian's taps reach int(4σ + 0.5) voxels
+
+
+def tile_starts(length: int, size: int) -> list[int]:
+    """NCXT's tile origins along one axis of ``length`` samples for tiles of ``size``."""
+    if length <= size:
+        return [0]
+    n = math.ceil(1.5 * length / size)
+    return sorted({int(v) for v in np.round(np.linspace(0, length - size, n))})
+
+
+@lru_cache(maxsize=16)
+def tile_window(size: int) -> np.ndarray:
+    """NCXT's fusion weights of a ``size``³ tile: ``0.01 + triang ⊗ triang ⊗ triang``."""
+    from scipy.signal.windows import triang
+
+    t = triang(size).astype(np.float64)
+    w = 0.01 + t[:, None, None] * t[None, :, None] * t[None, None, :]
+    return w.astype(np.float32)
+
+
+def gaussian_radius(sigma: float) -> int:
+    """How far scipy's Gaussian of ``sigma`` reaches (0 for no smoothing)."""
+    return int(_TRUNCATE * float(sigma) + 0.5) if sigma > 0 else 0
+
+
+def _smooth(a: np.ndarray, sigma: float) -> np.ndarray:
+    if sigma <= 0:
+        return a
+    return ndimage.gaussian_filter(a, sigma, truncate=_TRUNCATE, mode="reflect")
+
+
+def fuse_tiles(tiles: Sequence[tuple[tuple[int, int, int], np.ndarray]], region: Sequence[tuple[int, int]],
+               shape: Sequence[int], extent: int, binning: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The weighted sums of tile outputs over ``region`` ((lo, hi) per axis, full resolution).
+
+    ``tiles`` are ``(origin, probs)`` with ``origin`` the tile's full-resolution corner and
+    ``probs`` (K, e/b, e/b, e/b) at the tile's own scale (upsampled ×``binning`` by nearest
+    repetition), added in the given order (callers pass raster order, so a voxel's sum is the
+    same float sum in any region). Returns (numerator (K, *region), weights (*region)).
+    """
+    rshape = tuple(hi - lo for lo, hi in region)
+    k = tiles[0][1].shape[0] if tiles else 0
+    num = np.zeros((k, *rshape), np.float32)
+    den = np.zeros(rshape, np.float32)
+    window = tile_window(extent)
+    for origin, probs in tiles:
+        box = [(max(o, lo, 0), min(o + extent, hi, n)) for o, (lo, hi), n in
+               zip(origin, region, shape, strict=True)]
+        if any(a >= b for a, b in box):
+            continue
+        local = [np.arange(a, b) - o for (a, b), o in zip(box, origin, strict=True)]
+        up = probs[:, local[0] // binning][:, :, local[1] // binning][:, :, :, local[2] // binning]
+        w = window[np.ix_(*local)]
+        dst = tuple(slice(a - lo, b - lo) for (a, b), (lo, _) in zip(box, region, strict=True))
+        num[(slice(None), *dst)] += up * w
+        den[dst] += w
+    return num, den
+
+
+def _stage_tiles(shape: Sequence[int], block: int, binning: int) -> list[list[int]]:
+    """Full-resolution tile origins per axis of a stage (its tiling is on the binned grid)."""
+    return [[s * binning for s in tile_starts(-(-n // binning), block)] for n in shape]
+
+
+def _overlapping(starts: Sequence[int], extent: int, lo: int, hi: int) -> list[int]:
+    return [s for s in starts if s < hi and s + extent > lo]
+
+
+@dataclass(frozen=True)
+class CascadeSegmenter(Segmenter):
+    """NCXT's two-stage 3-D U-Net cascade for the cell task (see the module).
+
+    Parameters
+    ----------
+    task : Task
+        ``Task.CELL``; the labels written are the checkpoint's values (sxtdask's: 0 exterior,
+        1 cytoplasm, 2 nucleus).
+    model_path : str, optional
+        An sxtdask cascade checkpoint (``sxtdask train --arch cascade``, or NCXT stage files
+        assembled by :func:`sxtdask.models.cascade_from_ncxt`); default the bundled one.
+    device : str
+        ``auto``, ``cpu`` or ``cuda``.
+    batch_size : int
+        Tiles per forward pass (the answer does not depend on it).
+    binning : int, optional
+        Stage 1's binning factor (default the checkpoint's, NCXT's 2).
+    """
+
+    task: Task = Task.CELL
+    model_path: str | None = None
+    device: str = "auto"
+    batch_size: int = 8
+    binning: int | None = None
+    halo: tuple[int, int, int] = (32, 32, 32)
+    config: Any = None  # the checkpoint's CascadeConfig (load_model)
+
+    method = Method.CASCADE
+
+    def __post_init__(self) -> None:
+        if self.task is not Task.CELL:
+            raise ConfigError(f"the cascade method segments the cell task, not {self.task.value!r}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size ({self.batch_size}) must be at least 1")
+        if self.binning is not None and not 1 <= self.binning <= 16:
+            raise ConfigError(f"binning ({self.binning}) must be from 1 to 16")
+        if self.model_path is not None and not os.path.isfile(self.model_path):
+            raise SxtdaskError(f"{self.model_path}: no such model file")
+
+    # ----------------------------------------------------------------- description
+
+    @property
+    def outputs(self) -> tuple[OutputSpec, ...]:  # type: ignore[override]
+        top = max(self.config.labels) if self.config is not None else 2
+        dtype = "uint8" if top < 256 else "uint16" if top < 65536 else "uint32"
+        return (OutputSpec("cell", OutputKind.SEMANTIC, dtype),)
+
+    @property
+    def model_files(self) -> tuple[str, ...]:
+        return () if self.model_path is None else (self.model_path,)
+
+    @property
+    def context_radius(self) -> tuple[int, int, int]:  # type: ignore[override]
+        """A core voxel's answer reads every stage-2 tile over it: one tile each side."""
+        e = self._cfg.stage2.extent
+        return (e, e, e)
+
+    @property
+    def _cfg(self) -> Any:
+        if self.config is None:
+            raise ConfigError("no cascade loaded: call load_model() for the bundled weights or "
+                              "load_model(path) for a checkpoint")
+        return self.config
+
+    @property
+    def factor(self) -> int:
+        """Stage 1's binning factor in force."""
+        return self.binning if self.binning is not None else self._cfg.stage1.binning
+
+    @property
+    def margin(self) -> int:
+        """How far the stage-1 Gaussians reach (voxels)."""
+        up = self.factor / FWHM if self.factor > 1 else 0.0
+        return gaussian_radius(up) + gaussian_radius(self._cfg.sigma)
+
+    # ----------------------------------------------------------------- the model
+
+    def load_model(self, path: str | os.PathLike[str] | None = None) -> CascadeSegmenter:
+        """Bind to a cascade checkpoint, in place (checked here, built once per worker)."""
+        from ..models import bundled_weights
+        from ..models._ncxt import read_cascade
+
+        if path is None:
+            path = bundled_weights("cascade")
+        if not os.path.isfile(path):
+            raise SxtdaskError(f"{path}: no such model file")
+        config, _ = read_cascade(path)
+        e = config.stage2.extent
+        self._update(model_path=str(path), config=config,
+                     halo=tuple(max(h, e) for h in self.halo))
+        return self
+
+    @property
+    def model(self) -> Any:
+        return checkpoint_model(("cascade",), self.model_path, self.device, self._build)
+
+    def _build(self, device: str) -> Any:
+        from ..models._ncxt import load_cascade
+
+        assert self.model_path is not None
+        return load_cascade(self.model_path, device)[0]
+
+    # ----------------------------------------------------------------- inputs
+
+    def normalise(self, x: np.ndarray, stats: IntensityStats) -> np.ndarray:
+        """Network input of raw intensities, per the checkpoint's preprocessing."""
+        prep = self._cfg.preprocessing
+        if prep["name"] == "lac":
+            return (np.asarray(x, np.float32) * np.float32(prep.get("factor", 100.0)))
+        return np.clip(stats.normalize(x) * 2.0 - 1.0, -2.0, 2.0).astype(np.float32)
+
+    def _forward(self, stage: str, tiles: list[np.ndarray]) -> list[np.ndarray]:
+        """Softmax outputs of one stage's network on ``tiles`` (each (C, s, s, s)), batched;
+        out of GPU memory, batches are halved (and the CPU used at the end)."""
+        import torch
+
+        from ._oom import forward_batches
+
+        net = self.model
+        first = str(next(net.parameters()).device)
+
+        def run(batch: np.ndarray, device: str) -> list[np.ndarray]:
+            model = net if device == first else dataclasses.replace(self, device=device).model
+            with torch.inference_mode():
+                t = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
+                prob = getattr(model, stage)(t).float().softmax(dim=1)
+                return list(prob.cpu().numpy())
+
+        if not tiles:
+            return []
+        return forward_batches(run, np.stack(tiles), self.batch_size, device=first)
+
+    # ----------------------------------------------------------------- stage 1
+
+    def plan_context(self, image: da.Array, stats: Any, *,
+                     binned: dict[int, da.Array] | None = None) -> BlockContext:
+        """Stage 1 as one task per row of tiles (see the module)."""
+        cfg, b = self._cfg, self.factor
+        shape = tuple(int(n) for n in image.shape)
+        s1 = cfg.stage1.block
+        small = tuple(-(-n // b) for n in shape)
+        level = (binned or {}).get(b) if b > 1 else image
+        token = tokenize(image.name, self, b, level is not None and level.name)
+        zs, ys, xs = (tile_starts(n, s1) for n in small)
+        rows: dict[tuple[int, int], Delayed] = {}
+        annotations = {"resources": {"GPU": 1}} if self.needs_gpu else {}
+        for iz, tz in enumerate(zs):
+            for iy, ty in enumerate(ys):
+                box = (slice(tz, min(tz + s1, small[0])), slice(ty, min(ty + s1, small[1])),
+                       slice(0, small[2]))
+                if level is not None:
+                    window, raw = level[box], False
+                else:  # bin the full-resolution rows in the task
+                    window = image[tuple(slice(s.start * b, min(s.stop * b, n))
+                                         for s, n in zip(box, shape, strict=True))]
+                    raw = True
+                with dask.annotate(**annotations):
+                    rows[(tz, ty)] = delayed(_stage1_row, pure=True)(
+                        self, window, raw, stats, (tz, ty), xs,
+                        dask_key_name=(f"cascade.stage1-{token}", iz, iy))
+        return _Stage1(rows, shape, cfg.stage1.block * b, b, self.margin, token)
+
+    def _stage1_tiles(self, window: np.ndarray, raw: bool, stats: IntensityStats,
+                      origin: tuple[int, int], xs: Sequence[int]) -> dict[tuple[int, ...], np.ndarray]:
+        from ..io import bin_mean
+
+        s1 = self._cfg.stage1.block
+        if raw and self.factor > 1:
+            window = bin_mean(np.asarray(window), self.factor)
+        x = self.normalise(window, stats)
+        tiles = []
+        for tx in xs:
+            part = x[:, :, tx:tx + s1]
+            pad = [(0, s1 - n) for n in part.shape]
+            tiles.append(np.pad(part, pad)[None] if any(p for _, p in pad) else part[None])
+        probs = self._forward("stage1", tiles)
+        return {(origin[0], origin[1], tx): p for tx, p in zip(xs, probs, strict=True)}
+
+    # ----------------------------------------------------------------- stage 2
+
+    def segment_block_in(self, block: np.ndarray, stats: IntensityStats,
+                         voxel_size_nm: tuple[float, float, float], *, box: tuple[slice, ...],
+                         shape: tuple[int, ...], context: Any,
+                         core: tuple[slice, ...] | None = None) -> dict[str, np.ndarray]:
+        """The classes of the block's core (see the module); zero elsewhere in the block."""
+        cfg = self._cfg
+        core = box if core is None else core
+        e2 = cfg.stage2.extent
+        per_axis = [_overlapping(st, e2, c.start, c.stop)
+                    for st, c in zip(_stage_tiles(shape, e2, 1), core, strict=True)]
+        for axis, (starts, b, n) in enumerate(zip(per_axis, box, shape, strict=True)):
+            if starts and (starts[0] < b.start or min(starts[-1] + e2, n) > b.stop):
+                raise ConfigError(f"the cascade's stage-2 tiles over the block's core reach "
+                                  f"beyond its halo along {'zyx'[axis]}: the halo must be at "
+                                  f"least {e2} voxels")
+        union = [(st[0], min(st[-1] + e2, n)) for st, n in zip(per_axis, shape, strict=True)]
+        probs = self._stage1_probabilities(context, union, shape)
+        image = self.normalise(block[tuple(slice(lo - b.start, hi - b.start)
+                                           for (lo, hi), b in zip(union, box, strict=True))], stats)
+        x = np.concatenate([image[None], probs], axis=0)  # channel 0: the image (NCXT's code)
+        origins = [(z, y, xx) for z in per_axis[0] for y in per_axis[1] for xx in per_axis[2]]
+        tiles = []
+        for o in origins:
+            part = x[(slice(None), *(slice(a - lo, a - lo + e2) for a, (lo, _) in
+                                     zip(o, union, strict=True)))]
+            pad = [(0, 0)] + [(0, e2 - n) for n in part.shape[1:]]
+            tiles.append(np.pad(part, pad) if any(p for _, p in pad) else part)
+        outs = self._forward("stage2", tiles)
+        region = [(c.start, c.stop) for c in core]
+        num, _ = fuse_tiles(list(zip(origins, outs, strict=True)), region, shape, e2)
+        classes = num.argmax(axis=0)
+        values = np.asarray(cfg.labels, dtype=self.outputs[0].dtype)
+        out = np.zeros(block.shape, self.outputs[0].dtype)
+        out[tuple(slice(c.start - b.start, c.stop - b.start)
+                  for c, b in zip(core, box, strict=True))] = values[classes]
+        return {"cell": out}
+
+    def _stage1_probabilities(self, rows: dict[tuple[int, ...], np.ndarray],
+                              union: Sequence[tuple[int, int]], shape: Sequence[int]) -> np.ndarray:
+        """Stage 1's fused, smoothed probabilities of classes 1..n−1 over ``union``."""
+        m, b = self.margin, self.factor
+        region = [(max(0, lo - m), min(n, hi + m)) for (lo, hi), n in zip(union, shape, strict=True)]
+        tiles = [((k[0] * b, k[1] * b, k[2] * b), p[1:]) for k, p in sorted(rows.items())]
+        num, den = fuse_tiles(tiles, region, shape, self._cfg.stage1.block * b, b)
+        fused = num / np.maximum(den, np.float32(1e-12))
+        up = b / FWHM if b > 1 else 0.0
+        smooth = np.stack([_smooth(_smooth(c, up), self._cfg.sigma) for c in fused])
+        crop = tuple(slice(lo - r_lo, hi - r_lo) for (lo, hi), (r_lo, _) in
+                     zip(union, region, strict=True))
+        return smooth[(slice(None), *crop)].astype(np.float32)
+
+    def segment_block(self, block: np.ndarray, stats: IntensityStats,
+                      voxel_size_nm: tuple[float, float, float]) -> dict[str, np.ndarray]:
+        """The whole volume in one process: the same steps, run synchronously."""
+        from ..io import bin_mean
+
+        vol = np.asarray(block)
+        b = self.factor
+        binned = {b: da.from_array(bin_mean(vol, b))} if b > 1 else {}
+        context = self.plan_context(da.from_array(vol), stats, binned=binned)
+        box = tuple(slice(0, n) for n in vol.shape)
+        rows = context.for_block(box).compute(scheduler="sync")
+        return self.segment_block_in(vol, stats, voxel_size_nm, box=box, shape=vol.shape,
+                                     context=rows)
+
+    # ----------------------------------------------------------------- memory
+
+    def memory_bytes(self, block_shape: tuple[int, ...]) -> int:
+        """The block, stage 1's fused probabilities with their weights and Gaussian copies over
+        the block plus the Gaussians' reach, stage 2's input and sums, the stage-1 rows the block
+        reads, and one batch's activations (a UNet3D holds about 12 × its first width per voxel
+        of a tile).
+        """
+        cfg = self._cfg
+        n = cfg.num_classes
+        m = 2 * self.margin
+        vox = int(np.prod(block_shape))
+        region = int(np.prod([s + m for s in block_shape]))
+        rows = int(np.prod([s + m + cfg.stage1.extent for s in block_shape[:2]])) * \
+            (block_shape[2] + cfg.stage1.extent) * n // self.factor**3
+        tile = max(cfg.stage1.block, cfg.stage2.block) ** 3
+        width = max(cfg.stage1.start_filts, cfg.stage2.start_filts)
+        batch = self.batch_size * tile * (12 * width + 4 * n)
+        return 4 * (2 * vox + region * (3 * (n - 1) + 1) + vox * (2 * n + 1) + rows + batch)
+
+    def with_batch_size(self, batch_size: int) -> CascadeSegmenter:
+        return self if self.batch_size <= batch_size else dataclasses.replace(
+            self, batch_size=batch_size)
+
+
+def _stage1_row(seg: CascadeSegmenter, window: np.ndarray, raw: bool, stats: IntensityStats,
+                origin: tuple[int, int], xs: Sequence[int]) -> dict[tuple[int, ...], np.ndarray]:
+    """Stage 1's softmax of one row of tiles (binned origins ``(tz, ty, tx)``)."""
+    return seg._stage1_tiles(window, raw, stats, origin, xs)
+
+
+def _merge(*rows: dict[tuple[int, ...], np.ndarray]) -> dict[tuple[int, ...], np.ndarray]:
+    out: dict[tuple[int, ...], np.ndarray] = {}
+    for row in rows:
+        out.update(row)
+    return out
+
+
+@dataclass(frozen=True)
+class _Stage1(BlockContext):
+    """Stage 1's rows of tiles; a block gets those whose tiles reach its region (± margin)."""
+
+    rows: dict[tuple[int, int], Delayed]
+    shape: tuple[int, ...]
+    extent: int  # a stage-1 tile's side at full resolution
+    binning: int
+    margin: int
+    token: str
+
+    def for_block(self, box: tuple[slice, ...]) -> Delayed:
+        lo = [max(0, s.start - self.margin) for s in box]
+        hi = [min(n, s.stop + self.margin) for s, n in zip(box, self.shape, strict=True)]
+        keys = sorted(k for k in self.rows
+                      if k[0] * self.binning < hi[0] and k[0] * self.binning + self.extent > lo[0]
+                      and k[1] * self.binning < hi[1] and k[1] * self.binning + self.extent > lo[1])
+        name = f"cascade.rows-{tokenize(self.token, [(s.start, s.stop) for s in box])}"
+        return delayed(_merge, pure=True)(*(self.rows[k] for k in keys), dask_key_name=name)
