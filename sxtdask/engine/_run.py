@@ -395,7 +395,8 @@ def segment_array(
 
 def _context_key(context: Any, grid: BlockGrid, idx: Index, deps: list[Any]) -> Any:
     """The graph key (or plain value) of block ``idx``'s piece of a segmenter's per-tomogram
-    work; a lazy piece is added to ``deps`` (its graph joins the run's)."""
+    work; a lazy piece is added to ``deps`` (its graph joins the run's).
+    """
     if context is None:
         return None
     piece = context.for_block(grid.ext(idx))
@@ -577,11 +578,12 @@ def _block_written(done: tuple[Any, bool, dict[str, int]]) -> bool:
     return bool(done[1])
 
 
-def _finalize_output(path: Path, name: str, label: str, *_written: Any) -> str:
+def _finalize_output(path: Path, name: str, label: str, classes: dict[int, str] | None,
+                     *_written: Any) -> str:
     """Pyramid and metadata of one label image (built as ``labels/<label>``), on a worker
     (listed afterwards, with the rest).
     """
-    finalize_labels(path, label, listed=False, title=name)
+    finalize_labels(path, label, listed=False, title=name, classes=classes)
     return f"{path}/labels/{name}"
 
 
@@ -734,7 +736,8 @@ class StoreRun:
             return [f"{self.path}/labels/{spec.name}" for spec in self.outputs]
         for spec in self.outputs:
             label = staged_name(spec.name) if spec.name in self.staged else spec.name
-            finalize_labels(self.path, label, listed=False, title=spec.name)
+            finalize_labels(self.path, label, listed=False, title=spec.name,
+                            classes=dict(spec.classes) or None)
         _list_outputs(self.path, [s.name for s in self.outputs], sorted(self.staged))
         shutil.rmtree(self.path / SCRATCH_DIR, ignore_errors=True)
         return [f"{self.path}/labels/{spec.name}" for spec in self.outputs]
@@ -978,7 +981,8 @@ def _store_graph(layout: _Layout, stats: IntensityStats | Delayed, finalize: boo
         for spec in outputs:
             final_key = f"{task_prefix('pyramid', [spec.name], tomo)}-{token}"
             dsk[final_key] = (_finalize_output, layout.path, spec.name,
-                              layout.label_name(spec.name), stamps[1], *written[spec.name])
+                              layout.label_name(spec.name), dict(spec.classes) or None, stamps[1],
+                              *written[spec.name])
             finals.append(final_key)
         done_key = f"{task_prefix('finish', what, tomo)}-pyramids-{token}"
         dsk[done_key] = (_list_outputs, layout.path, what, sorted(layout.staged), *finals)

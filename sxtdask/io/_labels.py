@@ -199,7 +199,7 @@ def _colors(colors: dict[int, tuple[int, ...]] | None) -> list[dict[str, Any]]:
 def finalize_labels(
     path: PathLike, name: str, *, voxel_size_nm: tuple[float, float, float] | None = None,
     colors: dict[int, tuple[int, ...]] | None = None, listed: bool = True,
-    title: str | None = None,
+    title: str | None = None, classes: dict[int, str] | None = None,
 ) -> None:
     """Build the label pyramid and metadata, then list ``name`` in ``labels/`` (last).
 
@@ -223,6 +223,9 @@ def finalize_labels(
     title : str, optional
         The multiscales name; default ``name`` (a label image built under a staging name and
         moved into place afterwards carries the name it will have).
+    classes : dict of int to str, optional
+        What each label value means (a semantic label image's classes), written as the
+        ``image-label`` ``properties`` (``{"label-value": v, "class": name}``).
     """
     _check_name(name)
     image = open_image(path, check_chunks=False)
@@ -240,6 +243,9 @@ def finalize_labels(
     image_label: dict[str, Any] = {"version": OME_VERSION, "source": {"image": "../../"}}
     if colors:
         image_label["colors"] = _colors(colors)
+    if classes:
+        image_label["properties"] = [{"label-value": int(v), "class": str(c)}
+                                     for v, c in sorted(classes.items())]
     ms = multiscale_metadata(title or name, vs, len(shapes), "nearest")
     group.attrs.update({"ome": {"version": OME_VERSION, "multiscales": [ms], "image-label": image_label}})
     if listed:

@@ -32,6 +32,13 @@ from ._device import resolve_device
 from ._kinds import ModelKind
 
 if TYPE_CHECKING:
+    from ._biomedisa import (
+        BiomedisaMeta,
+        BiomedisaUNet3D,
+        biomedisa_checkpoint_meta,
+        read_biomedisa,
+        read_unet3d,
+    )
     from ._build import build_maskrcnn, build_unet
     from ._cell_unet import CellNucleusUNet
     from ._checkpoint import (
@@ -44,6 +51,16 @@ if TYPE_CHECKING:
         save_checkpoint,
     )
     from ._infer import check_unet, infer_unet_config, load_unet
+    from ._ncxt import (
+        CascadeConfig,
+        NCXTCascade,
+        NCXTUNet3D,
+        StageConfig,
+        cascade_from_ncxt,
+        load_cascade,
+        load_ncxt,
+        read_cascade,
+    )
     from ._unet import UNet
 
 _LAZY = {
@@ -53,6 +70,11 @@ _LAZY = {
     "read_checkpoint": "_checkpoint", "read_checkpoint_meta": "_checkpoint",
     "save_checkpoint": "_checkpoint", "check_unet": "_infer", "infer_unet_config": "_infer",
     "load_unet": "_infer", "UNet": "_unet",
+    "BiomedisaMeta": "_biomedisa", "BiomedisaUNet3D": "_biomedisa",
+    "biomedisa_checkpoint_meta": "_biomedisa", "read_biomedisa": "_biomedisa",
+    "read_unet3d": "_biomedisa", "CascadeConfig": "_ncxt", "NCXTCascade": "_ncxt",
+    "NCXTUNet3D": "_ncxt", "StageConfig": "_ncxt", "cascade_from_ncxt": "_ncxt",
+    "load_cascade": "_ncxt", "load_ncxt": "_ncxt", "read_cascade": "_ncxt",
 }
 
 
@@ -70,26 +92,39 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "BiomedisaMeta",
+    "BiomedisaUNet3D",
+    "CascadeConfig",
     "CellNucleusUNet",
     "CheckpointError",
     "ModelCache",
     "ModelKind",
+    "NCXTCascade",
+    "NCXTUNet3D",
+    "StageConfig",
     "UNet",
+    "biomedisa_checkpoint_meta",
     "build_maskrcnn",
     "build_unet",
     "bundled_weights",
     "cached_model",
     "cached_network",
+    "cascade_from_ncxt",
     "check_fit",
     "check_unet",
     "clear_models",
     "infer_unet_config",
+    "load_cascade",
     "load_counts",
+    "load_ncxt",
     "load_state_dict_file",
     "load_unet",
     "load_weights",
+    "read_biomedisa",
+    "read_cascade",
     "read_checkpoint",
     "read_checkpoint_meta",
+    "read_unet3d",
     "register_model_cache",
     "resolve_device",
     "save_checkpoint",

@@ -405,21 +405,23 @@ def biomedisa_checkpoint_meta(net: BiomedisaUNet3D, meta: BiomedisaMeta) -> dict
     """
     return {"architecture": "BiomedisaUNet3D", "filters": list(net.filters),
             "channels": net.channels, "n_labels": net.n_labels, "resnet": net.resnet,
-            "labels": list(meta.labels),
+            "labels": list(meta.labels), "classes": list(meta.materials),
             "biomedisa": {"scale": list(meta.scale), "patch_size": list(meta.patch_size),
                           "normalize": meta.normalize, "mu": meta.mu, "sig": meta.sig}}
 
 
 def _meta_of_checkpoint(meta: dict[str, Any], source: str) -> tuple[dict[str, Any], BiomedisaMeta]:
     try:
-        arch = {"filters": [int(f) for f in meta["filters"]], "channels": int(meta["channels"]),
-                "n_labels": int(meta["n_labels"]), "resnet": bool(meta["resnet"])}
+        arch: dict[str, Any] = {"filters": [int(f) for f in meta["filters"]],
+                                "channels": int(meta["channels"]),
+                                "n_labels": int(meta["n_labels"]), "resnet": bool(meta["resnet"])}
         b = meta["biomedisa"]
         info = BiomedisaMeta(labels=tuple(int(v) for v in meta["labels"]),
                              scale=tuple(int(v) for v in b["scale"]),  # type: ignore[arg-type]
                              patch_size=tuple(int(v) for v in b["patch_size"]),  # type: ignore[arg-type]
                              normalize=bool(b["normalize"]), mu=float(b["mu"]),
-                             sig=float(b["sig"]), generation="sxtdask")
+                             sig=float(b["sig"]), generation="sxtdask",
+                             materials=tuple(str(c) for c in meta.get("classes", ())))
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{source}: not an sxtdask Biomedisa U-Net checkpoint (its "
                               f"metadata lacks or mis-states {err})") from None
@@ -441,7 +443,8 @@ def _meta_of_checkpoint(meta: dict[str, Any], source: str) -> tuple[dict[str, An
 
 def read_biomedisa_checkpoint(path: str | os.PathLike[str]) -> BiomedisaFile:
     """An sxtdask checkpoint of a Biomedisa U-Net (``sxtdask train --arch unet3d``), read
-    weights-only and checked against the architecture its metadata records."""
+    weights-only and checked against the architecture its metadata records.
+    """
     from ._checkpoint import read_checkpoint
 
     source = os.fspath(path)

@@ -47,6 +47,9 @@ class OutputSpec:
     kind: OutputKind
     dtype: str = "uint32"
     match: Match = Match.MUTUAL_BEST
+    #: What each label value of a semantic output means, ``((value, class name), ...)``; written
+    #: into the label image's ``image-label`` properties.
+    classes: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ from ._unet import checkpoint_model
 
 __all__ = ["CascadeSegmenter", "fuse_tiles", "gaussian_radius", "tile_starts", "tile_window"]
 
+_CELL_CLASSES = ((1, "cytoplasm"), (2, "nucleus"))
 #: FWHM → σ of the Gaussian that follows a ×b nearest upsampling (NCXT: σ = b / 2.355).
 FWHM = 2.355
 _TRUNCATE = 4.0  # scipy's default: the Gaussian's taps reach int(4σ + 0.5) voxels
@@ -173,9 +174,13 @@ class CascadeSegmenter(Segmenter):
 
     @property
     def outputs(self) -> tuple[OutputSpec, ...]:  # type: ignore[override]
-        top = max(self.config.labels) if self.config is not None else 2
+        if self.config is None:
+            return (OutputSpec("cell", OutputKind.SEMANTIC, "uint8", classes=_CELL_CLASSES),)
+        labels, names = self.config.labels, self.config.classes
+        top = max(labels)
         dtype = "uint8" if top < 256 else "uint16" if top < 65536 else "uint32"
-        return (OutputSpec("cell", OutputKind.SEMANTIC, dtype),)
+        classes = tuple((int(v), str(c)) for v, c in zip(labels, names, strict=True) if v != 0)
+        return (OutputSpec("cell", OutputKind.SEMANTIC, dtype, classes=classes),)
 
     @property
     def model_files(self) -> tuple[str, ...]:
@@ -209,8 +214,7 @@ class CascadeSegmenter(Segmenter):
 
     def load_model(self, path: str | os.PathLike[str] | None = None) -> CascadeSegmenter:
         """Bind to a cascade checkpoint, in place (checked here, built once per worker)."""
-        from ..models import bundled_weights
-        from ..models._ncxt import read_cascade
+        from ..models import bundled_weights, read_cascade
 
         if path is None:
             path = bundled_weights("cascade")
@@ -227,7 +231,7 @@ class CascadeSegmenter(Segmenter):
         return checkpoint_model(("cascade",), self.model_path, self.device, self._build)
 
     def _build(self, device: str) -> Any:
-        from ..models._ncxt import load_cascade
+        from ..models import load_cascade
 
         assert self.model_path is not None
         return load_cascade(self.model_path, device)[0]
@@ -243,7 +247,8 @@ class CascadeSegmenter(Segmenter):
 
     def _forward(self, stage: str, tiles: list[np.ndarray]) -> list[np.ndarray]:
         """Softmax outputs of one stage's network on ``tiles`` (each (C, s, s, s)), batched;
-        out of GPU memory, batches are halved (and the CPU used at the end)."""
+        out of GPU memory, batches are halved (and the CPU used at the end).
+        """
         import torch
 
         from ._oom import forward_batches

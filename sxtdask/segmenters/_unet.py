@@ -96,7 +96,8 @@ def checkpoint_model(kind: tuple[Any, ...], path: str | None, device: str, build
 
 
 _OUTPUTS = {
-    Task.CELL: (OutputSpec("cell", OutputKind.SEMANTIC, "uint8"),),
+    Task.CELL: (OutputSpec("cell", OutputKind.SEMANTIC, "uint8",
+                           classes=((1, "cytoplasm"), (2, "nucleus"))),),
     Task.MITO: (OutputSpec("mito", OutputKind.SEMANTIC, "uint8"),),
     Task.ISG: (OutputSpec("isg-mask", OutputKind.SEMANTIC, "uint8"),),
 }

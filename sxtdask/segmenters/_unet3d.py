@@ -104,7 +104,8 @@ def fill_labels(labels: np.ndarray, threshold: float) -> np.ndarray:
 
 def _position(grid: Sequence[int]) -> np.ndarray:
     """Biomedisa's position channel: distance from the grid's centre (``shape // 2``) over its
-    largest value."""
+    largest value.
+    """
     z, y, x = (np.arange(n, dtype=np.float32) - n // 2 for n in grid)
     d = np.sqrt(z[:, None, None] ** 2 + y[None, :, None] ** 2 + x[None, None, :] ** 2)
     return (d / d.max()).astype(np.float32)
@@ -148,6 +149,7 @@ class UNet3DSegmenter(Segmenter):
     sig: float = 1.0
     labels: tuple[int, ...] = (0, 1)
     channels: int = 1
+    materials: tuple[str, ...] = ()
 
     method = Method.UNET3D
 
@@ -169,7 +171,10 @@ class UNet3DSegmenter(Segmenter):
     def outputs(self) -> tuple[OutputSpec, ...]:  # type: ignore[override]
         dtype = "uint8" if max(self.labels) < 256 else "uint16" if max(self.labels) < 65536 \
             else "uint32"
-        return (OutputSpec("cell", OutputKind.SEMANTIC, dtype),)
+        names = self.materials if len(self.materials) == len(self.labels) else ()
+        classes = tuple((int(v), names[i] if names else f"label {v}")
+                        for i, v in enumerate(self.labels) if v != 0)
+        return (OutputSpec("cell", OutputKind.SEMANTIC, dtype, classes=classes),)
 
     @property
     def model_files(self) -> tuple[str, ...]:
@@ -190,7 +195,7 @@ class UNet3DSegmenter(Segmenter):
             raise ConfigError("the unet3d method has no bundled weights: give a Biomedisa .h5 "
                               "file (for example ACSeg.h5) or a checkpoint of `sxtdask train "
                               "--arch unet3d` with --model / load_model(path)")
-        from ..models._biomedisa import read_unet3d
+        from ..models import read_unet3d
 
         if not os.path.isfile(path):
             raise SxtdaskError(f"{path}: no such model file")
@@ -204,7 +209,7 @@ class UNet3DSegmenter(Segmenter):
                                "unet3d predictor does not do")
         self._update(model_path=str(path), scale=meta.scale, patch=meta.patch_size,
                      normalize=meta.normalize, mu=meta.mu, sig=meta.sig, labels=meta.labels,
-                     channels=info.channels)
+                     channels=info.channels, materials=meta.materials)
         self.grid  # noqa: B018 - a grid smaller than the patch is refused now
         return self
 
@@ -213,7 +218,7 @@ class UNet3DSegmenter(Segmenter):
         return checkpoint_model(("unet3d",), self.model_path, self.device, self._build)
 
     def _build(self, device: str) -> Any:
-        from ..models._biomedisa import read_unet3d
+        from ..models import read_unet3d
 
         assert self.model_path is not None
         return read_unet3d(self.model_path).build().to(device)
@@ -251,7 +256,7 @@ class UNet3DSegmenter(Segmenter):
                          voxel_size_nm: tuple[float, float, float], *, box: tuple[slice, ...],
                          shape: tuple[int, ...], context: Any,
                          core: tuple[slice, ...] | None = None) -> dict[str, np.ndarray]:
-        """This block's labels: the label grid resized back to the tomogram, label by label."""
+        """The block's labels: the label grid resized back to the tomogram, label by label."""
         grid = context
         mode = resize_mode(grid.shape, shape)
         taps = [axis_taps(g, s, mode) for g, s in zip(grid.shape, shape, strict=True)]
@@ -278,7 +283,8 @@ class UNet3DSegmenter(Segmenter):
 
     def memory_bytes(self, block_shape: tuple[int, ...]) -> int:
         """An engine block resizes one label mask at a time (a few float32 copies) beside the
-        label grid; the patch tasks hold one batch's activations (not per block)."""
+        label grid; the patch tasks hold one batch's activations (not per block).
+        """
         return 6 * 4 * int(np.prod(block_shape)) + int(np.prod(self.grid))
 
     def with_batch_size(self, batch_size: int) -> UNet3DSegmenter:
