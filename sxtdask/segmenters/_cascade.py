@@ -366,19 +366,34 @@ class CascadeSegmenter(Segmenter):
                      zip(union, region, strict=True))
         return smooth[(slice(None), *crop)].astype(np.float32)
 
-    def segment_block(self, block: np.ndarray, stats: IntensityStats,
-                      voxel_size_nm: tuple[float, float, float]) -> dict[str, np.ndarray]:
-        """The whole volume in one process: the same steps, run synchronously."""
+    def _whole_rows(self, vol: np.ndarray, stats: IntensityStats) -> dict[tuple[int, ...], np.ndarray]:
+        """Every stage-1 row of a whole in-memory volume, computed here."""
         from ..io import bin_mean
 
-        vol = np.asarray(block)
         b = self.factor
         binned = {b: da.from_array(bin_mean(vol, b))} if b > 1 else {}
         context = self.plan_context(da.from_array(vol), stats, binned=binned)
         box = tuple(slice(0, n) for n in vol.shape)
-        rows = context.for_block(box).compute(scheduler="sync")
+        return context.for_block(box).compute(scheduler="sync")  # type: ignore[no-any-return]
+
+    def stage1_probabilities(self, volume: np.ndarray, stats: IntensityStats) -> np.ndarray:
+        """Stage 2's input of a whole (Z, Y, X) volume: (n, Z, Y, X) float32, channel 0 the
+        normalised image and channels 1..n−1 stage 1's fused, smoothed probabilities (what
+        ``sxtdask train --arch cascade`` trains stage 2 on; inference builds the same values
+        block by block).
+        """
+        vol = np.asarray(volume)
+        rows = self._whole_rows(vol, stats)
+        probs = self._stage1_probabilities(rows, [(0, n) for n in vol.shape], vol.shape)
+        return np.concatenate([self.normalise(vol, stats)[None], probs], axis=0)
+
+    def segment_block(self, block: np.ndarray, stats: IntensityStats,
+                      voxel_size_nm: tuple[float, float, float]) -> dict[str, np.ndarray]:
+        """The whole volume in one process: the same steps, run synchronously."""
+        vol = np.asarray(block)
+        box = tuple(slice(0, n) for n in vol.shape)
         return self.segment_block_in(vol, stats, voxel_size_nm, box=box, shape=vol.shape,
-                                     context=rows)
+                                     context=self._whole_rows(vol, stats))
 
     # ----------------------------------------------------------------- memory
 
