@@ -374,7 +374,7 @@ class CascadeSegmenter(Segmenter):
         binned = {b: da.from_array(bin_mean(vol, b))} if b > 1 else {}
         context = self.plan_context(da.from_array(vol), stats, binned=binned)
         box = tuple(slice(0, n) for n in vol.shape)
-        return context.for_block(box).compute(scheduler="sync")  # type: ignore[no-any-return]
+        return context.for_block(box).compute(scheduler="sync")
 
     def stage1_probabilities(self, volume: np.ndarray, stats: IntensityStats) -> np.ndarray:
         """Stage 2's input of a whole (Z, Y, X) volume: (n, Z, Y, X) float32, channel 0 the
