@@ -19,13 +19,19 @@ The steps (REFERENCE-3D §3):
 Both tilings are fixed by the tomogram's shape, never by its chunks, and NCXT's networks use
 InstanceNorm (statistics of the whole tile), so a tile's answer depends on the whole tile: that
 is why the answer at a voxel is built from whole tiles, never from a chunk's own crop. On Dask,
-stage 1 is one task per row of tiles (``cascade.stage1``; only its small binned window is read);
-each engine block gets the stage-1 rows its region needs, fuses and smooths them over its stage-2
-tiles plus the Gaussians' reach (so every value equals the whole-volume one: the same tiles,
-added in the same order, the same Gaussian taps), predicts every stage-2 tile that overlaps its
-core (its halo is one stage-2 tile) and fuses them onto the core. The result equals
-:meth:`CascadeSegmenter.segment_block` on the whole volume (one block, the same steps), for any
-chunking.
+each stage is one task per row of tiles (all tiles of one z and y origin):
+
+- ``cascade.stage1`` reads only its binned window (the pyramid level, or level 0 binned in the
+  task) and returns its tiles' softmax;
+- ``cascade.stage2`` reads its full-resolution window and the stage-1 rows that reach it, fuses
+  and smooths stage 1 over the window plus the Gaussians' reach (every value equals the
+  whole-volume one: the same tiles, added in the same order, the same Gaussian taps), and
+  returns its tiles' softmax;
+- each engine block fuses the stage-2 tiles over its chunk (no halo) and takes the argmax.
+
+Every tile is predicted once, whatever the chunking, and its batch is its row, so the result
+equals :meth:`CascadeSegmenter.segment_block` on the whole volume (the same steps in one
+process), for any chunking.
 
 Decided here where NCXT is silent: tiles beyond a short axis are zero-padded after
 normalisation; the window is taken at full resolution (``block · b`` samples); sxtdask's own
@@ -55,6 +61,7 @@ from ..stats import IntensityStats
 from ._base import BlockContext, OutputKind, OutputSpec, Segmenter
 from ._names import Method, Task
 from ._unet import checkpoint_model
+from ._unet3d import cell_masks
 
 __all__ = ["CascadeSegmenter", "fuse_tiles", "gaussian_radius", "tile_starts", "tile_window"]
 
@@ -155,7 +162,7 @@ class CascadeSegmenter(Segmenter):
     device: str = "auto"
     batch_size: int = 8
     binning: int | None = None
-    halo: tuple[int, int, int] = (32, 32, 32)
+    halo: tuple[int, int, int] = (0, 0, 0)
     config: Any = None  # the checkpoint's CascadeConfig (load_model)
 
     method = Method.CASCADE
@@ -186,11 +193,9 @@ class CascadeSegmenter(Segmenter):
     def model_files(self) -> tuple[str, ...]:
         return () if self.model_path is None else (self.model_path,)
 
-    @property
-    def context_radius(self) -> tuple[int, int, int]:  # type: ignore[override]
-        """A core voxel's answer reads every stage-2 tile over it: one tile each side."""
-        e = self._cfg.stage2.extent
-        return (e, e, e)
+    #: A block reads no image around its chunk: its answer comes from whole tiles of the
+    #: per-tomogram work (:meth:`plan_context`).
+    context_radius = (0, 0, 0)
 
     @property
     def _cfg(self) -> Any:
@@ -221,9 +226,7 @@ class CascadeSegmenter(Segmenter):
         if not os.path.isfile(path):
             raise SxtdaskError(f"{path}: no such model file")
         config, _ = read_cascade(path)
-        e = config.stage2.extent
-        self._update(model_path=str(path), config=config,
-                     halo=tuple(max(h, e) for h in self.halo))
+        self._update(model_path=str(path), config=config)
         return self
 
     @property
@@ -271,6 +274,26 @@ class CascadeSegmenter(Segmenter):
 
     def plan_context(self, image: da.Array, stats: Any, *,
                      binned: dict[int, da.Array] | None = None) -> BlockContext:
+        """Both stages as one task per row of tiles (see the module)."""
+        stage1 = self._plan_stage1(image, stats, binned)
+        e2 = self._cfg.stage2.extent
+        shape = stage1.shape
+        zs, ys, xs = _stage_tiles(shape, e2, 1)
+        token = tokenize(stage1.token, "stage2")
+        annotations = {"resources": {"GPU": 1}} if self.needs_gpu else {}
+        rows: dict[tuple[int, int], Delayed] = {}
+        for iz, tz in enumerate(zs):
+            for iy, ty in enumerate(ys):
+                box = (slice(tz, min(tz + e2, shape[0])), slice(ty, min(ty + e2, shape[1])),
+                       slice(0, shape[2]))
+                with dask.annotate(**annotations):
+                    rows[(tz, ty)] = delayed(_stage2_row, pure=True)(
+                        self, image[box], stage1.for_block(box), stats, (tz, ty), xs, shape,
+                        dask_key_name=(f"cascade.stage2-{token}", iz, iy))
+        return _Rows(rows, shape, e2, 1, 0, token)
+
+    def _plan_stage1(self, image: da.Array, stats: Any,
+                     binned: dict[int, da.Array] | None) -> _Rows:
         """Stage 1 as one task per row of tiles (see the module)."""
         cfg, b = self._cfg, self.factor
         shape = tuple(int(n) for n in image.shape)
@@ -295,7 +318,7 @@ class CascadeSegmenter(Segmenter):
                     rows[(tz, ty)] = delayed(_stage1_row, pure=True)(
                         self, window, raw, stats, (tz, ty), xs,
                         dask_key_name=(f"cascade.stage1-{token}", iz, iy))
-        return _Stage1(rows, shape, cfg.stage1.block * b, b, self.margin, token)
+        return _Rows(rows, shape, cfg.stage1.block * b, b, self.margin, token)
 
     def _stage1_tiles(self, window: np.ndarray, raw: bool, stats: IntensityStats,
                       origin: tuple[int, int], xs: Sequence[int]) -> dict[tuple[int, ...], np.ndarray]:
@@ -305,48 +328,38 @@ class CascadeSegmenter(Segmenter):
         if raw and self.factor > 1:
             window = bin_mean(np.asarray(window), self.factor)
         x = self.normalise(window, stats)
-        tiles = []
-        for tx in xs:
-            part = x[:, :, tx:tx + s1]
-            pad = [(0, s1 - n) for n in part.shape]
-            tiles.append(np.pad(part, pad)[None] if any(p for _, p in pad) else part[None])
-        probs = self._forward("stage1", tiles)
+        probs = self._forward("stage1", [_pad(x[None, :, :, tx:tx + s1], s1) for tx in xs])
         return {(origin[0], origin[1], tx): p for tx, p in zip(xs, probs, strict=True)}
 
     # ----------------------------------------------------------------- stage 2
+
+    def _stage2_tiles(self, window: np.ndarray, rows: dict[tuple[int, ...], np.ndarray],
+                      stats: IntensityStats, origin: tuple[int, int], xs: Sequence[int],
+                      shape: tuple[int, ...]) -> dict[tuple[int, ...], np.ndarray]:
+        """Stage 2's softmax of one row of tiles (full-resolution origins ``(tz, ty, tx)``):
+        the row's window of the image and stage 1's smoothed probabilities as channels.
+        """
+        e2 = self._cfg.stage2.extent
+        region = [(origin[0], origin[0] + window.shape[0]),
+                  (origin[1], origin[1] + window.shape[1]), (0, shape[2])]
+        probs = self._stage1_probabilities(rows, region, shape)
+        x = np.concatenate([self.normalise(window, stats)[None], probs], axis=0)
+        tiles = [_pad(x[:, :, :, tx:tx + e2], e2) for tx in xs]
+        out = self._forward("stage2", tiles)
+        return {(origin[0], origin[1], tx): p for tx, p in zip(xs, out, strict=True)}
 
     def segment_block_in(self, block: np.ndarray, stats: IntensityStats,
                          voxel_size_nm: tuple[float, float, float], *, box: tuple[slice, ...],
                          shape: tuple[int, ...], context: Any,
                          core: tuple[slice, ...] | None = None) -> dict[str, np.ndarray]:
-        """The classes of the block's core (see the module); zero elsewhere in the block."""
-        cfg = self._cfg
+        """The classes of the block's core from the stage-2 tiles over it (``context``, a dict
+        of tile origin → softmax); zero elsewhere in the block.
+        """
         core = box if core is None else core
-        e2 = cfg.stage2.extent
-        per_axis = [_overlapping(st, e2, c.start, c.stop)
-                    for st, c in zip(_stage_tiles(shape, e2, 1), core, strict=True)]
-        for axis, (starts, b, n) in enumerate(zip(per_axis, box, shape, strict=True)):
-            if starts and (starts[0] < b.start or min(starts[-1] + e2, n) > b.stop):
-                raise ConfigError(f"the cascade's stage-2 tiles over the block's core reach "
-                                  f"beyond its halo along {'zyx'[axis]}: the halo must be at "
-                                  f"least {e2} voxels")
-        union = [(st[0], min(st[-1] + e2, n)) for st, n in zip(per_axis, shape, strict=True)]
-        probs = self._stage1_probabilities(context, union, shape)
-        image = self.normalise(block[tuple(slice(lo - b.start, hi - b.start)
-                                           for (lo, hi), b in zip(union, box, strict=True))], stats)
-        x = np.concatenate([image[None], probs], axis=0)  # channel 0: the image (NCXT's code)
-        origins = [(z, y, xx) for z in per_axis[0] for y in per_axis[1] for xx in per_axis[2]]
-        tiles = []
-        for o in origins:
-            part = x[(slice(None), *(slice(a - lo, a - lo + e2) for a, (lo, _) in
-                                     zip(o, union, strict=True)))]
-            pad = [(0, 0)] + [(0, e2 - n) for n in part.shape[1:]]
-            tiles.append(np.pad(part, pad) if any(p for _, p in pad) else part)
-        outs = self._forward("stage2", tiles)
         region = [(c.start, c.stop) for c in core]
-        num, _ = fuse_tiles(list(zip(origins, outs, strict=True)), region, shape, e2)
+        num, _ = fuse_tiles(sorted(context.items()), region, shape, self._cfg.stage2.extent)
         classes = num.argmax(axis=0)
-        values = np.asarray(cfg.labels, dtype=self.outputs[0].dtype)
+        values = np.asarray(self._cfg.labels, dtype=self.outputs[0].dtype)
         out = np.zeros(block.shape, self.outputs[0].dtype)
         out[tuple(slice(c.start - b.start, c.stop - b.start)
                   for c, b in zip(core, box, strict=True))] = values[classes]
@@ -366,13 +379,16 @@ class CascadeSegmenter(Segmenter):
                      zip(union, region, strict=True))
         return smooth[(slice(None), *crop)].astype(np.float32)
 
-    def _whole_rows(self, vol: np.ndarray, stats: IntensityStats) -> dict[tuple[int, ...], np.ndarray]:
-        """Every stage-1 row of a whole in-memory volume, computed here."""
+    def _whole_rows(self, vol: np.ndarray, stats: IntensityStats, stage: int
+                    ) -> dict[tuple[int, ...], np.ndarray]:
+        """Every tile of one stage of a whole in-memory volume, computed here."""
         from ..io import bin_mean
 
         b = self.factor
         binned = {b: da.from_array(bin_mean(vol, b))} if b > 1 else {}
-        context = self.plan_context(da.from_array(vol), stats, binned=binned)
+        image = da.from_array(vol)
+        context = self._plan_stage1(image, stats, binned) if stage == 1 else \
+            self.plan_context(image, stats, binned=binned)
         box = tuple(slice(0, n) for n in vol.shape)
         return context.for_block(box).compute(scheduler="sync")
 
@@ -383,7 +399,7 @@ class CascadeSegmenter(Segmenter):
         block by block).
         """
         vol = np.asarray(volume)
-        rows = self._whole_rows(vol, stats)
+        rows = self._whole_rows(vol, stats, 1)
         probs = self._stage1_probabilities(rows, [(0, n) for n in vol.shape], vol.shape)
         return np.concatenate([self.normalise(vol, stats)[None], probs], axis=0)
 
@@ -393,31 +409,49 @@ class CascadeSegmenter(Segmenter):
         vol = np.asarray(block)
         box = tuple(slice(0, n) for n in vol.shape)
         return self.segment_block_in(vol, stats, voxel_size_nm, box=box, shape=vol.shape,
-                                     context=self._whole_rows(vol, stats))
+                                     context=self._whole_rows(vol, stats, 2))
 
     # ----------------------------------------------------------------- memory
 
     def memory_bytes(self, block_shape: tuple[int, ...]) -> int:
-        """The block, stage 1's fused probabilities with their weights and Gaussian copies over
-        the block plus the Gaussians' reach, stage 2's input and sums, the stage-1 rows the block
-        reads, and one batch's activations (a UNet3D holds about 12 × its first width per voxel
-        of a tile).
+        """An engine block: its chunk, the stage-2 tiles over it (about (1 + e/spacing)³ ≈ 3.4×
+        its voxels in n classes) and their fused sums. The row tasks of the per-tomogram work
+        hold one row's window, stage 1's fused probabilities over it and one batch's
+        activations: small beside a block for any chunk of a few tiles.
         """
-        cfg = self._cfg
-        n = cfg.num_classes
-        m = 2 * self.margin
+        n = self._cfg.num_classes
         vox = int(np.prod(block_shape))
-        region = int(np.prod([s + m for s in block_shape]))
-        rows = int(np.prod([s + m + cfg.stage1.extent for s in block_shape[:2]])) * \
-            (block_shape[2] + cfg.stage1.extent) * n // self.factor**3
-        tile = max(cfg.stage1.block, cfg.stage2.block) ** 3
-        width = max(cfg.stage1.start_filts, cfg.stage2.start_filts)
-        batch = self.batch_size * tile * (12 * width + 4 * n)
-        return 4 * (2 * vox + region * (3 * (n - 1) + 1) + vox * (2 * n + 1) + rows + batch)
+        e = self._cfg.stage2.extent
+        tiles = int(np.prod([s + 2 * e for s in block_shape]))
+        return 4 * (2 * vox + tiles * n + vox * (n + 1))
 
     def with_batch_size(self, batch_size: int) -> CascadeSegmenter:
         return self if self.batch_size <= batch_size else dataclasses.replace(
             self, batch_size=batch_size)
+
+    def predict(self, volume: np.ndarray,
+                voxel_size_nm: tuple[float, float, float] = (1.0, 1.0, 1.0), *,
+                threshold: float | None = None) -> dict[str, np.ndarray]:
+        """Whole-volume prediction, returned as the cell U-Net returns it: ``{"cell_mask",
+        "nucleus_mask"}`` (:func:`cell_masks`; the label values themselves come from
+        :meth:`segment_volume`). The method has no threshold.
+        """
+        labels = super().predict(volume, voxel_size_nm, threshold=threshold)
+        return cell_masks(np.asarray(labels), self.outputs[0].classes)
+
+
+def _pad(a: np.ndarray, size: int) -> np.ndarray:
+    """``a`` (C, z, y, x) zero-padded at the end of each spatial axis to ``size``."""
+    pad = [(0, 0)] + [(0, size - n) for n in a.shape[1:]]
+    return np.pad(a, pad) if any(p for _, p in pad) else a
+
+
+def _stage2_row(seg: CascadeSegmenter, window: np.ndarray,
+                rows: dict[tuple[int, ...], np.ndarray], stats: IntensityStats,
+                origin: tuple[int, int], xs: Sequence[int], shape: tuple[int, ...]
+                ) -> dict[tuple[int, ...], np.ndarray]:
+    """Stage 2's softmax of one row of tiles."""
+    return seg._stage2_tiles(np.asarray(window), rows, stats, origin, xs, shape)
 
 
 def _stage1_row(seg: CascadeSegmenter, window: np.ndarray, raw: bool, stats: IntensityStats,
@@ -434,12 +468,14 @@ def _merge(*rows: dict[tuple[int, ...], np.ndarray]) -> dict[tuple[int, ...], np
 
 
 @dataclass(frozen=True)
-class _Stage1(BlockContext):
-    """Stage 1's rows of tiles; a block gets those whose tiles reach its region (± margin)."""
+class _Rows(BlockContext):
+    """One stage's rows of tiles; a block (or a row of the next stage) gets those whose tiles
+    reach its region, grown by ``margin``.
+    """
 
     rows: dict[tuple[int, int], Delayed]
     shape: tuple[int, ...]
-    extent: int  # a stage-1 tile's side at full resolution
+    extent: int  # a tile's side at full resolution
     binning: int
     margin: int
     token: str
