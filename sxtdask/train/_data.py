@@ -26,9 +26,15 @@ if TYPE_CHECKING:
     from ..io import Volume
 
 __all__ = [
+    "IGNORE",
+    "IGNORE_MATERIALS",
+    "LabelMap",
     "PatchSampler",
     "TrainingVolume",
+    "class_target",
+    "ignore_label_of",
     "open_training_data",
+    "parse_label_map",
     "split_by_tomogram",
     "target_from_labels",
 ]
@@ -54,6 +60,9 @@ class TrainingVolume:
     stats : IntensityStats
         Whole-volume statistics of ``image``.
     voxel_size_nm : (z, y, x)
+    materials : dict of int to str
+        Names of the label values, where the label file has them (AmiraMesh ``Materials``:
+        ``{0: "void", 1: "cell", 2: "ignore"}``); empty otherwise.
     """
 
     name: str
@@ -61,6 +70,7 @@ class TrainingVolume:
     labels: Any
     stats: IntensityStats
     voxel_size_nm: tuple[float, float, float]
+    materials: dict[int, str] = field(default_factory=dict)
     _fg_per_slice: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -142,7 +152,8 @@ def _open_one(source: str, label_name: str) -> TrainingVolume:
     if "," in source:
         image_path, label_path = (Path(p) for p in source.split(",", 1))
         image = open_volume(image_path)
-        labels = open_volume(label_path)
+        label_volume = open_volume(label_path)
+        labels = label_volume
         if labels.shape != image.shape:
             raise InputError(f"{label_path}: labels {labels.shape} and image {image.shape} "
                              "differ in shape")
@@ -150,6 +161,7 @@ def _open_one(source: str, label_name: str) -> TrainingVolume:
         data = da.from_array(image, chunks=chunks)
         vs = image.voxel_size_nm
         name = image_path.name
+        materials = dict(label_volume.materials)
     else:
         path = Path(source)
         if not path.exists():
@@ -163,12 +175,14 @@ def _open_one(source: str, label_name: str) -> TrainingVolume:
         image, labels, data = SlabCache(_zarr_of(img.data)), SlabCache(_zarr_of(lab)), img.data
         vs = img.voxel_size_nm
         name = path.name
+        materials = {}
     stats = global_stats(data).compute(scheduler="threads")
     if stats.is_constant:
         raise InputError(f"{source}: the image is constant; it cannot train a network")
     logger.info("training volume %s: shape %s, labels %r", name, tuple(data.shape), label_name)
     return TrainingVolume(name, image, labels, stats,
-                          cast(tuple[float, float, float], tuple(float(v) for v in vs)))
+                          cast(tuple[float, float, float], tuple(float(v) for v in vs)),
+                          materials)
 
 
 def _zarr_of(arr: Any) -> Any:
@@ -374,4 +388,120 @@ def validation_slices(volumes: Sequence[TrainingVolume], n_slices: int, context:
             full = (slice(None), slice(None))
             out.append((_with_context(v.image, int(z), full, context).astype(np.float32),
                         np.asarray(v.labels[int(z)]), v.stats))
+    return out
+
+
+# --------------------------------------------------------------------------- sparse labels
+
+#: The class target's value for unannotated voxels (left out of losses and validation metrics).
+IGNORE = -1
+#: Material names (AmiraMesh ``Materials``, lower case) that mark unannotated voxels: the same
+#: names ``sxtdask evaluate`` leaves out.
+IGNORE_MATERIALS = frozenset({"ignore", "ignored", "unlabelled", "unlabeled", "unannotated",
+                              "unknown"})
+#: A label map: label value → class index, or None for "unannotated".
+LabelMap = dict[int, int | None]
+
+
+def parse_label_map(text: str, n_classes: int) -> LabelMap:
+    """``"0:0,1:1,2:2,5:1,7:ignore"`` → ``{0: 0, 1: 1, 2: 2, 5: 1, 7: None}``.
+
+    Each entry is ``VALUE:CLASS`` (a label value of the data and the task's class index it
+    stands for, ``0 <= CLASS < n_classes``) or ``VALUE:ignore`` (unannotated voxels).
+
+    Raises
+    ------
+    ConfigError
+        An entry that is not ``VALUE:CLASS`` or ``VALUE:ignore``, a class out of range, or a
+        value mapped twice.
+    """
+    out: LabelMap = {}
+    for entry in (e.strip() for e in str(text).split(",")):
+        value, sep, target = entry.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            key = int(value)
+            cls = None if target.strip().lower() == "ignore" else int(target)
+        except ValueError:
+            raise ConfigError(f"label map entry {entry!r} must be VALUE:CLASS or VALUE:ignore "
+                              "(e.g. 0:0,1:1,2:2,5:1)") from None
+        if key < 0:
+            raise ConfigError(f"label map entry {entry!r}: label values are non-negative")
+        if cls is not None and not 0 <= cls < n_classes:
+            raise ConfigError(f"label map entry {entry!r}: the class must be from 0 to "
+                              f"{n_classes - 1} (or 'ignore')")
+        if key in out:
+            raise ConfigError(f"label map maps the value {key} twice")
+        out[key] = cls
+    return out
+
+
+def ignore_label_of(volume: TrainingVolume, ignore_label: int | None) -> int | None:
+    """The label value of unannotated voxels: ``ignore_label`` when given, else the value of a
+    material named ``ignore`` (or ``unlabelled``, ``unannotated``...) in the label file, else none.
+    """
+    if ignore_label is not None:
+        return int(ignore_label)
+    named = sorted(v for v, name in volume.materials.items()
+                   if name.strip().lower() in IGNORE_MATERIALS)
+    if named:
+        logger.info("%s: label value %d (material %r) marks unannotated voxels", volume.name,
+                    named[0], volume.materials[named[0]])
+        return named[0]
+    return None
+
+
+def class_target(labels: np.ndarray, n_classes: int, *, label_map: LabelMap | None = None,
+                 ignore_label: int | None = None, source: str = "the labels") -> np.ndarray:
+    """The class of every voxel (int8), :data:`IGNORE` where it is unannotated.
+
+    Parameters
+    ----------
+    labels : ndarray of int
+        A label volume (any shape) of the data's own values.
+    n_classes : int
+        The task's classes (cell: 3, exterior, cytoplasm, nucleus).
+    label_map : LabelMap, optional
+        Value → class (None: unannotated); every value in ``labels`` other than
+        ``ignore_label`` must be in it. Default: the values ``0 .. n_classes − 1`` are the classes.
+    ignore_label : int, optional
+        The value of unannotated voxels (a ``label_map`` entry for it wins).
+    source : str
+        Named in messages.
+
+    Raises
+    ------
+    InputError
+        ``labels`` holds values that are neither classes nor mapped (named, with the option that
+        maps them), or no voxel is annotated.
+    """
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iub":
+        raise InputError(f"{source}: labels must be integers, not {labels.dtype}")
+    values = [int(v) for v in np.unique(labels)]
+    if not values:
+        raise InputError(f"{source}: the label volume is empty")
+    if values[0] < 0:
+        raise InputError(f"{source}: negative label value {values[0]}")
+    mapping: LabelMap = dict(label_map) if label_map is not None else {
+        c: c for c in range(n_classes)}
+    if ignore_label is not None and ignore_label not in mapping:
+        mapping[int(ignore_label)] = None
+    unknown = [v for v in values if v not in mapping]
+    if unknown:
+        shown = ", ".join(map(str, unknown[:10])) + (", ..." if len(unknown) > 10 else "")
+        where = ("are not in the label map" if label_map is not None else
+                 f"are not classes of the task (0 to {n_classes - 1})")
+        raise InputError(f"{source}: label values {shown} {where}; map them with "
+                         f"{option('label_map', '--label-map')} (VALUE:CLASS, or VALUE:ignore "
+                         f"for unannotated voxels)")
+    lut = np.full(values[-1] + 1, IGNORE, np.int8)
+    for v in values:
+        cls = mapping[v]
+        lut[v] = IGNORE if cls is None else cls
+    out = lut[labels.astype(np.int64, copy=False)]
+    if not (out != IGNORE).any():
+        raise InputError(f"{source}: no annotated voxel (every value is unannotated: "
+                         f"{', '.join(map(str, values))})")
     return out
