@@ -122,6 +122,17 @@ def _memory_limit(text: str) -> str:
     return word
 
 
+def _fraction(text: str) -> float:
+    """A threshold from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must lie between 0 and 1")
+    return value
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -152,19 +163,28 @@ def model_options() -> argparse.ArgumentParser:
     p.add_argument("--method", default=None, metavar="{" + ",".join(METHOD_WORDS) + "}",
                    help="method (default: unet, with the bundled weights unless --model is given)")
     p.add_argument("--model", action="append", default=None, metavar="[TASK=]PATH",
-                   help="network checkpoint (a reference *_best.pth or sxtdask's own); with "
-                        "several tasks, one TASK=PATH each")
+                   help="network checkpoint (a reference *_best.pth or sxtdask's own; for "
+                        "--method unet3d a Biomedisa .h5 file such as ACSeg.h5, which it "
+                        "requires); with several tasks, one TASK=PATH each")
     p.add_argument("--name", action="append", default=None, metavar="[TASK=]NAME",
                    help="write the task's labels as labels/NAME instead of its own name (cell, "
                         "mito, isg-mask, isg), so that methods sit side by side, e.g. --name "
                         "isg-classical; with several tasks, one TASK=NAME each")
     add_device_option(p)
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
-                   help="slices (U-Nets) or tiles (Mask R-CNN) per forward pass (default: 8 "
-                        "slices, 4 tiles, fewer where a worker's memory needs it)")
+                   help="slices (2-D U-Nets), tiles (Mask R-CNN, cascade) or 64³ patches "
+                        "(unet3d) per forward pass (default: 8 slices, 4 Mask R-CNN tiles, 8 "
+                        "cascade tiles, 4 patches, fewer where a worker's memory needs it)")
     add_chunks_option(p)
     p.add_argument("--halo", type=_halo, default=None, metavar="Z,Y,X",
                    help="voxels read around each block (default: the method's)")
+    p.add_argument("--clean", type=_fraction, default=None, metavar="T",
+                   help="--method unet3d only: Biomedisa's clean, per label keep the 6-connected "
+                        "parts larger than T x the largest (0.9: the largest only; Biomedisa's "
+                        "command line uses 0.1; default: off)")
+    p.add_argument("--fill", type=_fraction, default=None, metavar="T",
+                   help="--method unet3d only: Biomedisa's fill, per label fill the enclosed "
+                        "holes up to T x the label's size (Biomedisa: 0.9; default: off)")
     return p
 
 

@@ -22,6 +22,8 @@ __all__ = ["METHOD_WORDS", "TASKS", "make_segmenter"]
 
 #: ``--task`` words, in the registry's order.
 TASKS: tuple[str, ...] = tuple(t.value for t in Task)
+#: Options of ``--method unet3d`` alone (Biomedisa's post-processing thresholds).
+_UNET3D_OPTIONS = ("clean", "fill")
 #: ``--method`` words.
 METHOD_WORDS: tuple[str, ...] = tuple(dict.fromkeys(e.method.value for e in REGISTRY))
 
@@ -42,12 +44,18 @@ def _models(values: list[str] | None, tasks: tuple[str, ...]) -> dict[str, Path 
 
 def make_segmenter(args: argparse.Namespace) -> Segmenter:
     """The segmenter of the model options (``--task``, ``--method``, ``--model``, ``--device``,
-    ``--batch-size``, ``--halo``): one task's, or a ``CombinedSegmenter`` of several.
+    ``--batch-size``, ``--halo``, ``--clean``, ``--fill``): one task's, or a
+    ``CombinedSegmenter`` of several.
     """
     models = _models(getattr(args, "model", None), args.task)
-    seg = build(args.task, getattr(args, "method", None), models=dict(models),
+    method = getattr(args, "method", None)
+    options = {k: v for k in _UNET3D_OPTIONS if (v := getattr(args, k, None)) is not None}
+    if options and method != "unet3d":
+        raise ConfigError(f"--{next(iter(options))} is an option of --method unet3d (Biomedisa's "
+                          f"post-processing), not of --method {method or 'unet'}")
+    seg = build(args.task, method, models=dict(models),
                 device=args.device, batch_size=getattr(args, "batch_size", None),
-                halo=getattr(args, "halo", None))
+                halo=getattr(args, "halo", None), options=options)
     from sxtdask.segmenters import rename_outputs
 
     return rename_outputs(seg, _names(getattr(args, "name", None), args.task, seg))

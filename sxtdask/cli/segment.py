@@ -28,6 +28,10 @@ examples:
   sxtdask segment cell.zarr --task cell,mito,isg-instances --overwrite
   # a trained checkpoint, its labels beside the others, blocks of 8 full slices:
   sxtdask segment cell.zarr --task cell --model cell.pt --name cell-mine --chunks 8,64,64
+  # Biomedisa's 3-D U-Net (ACSeg.h5) with its clean and fill post-processing:
+  sxtdask segment cell.zarr --task cell --method unet3d --model ACSeg.h5 --clean 0.1 --fill 0.9
+  # NCXT's 3-D cascade from a checkpoint of `sxtdask train --arch cascade`:
+  sxtdask segment cell.zarr --task cell --method cascade --model cascade.pt --name cell-cascade
 """
 
 

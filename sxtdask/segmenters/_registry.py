@@ -8,7 +8,8 @@ is one :class:`MethodEntry` here plus its class.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -168,6 +169,7 @@ def make_segmenter(
     tasks: Task | str | Sequence[Task | str], method: Method | str | None = None, *,
     models: dict[str, str | Path | None] | None = None, device: str = "auto",
     batch_size: int | None = None, halo: tuple[int, int, int] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Segmenter:
     """Segmenters for one or several tasks, their models loaded (several share each chunk read).
 
@@ -184,12 +186,15 @@ def make_segmenter(
         Slices (U-Nets) or tiles (Mask R-CNN) per forward pass; default the class's.
     halo : (hz, hy, hx), optional
         Voxels read around each block (default the method's).
+    options : mapping, optional
+        Further fields of the method's class, set before its model is loaded (e.g. unet3d's
+        ``clean`` and ``fill``); with several tasks, each must have them.
 
     Raises
     ------
     ConfigError
         An unknown task or method, ``method`` with several tasks, a model for a method that has
-        none, or a missing required model.
+        none, a missing required model, or an option the method does not have.
     """
     names = [_task(t) for t in ([tasks] if isinstance(tasks, str) else tasks)]
     if not names or len(set(names)) != len(names):
@@ -202,8 +207,8 @@ def make_segmenter(
     if extra:
         raise ConfigError(f"a model is given for {', '.join(extra)}, which is not among the tasks "
                           f"({', '.join(t.value for t in names)})")
-    parts = [_one(entry(t, method), given.get(t), device=device, batch_size=batch_size, halo=halo)
-             for t in names]
+    parts = [_one(entry(t, method), given.get(t), device=device, batch_size=batch_size, halo=halo,
+                  extra=dict(options or {})) for t in names]
     if len(parts) == 1:
         return parts[0]
     from ._combined import CombinedSegmenter
@@ -212,7 +217,7 @@ def make_segmenter(
 
 
 def _one(row: MethodEntry, model: str | Path | None, *, device: str, batch_size: int | None,
-         halo: tuple[int, int, int] | None) -> Segmenter:
+         halo: tuple[int, int, int] | None, extra: dict[str, Any] | None = None) -> Segmenter:
     options: dict[str, Any] = {}
     if row.network is not None:
         options["device"] = device
@@ -224,6 +229,14 @@ def _one(row: MethodEntry, model: str | Path | None, *, device: str, batch_size:
         raise ConfigError(f"{option('a model', '--model')} is for network methods; the "
                           f"{row.method.value} method has no model")
     seg = row.make(**options)
+    if extra:
+        known = {f.name for f in dataclasses.fields(seg)} - {"task", "model_path", "device",
+                                                            "batch_size", "halo"}
+        unknown = sorted(set(extra) - known)
+        if unknown:
+            raise ConfigError(f"the {row.method.value} method of the {row.task.value} task has no "
+                              f"option {', '.join(unknown)}")
+        seg._update(**extra)
     if row.network is not None:
         seg.load_model(model)
     if halo is not None:

@@ -38,14 +38,15 @@ from dask.base import tokenize
 from dask.delayed import Delayed, delayed
 from scipy import ndimage
 
-from ..errors import ConfigError, SxtdaskError
+from ..errors import ConfigError, InputError, SxtdaskError, option
 from ..stats import IntensityStats
 from ._base import BlockContext, OutputKind, OutputSpec, Segmenter
 from ._names import Method, Task
 from ._resize import axis_taps, resize_block, resize_dask, resize_mode
 from ._unet import checkpoint_model
 
-__all__ = ["UNet3DSegmenter", "clean_labels", "fill_labels", "grid_shape", "patch_starts"]
+__all__ = ["UNet3DSegmenter", "cell_masks", "clean_labels", "fill_labels", "grid_shape",
+           "patch_starts"]
 
 
 def grid_shape(scale: Sequence[int], patch: Sequence[int], stride: int) -> tuple[int, int, int]:
@@ -100,6 +101,16 @@ def fill_labels(labels: np.ndarray, threshold: float) -> np.ndarray:
         fill = np.isin(holes, small) & (labels == 0)
         out[fill] = k
     return out
+
+
+def cell_masks(labels: np.ndarray, classes: Sequence[tuple[int, str]]) -> dict[str, np.ndarray]:
+    """A 3-D cell segmenter's answer as the reference's cell U-Net gives it: ``cell_mask`` (every
+    voxel whose label is not 0) and ``nucleus_mask`` (the voxels of the class named ``nucleus``,
+    whatever the case; none where no class is), both uint8 0/1 arrays.
+    """
+    nucleus = [int(v) for v, name in classes if str(name).strip().lower() == "nucleus"]
+    return {"cell_mask": (labels != 0).astype(np.uint8),
+            "nucleus_mask": np.isin(labels, nucleus).astype(np.uint8)}
 
 
 def _position(grid: Sequence[int]) -> np.ndarray:
@@ -165,7 +176,17 @@ class UNet3DSegmenter(Segmenter):
             if value is not None and not 0 <= value <= 1:
                 raise ConfigError(f"{name} ({value}) must lie between 0 and 1")
         if self.model_path is not None and not os.path.isfile(self.model_path):
-            raise SxtdaskError(f"{self.model_path}: no such model file")
+            raise InputError(f"{self.model_path}: no such model file")
+        if any(self.stride > p for p in self.patch):
+            raise ConfigError(f"stride ({self.stride}) exceeds the patch {self.patch}: grid voxels "
+                              "between patches would get no prediction")
+
+    @property
+    def context_radius(self) -> tuple[int, int, int]:  # type: ignore[override]
+        """Every block reads the whole tomogram's label grid (a per-tomogram task), never its
+        neighbours' voxels: it needs no halo.
+        """
+        return (0, 0, 0)
 
     @property
     def outputs(self) -> tuple[OutputSpec, ...]:  # type: ignore[override]
@@ -194,11 +215,11 @@ class UNet3DSegmenter(Segmenter):
         if path is None:
             raise ConfigError("the unet3d method has no bundled weights: give a Biomedisa .h5 "
                               "file (for example ACSeg.h5) or a checkpoint of `sxtdask train "
-                              "--arch unet3d` with --model / load_model(path)")
+                              f"--arch unet3d` with {option('load_model(path)', '--model PATH')}")
         from ..models import read_unet3d
 
         if not os.path.isfile(path):
-            raise SxtdaskError(f"{path}: no such model file")
+            raise InputError(f"{path}: no such model file")
         info = read_unet3d(path)
         meta = info.meta
         if meta.patch_normalization:
@@ -207,6 +228,11 @@ class UNet3DSegmenter(Segmenter):
         if not meta.scaling:
             raise SxtdaskError(f"{path} was trained without scaling to a grid, which sxtdask's "
                                "unet3d predictor does not do")
+        if any(self.stride > p for p in meta.patch_size):
+            raise ConfigError(f"{path}: its patches {tuple(meta.patch_size)} are smaller than the "
+                              f"stride ({self.stride}), so grid voxels between patches would get "
+                              "no prediction (set UNet3DSegmenter's stride to at most the "
+                              "patch)")
         self._update(model_path=str(path), scale=meta.scale, patch=meta.patch_size,
                      normalize=meta.normalize, mu=meta.mu, sig=meta.sig, labels=meta.labels,
                      channels=info.channels, materials=meta.materials)
@@ -290,6 +316,16 @@ class UNet3DSegmenter(Segmenter):
     def with_batch_size(self, batch_size: int) -> UNet3DSegmenter:
         return self if self.batch_size <= batch_size else dataclasses.replace(
             self, batch_size=batch_size)
+
+    def predict(self, volume: np.ndarray,
+                voxel_size_nm: tuple[float, float, float] = (1.0, 1.0, 1.0), *,
+                threshold: float | None = None) -> dict[str, np.ndarray]:
+        """Whole-volume prediction, returned as the cell U-Net returns it: ``{"cell_mask",
+        "nucleus_mask"}`` (:func:`cell_masks`; the label values themselves come from
+        :meth:`segment_volume`). The method has no threshold.
+        """
+        labels = super().predict(volume, voxel_size_nm, threshold=threshold)
+        return cell_masks(np.asarray(labels), self.outputs[0].classes)
 
 
 @dataclass(frozen=True)
