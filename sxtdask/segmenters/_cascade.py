@@ -286,9 +286,11 @@ class CascadeSegmenter(Segmenter):
             for iy, ty in enumerate(ys):
                 box = (slice(tz, min(tz + e2, shape[0])), slice(ty, min(ty + e2, shape[1])),
                        slice(0, shape[2]))
+                # read and merged anywhere: only the network's task asks for a GPU
+                window, reach = delayed(image[box], pure=True), stage1.for_block(box)
                 with dask.annotate(**annotations):
                     rows[(tz, ty)] = delayed(_stage2_row, pure=True)(
-                        self, image[box], stage1.for_block(box), stats, (tz, ty), xs, shape,
+                        self, window, reach, stats, (tz, ty), xs, shape,
                         dask_key_name=(f"cascade.stage2-{token}", iz, iy))
         return _Rows(rows, shape, e2, 1, 0, token)
 
@@ -309,10 +311,11 @@ class CascadeSegmenter(Segmenter):
                 box = (slice(tz, min(tz + s1, small[0])), slice(ty, min(ty + s1, small[1])),
                        slice(0, small[2]))
                 if level is not None:
-                    window, raw = level[box], False
+                    window, raw = delayed(level[box], pure=True), False
                 else:  # bin the full-resolution rows in the task
-                    window = image[tuple(slice(s.start * b, min(s.stop * b, n))
-                                         for s, n in zip(box, shape, strict=True))]
+                    window = delayed(image[tuple(slice(s.start * b, min(s.stop * b, n))
+                                                 for s, n in zip(box, shape, strict=True))],
+                                     pure=True)
                     raw = True
                 with dask.annotate(**annotations):
                     rows[(tz, ty)] = delayed(_stage1_row, pure=True)(
