@@ -145,11 +145,18 @@ def _options(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Any]:
 def run(args: argparse.Namespace, con: Console) -> dict[str, Any]:
     """Train the network of ``args.task`` on the labelled tomograms ``args.data`` into ``args.out``."""
     from sxtdask.errors import InputError
-    from sxtdask.train import check_out, open_training_data, source_key, split_by_tomogram
+    from sxtdask.train import (
+        check_out,
+        check_run_out,
+        open_training_data,
+        source_key,
+        split_by_tomogram,
+    )
 
     _check_arch(args)
     config, trainer = _trainer(args)  # options are checked before anything is read
-    check_out(args.out, args.resume, args.overwrite)  # before any data is read
+    check = check_out if args.arch == "unet2d" else check_run_out
+    check(args.out, args.resume, args.overwrite)  # before any data is read
     if args.val_data:
         both = {source_key(s) for s in args.data} & {source_key(s) for s in args.val_data}
         if both:

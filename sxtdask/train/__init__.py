@@ -29,6 +29,7 @@ from ._data import (
     target_from_labels,
 )
 from ._maskrcnn import MaskRCNNTrainConfig, train_maskrcnn
+from ._train3d import check_run_out
 from ._unet import UNetTrainConfig, train_unet
 from ._unet3d import UNet3DTrainConfig, train_unet3d
 
@@ -45,6 +46,7 @@ __all__ = [
     "UNetTrainConfig",
     "check_out",
     "check_patching",
+    "check_run_out",
     "class_target",
     "export_coco",
     "ignore_label_of",

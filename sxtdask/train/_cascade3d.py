@@ -39,7 +39,6 @@ from ..errors import OVERWRITE, ConfigError
 from ._common import (
     Progress,
     TrainResult,
-    check_out,
     load_state,
     positive,
     resolve_train_device,
@@ -59,6 +58,7 @@ from ._train3d import (
     augment_block,
     bin_mode,
     ce_dice_loss,
+    check_run_out,
     dice_counts,
     dice_metrics,
     label_map_of,
@@ -209,7 +209,7 @@ def train_cascade(train: Sequence[TrainingVolume], val: Sequence[TrainingVolume]
     from ..models import NCXTCascade
 
     out = Path(out)
-    check_out(out, resume, overwrite)
+    check_run_out(out, resume, overwrite)
     device = resolve_train_device(config.device)
     rng = seed_everything(config.seed)
     cfg = config.cascade_config()

@@ -466,7 +466,8 @@ def class_target(labels: np.ndarray, n_classes: int, *, label_map: LabelMap | No
         Value → class (None: unannotated); every value in ``labels`` other than
         ``ignore_label`` must be in it. Default: the values ``0 .. n_classes − 1`` are the classes.
     ignore_label : int, optional
-        The value of unannotated voxels (a ``label_map`` entry for it wins).
+        The value of unannotated voxels (an explicit ``label_map`` entry for it wins; without a
+        map it is unannotated even where it is a class value).
     source : str
         Named in messages.
 
@@ -486,7 +487,7 @@ def class_target(labels: np.ndarray, n_classes: int, *, label_map: LabelMap | No
         raise InputError(f"{source}: negative label value {values[0]}")
     mapping: LabelMap = dict(label_map) if label_map is not None else {
         c: c for c in range(n_classes)}
-    if ignore_label is not None and ignore_label not in mapping:
+    if ignore_label is not None and (label_map is None or ignore_label not in label_map):
         mapping[int(ignore_label)] = None
     unknown = [v for v in values if v not in mapping]
     if unknown:

@@ -14,18 +14,20 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import OVERWRITE, ConfigError, OutputError, option
 from ..metrics import dice_from_counts
 from ..stats import IntensityStats
-from ._common import Progress
+from ._common import Progress, check_out, state_path
 from ._data import IGNORE, LabelMap, TrainingVolume, class_target, ignore_label_of, parse_label_map
 
-__all__ = ["CELL_CLASSES", "Labelled", "augment_block", "bin_mode", "ce_dice_loss", "dice_counts",
-           "dice_metrics", "BlockSampler", "load_labelled", "masked_cross_entropy"]
+__all__ = ["CELL_CLASSES", "BlockSampler", "Labelled", "augment_block", "bin_mode", "ce_dice_loss",
+           "check_run_out", "dice_counts", "dice_metrics", "load_labelled",
+           "masked_cross_entropy"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,19 @@ _TRIES = 8
 
 
 # --------------------------------------------------------------------------- data
+
+
+def check_run_out(out: str | Path, resume: bool, overwrite: bool) -> None:
+    """:func:`._common.check_out`, and an interrupted run's state beside ``out`` is not started
+    afresh over without ``overwrite`` (the 3-D trainers write ``out`` late: the cascade only in
+    stage 2).
+    """
+    out = Path(out)
+    check_out(out, resume, overwrite)
+    if not resume and not overwrite and state_path(out).is_file():
+        raise OutputError(f"{out}: an interrupted run's {state_path(out).name} is beside it; "
+                          f"pass {option('resume=True', '--resume')} to continue it or "
+                          f"{OVERWRITE} to start afresh")
 
 
 @dataclass

@@ -37,7 +37,6 @@ from ..errors import OVERWRITE, ConfigError
 from ._common import (
     Progress,
     TrainResult,
-    check_out,
     load_state,
     positive,
     resolve_train_device,
@@ -53,6 +52,7 @@ from ._train3d import (
     CELL_VALUES,
     Fit,
     Labelled,
+    check_run_out,
     dice_counts,
     dice_metrics,
     label_map_of,
@@ -196,7 +196,7 @@ def train_unet3d(train: Sequence[TrainingVolume], val: Sequence[TrainingVolume],
     from ..models import BiomedisaMeta, BiomedisaUNet3D, biomedisa_checkpoint_meta, save_checkpoint
 
     out = Path(out)
-    check_out(out, resume, overwrite)
+    check_run_out(out, resume, overwrite)
     device = resolve_train_device(config.device)
     rng = seed_everything(config.seed)
     n = len(CELL_CLASSES)
