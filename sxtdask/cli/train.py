@@ -36,7 +36,8 @@ ARCHS = ("unet2d", "unet3d", "cascade")
 #: Options of one family only: option dest → the families that take it.
 _ONLY = {
     "depth": ("cascade",), "block": ("cascade",), "binning": ("cascade",),
-    "val_blocks": ("cascade",), "preprocessing": ("cascade",),
+    "val_blocks": ("cascade",), "preprocessing": ("cascade",), "instancenorm": ("cascade",),
+    "foreground": ("cascade",),
     "filters": ("unet3d",), "resnet": ("unet3d",), "scale": ("unet3d",),
     "label_map": ("unet3d", "cascade"), "ignore_label": ("unet3d", "cascade"),
     "context": ("unet2d",), "jitter": ("unet2d",), "min_size": ("unet2d",),
@@ -107,10 +108,19 @@ def add_parser(sub: Any) -> None:
     own.add_argument("--val-blocks", type=int, default=None,
                      help="cascade: validation blocks per stage, drawn once from the validation "
                           "tomograms (default 16)")
+    own.add_argument("--foreground-fraction", dest="foreground", type=float, default=None,
+                     metavar="F",
+                     help="cascade: share of training blocks centred on a voxel of a foreground "
+                          "class drawn uniformly (cytoplasm or nucleus; NCXT draws all blocks "
+                          "uniformly) (default 0)")
     own.add_argument("--preprocessing", default=None, choices=("percentile", "lac"),
                      help="cascade: network input, recorded in the checkpoint: percentile (the "
                           "volume's 0.5/99.5 percentiles to -1/1, sxtdask's) or lac (LAC x 100, "
                           "NCXT's, for calibrated LACs) (default percentile)")
+    own.add_argument("--instancenorm", default=None, choices=("both", "stage1", "stage2", "none"),
+                     help="cascade: the stages whose convolutions are InstanceNorm-ed per tile "
+                          "(NCXT: both; a tile's absolute level, which stage 2's probabilities "
+                          "carry, is lost to it) (default both)")
     own.add_argument("--filters", default=None, metavar="F1-F2-...",
                      help="unet3d: filters of the encoder levels and the bottleneck (default "
                           "8-16-32-64; Biomedisa's 32-64-128-256-512)")
@@ -216,7 +226,9 @@ def _trainer(args: argparse.Namespace) -> tuple[Any, Any]:
         opts = _options(args, {**common, "width": "width", "patience": "patience",
                                "depth": "depth", "block": "block", "block2": "block2",
                                "binning": "binning", "val_blocks": "val_blocks",
-                               "preprocessing": "preprocessing", "label_map": "label_map",
+                               "preprocessing": "preprocessing", "instancenorm": "instancenorm",
+                               "foreground": "foreground",
+                               "label_map": "label_map",
                                "ignore_label": "ignore_label"})
         return CascadeTrainConfig(**opts), train_cascade
     if args.arch == "unet3d":

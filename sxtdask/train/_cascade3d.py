@@ -73,6 +73,7 @@ __all__ = ["CascadeTrainConfig", "train_cascade"]
 logger = logging.getLogger(__name__)
 
 PREPROCESSINGS = ("percentile", "lac")
+INSTANCENORM = ("both", "stage1", "stage2", "none")
 
 
 @dataclass(frozen=True)
@@ -100,13 +101,19 @@ class CascadeTrainConfig:
     patience : int
         Early stop after this many epochs without a better validation Dice (NCXT: 50).
     val_blocks : int
-        Validation blocks per stage (drawn once from the validation tomograms).
+        Validation blocks per stage (drawn once from the validation tomograms, uniformly).
+    foreground : float
+        Share of training blocks centred on a voxel of a foreground class (cytoplasm or nucleus,
+        drawn uniformly) rather than drawn uniformly (NCXT: 0).
     sigma : float
         The Gaussian (voxels) on stage 1's probabilities before stage 2 (NCXT: 2).
     preprocessing : str
         ``percentile`` (sxtdask's: the volume's 0.5/99.5 percentiles → −1/1) or ``lac``
         (NCXT's LAC × ``lac_factor``, for calibrated LACs).
-    instancenorm : bool
+    instancenorm : str
+        Which stages normalise each conv's output per tile with InstanceNorm: ``both`` (NCXT),
+        ``stage1``, ``stage2`` or ``none``. InstanceNorm removes a tile's absolute level, and
+        stage 2 reads probabilities whose level is the answer: ``stage1`` keeps it there.
     label_map : str, optional
         ``VALUE:CLASS,...`` (see :func:`sxtdask.train.parse_label_map`).
     ignore_label : int, optional
@@ -129,10 +136,11 @@ class CascadeTrainConfig:
     lr_window: int = 10
     patience: int = 50
     val_blocks: int = 16
+    foreground: float = 0.0
     sigma: float = 2.0
     preprocessing: str = "percentile"
     lac_factor: float = 100.0
-    instancenorm: bool = True
+    instancenorm: str = "both"
     label_map: str | None = None
     ignore_label: int | None = None
     seed: int = 0
@@ -144,10 +152,15 @@ class CascadeTrainConfig:
             positive_int(name, getattr(self, name))
         positive_int("patience", self.patience, 0)
         positive("lr", self.lr)
+        if not 0 <= self.foreground <= 1:
+            raise ConfigError(f"foreground ({self.foreground}) must be in [0, 1]")
         if not 0 < self.lr_factor <= 1:
             raise ConfigError(f"lr_factor ({self.lr_factor}) must be in (0, 1]")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay ({self.weight_decay}) must not be negative")
+        if self.instancenorm not in INSTANCENORM:
+            raise ConfigError(f"instancenorm {self.instancenorm!r} must be one of "
+                              f"{', '.join(INSTANCENORM)}")
         if self.preprocessing not in PREPROCESSINGS:
             raise ConfigError(f"preprocessing {self.preprocessing!r} must be one of "
                               f"{', '.join(PREPROCESSINGS)}")
@@ -163,12 +176,14 @@ class CascadeTrainConfig:
         prep: dict[str, Any] = {"name": self.preprocessing}
         if self.preprocessing == "lac":
             prep["factor"] = float(self.lac_factor)
-        common: dict[str, Any] = {"depth": self.depth, "start_filts": self.width,
-                  "instancenorm": self.instancenorm}
+        common: dict[str, Any] = {"depth": self.depth, "start_filts": self.width}
+        norm = self.instancenorm
         return CascadeConfig(
             num_classes=len(CELL_CLASSES),
-            stage1=StageConfig(**common, block=self.block, binning=self.binning),
-            stage2=StageConfig(**common, block=self.block2 or self.block, binning=1),
+            stage1=StageConfig(**common, block=self.block, binning=self.binning,
+                               instancenorm=norm in ("both", "stage1")),
+            stage2=StageConfig(**common, block=self.block2 or self.block, binning=1,
+                               instancenorm=norm in ("both", "stage2")),
             sigma=float(self.sigma), preprocessing=prep, classes=CELL_CLASSES, labels=CELL_VALUES)
 
     def record(self) -> dict[str, Any]:
@@ -298,7 +313,7 @@ def _stage2_input(seg: Any, v: Labelled) -> tuple[np.ndarray, np.ndarray]:
 def _fit(stage: int, part: Any, opt: Any, vols: list[tuple[np.ndarray, np.ndarray]],
          vvols: list[tuple[np.ndarray, np.ndarray]], config: CascadeTrainConfig, size: int,
          rng: np.random.Generator, device: str) -> Fit:
-    sampler = BlockSampler(vols, size, rng)
+    sampler = BlockSampler(vols, size, rng, config.foreground)
 
     def batch() -> tuple[np.ndarray, np.ndarray]:
         xs, ts = [], []

@@ -144,8 +144,11 @@ def _crop(a: np.ndarray, origin: Sequence[int], size: int, fill: float) -> np.nd
 class BlockSampler:
     """Random blocks (input (C, s, s, s), target (s, s, s)) holding at least one annotated voxel.
 
-    The volume is drawn in proportion to its annotated voxels, the block uniformly; a block with
-    no annotated voxel is redrawn, and after a few misses one is centred on an annotated voxel.
+    The volume is drawn in proportion to its annotated voxels. A share ``foreground`` of the
+    blocks is centred (± a quarter block) on a voxel of a foreground class drawn uniformly among
+    those the volume holds, so that small classes (the nucleus) are seen; the others are drawn
+    uniformly, a block with no annotated voxel is redrawn, and after a few misses one is centred
+    on an annotated voxel.
 
     Parameters
     ----------
@@ -154,29 +157,55 @@ class BlockSampler:
         Block side; volumes shorter than it are padded after their end (input 0, target
         ``IGNORE``), as the segmenters pad their tiles.
     rng : numpy.random.Generator
+    foreground : float
+        Share of class-centred blocks (0: all uniform, NCXT's way).
     """
 
     def __init__(self, volumes: Sequence[tuple[np.ndarray, np.ndarray]], size: int,
-                 rng: np.random.Generator) -> None:
+                 rng: np.random.Generator, foreground: float = 0.0) -> None:
         self.volumes, self.size, self.rng = list(volumes), int(size), rng
+        self.foreground = float(foreground)
         known = np.array([np.count_nonzero(t != IGNORE) for _, t in self.volumes], dtype=float)
         self.p = known / known.sum()
-        self._known: dict[int, np.ndarray] = {}
+        self._where: dict[tuple[int, int], np.ndarray] = {}
+
+    def _voxels(self, i: int, c: int) -> np.ndarray:
+        """Flat indices of class ``c`` (``IGNORE``: of every annotated voxel) in volume ``i``."""
+        if (i, c) not in self._where:
+            t = self.volumes[i][1]
+            found = np.flatnonzero(t != IGNORE if c == IGNORE else t == c)
+            self._where[(i, c)] = found.astype(np.int32 if t.size < 2**31 else np.int64)
+        return self._where[(i, c)]
+
+    def _present(self, i: int) -> list[int]:
+        """The foreground classes volume ``i`` holds."""
+        if (i, -2) not in self._where:
+            top = int(self.volumes[i][1].max())
+            self._where[(i, -2)] = np.array([c for c in range(1, top + 1)
+                                             if len(self._voxels(i, c))], dtype=np.int64)
+        return [int(c) for c in self._where[(i, -2)]]
+
+    def _centred(self, i: int, c: int, jitter: int) -> list[int]:
+        t = self.volumes[i][1]
+        where = self._voxels(i, c)
+        centre = np.unravel_index(int(where[int(self.rng.integers(len(where)))]), t.shape)
+        return [min(max(int(k) - self.size // 2 + int(self.rng.integers(-jitter, jitter + 1)), 0),
+                    max(n - self.size, 0)) for k, n in zip(centre, t.shape, strict=True)]
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         rng, size = self.rng, self.size
         i = int(rng.choice(len(self.volumes), p=self.p))
         x, t = self.volumes[i]
+        if self.foreground > 0 and rng.random() < self.foreground:
+            present = self._present(i)
+            if present:
+                origin = self._centred(i, present[int(rng.integers(len(present)))], size // 4)
+                return _crop(x, origin, size, 0.0), _crop(t, origin, size, IGNORE)
         for attempt in range(_TRIES):
             if attempt < _TRIES - 1:
                 origin = [int(rng.integers(0, max(n - size, 0) + 1)) for n in t.shape]
             else:
-                if i not in self._known:
-                    self._known[i] = np.flatnonzero(t != IGNORE)
-                known = self._known[i]
-                centre = np.unravel_index(int(known[int(rng.integers(len(known)))]), t.shape)
-                origin = [min(max(int(c) - size // 2, 0), max(n - size, 0))
-                          for c, n in zip(centre, t.shape, strict=True)]
+                origin = self._centred(i, IGNORE, 0)
             tb = _crop(t, origin, size, IGNORE)
             if (tb != IGNORE).any():
                 break
