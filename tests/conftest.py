@@ -47,3 +47,25 @@ def client():
                       dashboard_address=":0", memory_limit="2GiB") as cluster:
         with Client(cluster) as c:
             yield c
+
+
+@pytest.fixture(scope="session")
+def unet3d_checkpoint(tmp_path_factory):
+    """A tiny Biomedisa 3-D U-Net as an sxtdask checkpoint (labels 0, 5, 9 named exterior,
+    cytoplasm, nucleus; 48³ grid, 32³ patches): ``tests/segment3d_helpers.py``.
+    """
+    pytest.importorskip("torch")
+    from segment3d_helpers import make_unet3d_checkpoint
+
+    return make_unet3d_checkpoint(tmp_path_factory.mktemp("unet3d") / "unet3d.pt")
+
+
+@pytest.fixture(scope="session")
+def cascade_checkpoint(tmp_path_factory):
+    """A tiny NCXT cascade checkpoint (8³ tiles, stage 1 binned ×2, halo 8):
+    ``tests/segment3d_helpers.py``.
+    """
+    pytest.importorskip("torch")
+    from segment3d_helpers import make_cascade_checkpoint
+
+    return make_cascade_checkpoint(tmp_path_factory.mktemp("cascade") / "cascade.pt")
