@@ -248,6 +248,26 @@ def test_clean_and_fill_run_on_the_label_grid(unet3d_checkpoint: Path) -> None:
     assert not np.array_equal(plain.segment_volume(vol)["cell"], post.segment_volume(vol)["cell"])
 
 
+def test_method_options_reach_only_the_methods_that_have_them(unet3d_checkpoint: Path,
+                                                              cascade_checkpoint: Path) -> None:
+    seg = make_segmenter("cell", "unet3d", models={"cell": unet3d_checkpoint}, device="cpu",
+                         options={"clean": 0.3, "fill": 0.8})
+    assert (seg.clean, seg.fill) == (0.3, 0.8)
+    with pytest.raises(ConfigError, match="the cascade method of the cell task has no option clean"):
+        make_segmenter("cell", "cascade", models={"cell": cascade_checkpoint}, options={"clean": 0.3})
+    with pytest.raises(ConfigError, match=r"fill \(1.5\) must lie between 0 and 1"):
+        make_segmenter("cell", "unet3d", models={"cell": unet3d_checkpoint}, options={"fill": 1.5})
+
+
+def test_unet3d_refuses_a_stride_that_leaves_gaps(unet3d_checkpoint: Path) -> None:
+    """Patches further apart than their size would leave grid voxels without a prediction."""
+    with pytest.raises(ConfigError, match="stride"):
+        UNet3DSegmenter(stride=65)  # the default patch is 64³
+    with pytest.raises(ConfigError, match=r"unet3d.pt: its patches \(32, 32, 32\) are smaller"):
+        UNet3DSegmenter(device="cpu", stride=33).load_model(unet3d_checkpoint)
+    assert UNet3DSegmenter(device="cpu", stride=32).load_model(unet3d_checkpoint).grid == (32,) * 3
+
+
 # --------------------------------------------------------------------------- the reference API
 
 
