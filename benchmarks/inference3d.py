@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from memory import PeakRSS  # benchmarks/memory.py
 
 
@@ -85,8 +84,7 @@ def _cascade_model(work: Path, width: int, sample: np.ndarray) -> Path:
 def _unet3d_model(work: Path, filters: list[int], sample: np.ndarray) -> Path:
     import torch
 
-    from sxtdask.models import BiomedisaMeta, BiomedisaUNet3D, biomedisa_checkpoint_meta, \
-        save_checkpoint
+    from sxtdask.models import BiomedisaMeta, BiomedisaUNet3D, biomedisa_checkpoint_meta, save_checkpoint
 
     torch.manual_seed(0)
     net = BiomedisaUNet3D(filters, 1, 3).eval()
@@ -118,14 +116,13 @@ def _pad(a: np.ndarray, size: int) -> np.ndarray:
 
 def peer_cascade(vol: np.ndarray, path: Path, batch: int) -> np.ndarray:
     """NCXT's cascade over an in-memory tomogram, as a plain loop."""
+    import dask.array as da
     from scipy import ndimage
 
     from sxtdask.io import bin_mean
     from sxtdask.models import load_cascade
     from sxtdask.segmenters._cascade import tile_starts, tile_window
     from sxtdask.stats import global_stats
-
-    import dask.array as da
 
     net, cfg = load_cascade(path)
     stats = global_stats(da.from_array(vol, chunks=(32, -1, -1))).compute(scheduler="sync")

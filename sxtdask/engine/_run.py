@@ -996,7 +996,7 @@ def _store_graph(layout: _Layout, stats: IntensityStats | Delayed, finalize: boo
     counts_name = f"{task_prefix('finish', what, tomo)}-counts-{token}"
     dsk[counts_name] = (_counts, name)
     # Inference runs where the accelerator is; reading, relabelling and writing run anywhere.
-    resources = {"resources": {"GPU": 1}} if seg.needs_gpu else None
+    resources = {"resources": {"GPU": 1}} if seg.blocks_need_gpu else None
     layers: dict[str, Any] = {prepare: MaterializedLayer(first),
                               run_name: MaterializedLayer(seg_tasks, annotations=resources),
                               name: MaterializedLayer(dsk)}

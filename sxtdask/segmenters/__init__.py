@@ -27,7 +27,14 @@ from ._registry import (  # light: a method's class is imported when a segmenter
 )
 
 if TYPE_CHECKING:
-    from ._base import OutputKind, OutputSpec, Segmenter, SegmenterInfo
+    from ._base import BlockContext, OutputKind, OutputSpec, Segmenter, SegmenterInfo
+    from ._cascade import (
+        CascadeSegmenter,
+        fuse_tiles,
+        gaussian_radius,
+        tile_starts,
+        tile_window,
+    )
     from ._classical import ClassicalISG, split_granules
     from ._combined import CombinedSegmenter
     from ._linking import link_slices
@@ -39,6 +46,7 @@ if TYPE_CHECKING:
         SXTMitoSegmenter,
     )
     from ._renamed import RenamedSegmenter, check_label_name, rename_outputs
+    from ._resize import Taps, axis_taps, resize_block, resize_dask, resize_mode
     from ._tiles import (
         Detections,
         Tile,
@@ -47,6 +55,14 @@ if TYPE_CHECKING:
         tile_grid,
     )
     from ._unet import LAC_FACTOR, PREPROCESSING, UNetSegmenter, pad_reflect, prepare_slices
+    from ._unet3d import (
+        UNet3DSegmenter,
+        cell_masks,
+        clean_labels,
+        fill_labels,
+        grid_shape,
+        patch_starts,
+    )
     from ._unet_instances import UNetISGInstances
 
 #: The modules that need NumPy, SciPy or Dask, and their public names: each is imported the
@@ -54,7 +70,7 @@ if TYPE_CHECKING:
 #: command line's options offer) come without them. A new public name goes here, in the
 #: ``TYPE_CHECKING`` imports above and in ``__all__``.
 _LAZY = {
-    "_base": ("OutputKind", "OutputSpec", "Segmenter", "SegmenterInfo"),
+    "_base": ("BlockContext", "OutputKind", "OutputSpec", "Segmenter", "SegmenterInfo"),
     "_classical": ("ClassicalISG", "split_granules"),
     "_combined": ("CombinedSegmenter",),
     "_linking": ("link_slices",),
@@ -66,6 +82,11 @@ _LAZY = {
                "tile_grid"),
     "_unet": ("LAC_FACTOR", "PREPROCESSING", "UNetSegmenter", "pad_reflect", "prepare_slices"),
     "_unet_instances": ("UNetISGInstances",),
+    "_unet3d": ("UNet3DSegmenter", "cell_masks", "clean_labels", "fill_labels", "grid_shape",
+                "patch_starts"),
+    "_cascade": ("CascadeSegmenter", "fuse_tiles", "gaussian_radius", "tile_starts",
+                 "tile_window"),
+    "_resize": ("Taps", "axis_taps", "resize_block", "resize_dask", "resize_mode"),
 }
 _HOME = {name: module for module, names in _LAZY.items() for name in names}
 
@@ -85,17 +106,19 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "LAC_FACTOR",
-    "PREPROCESSING",
-    "REGISTRY",
+    "BlockContext",
+    "CascadeSegmenter",
     "ClassicalISG",
     "CombinedSegmenter",
     "Detections",
+    "LAC_FACTOR",
     "MaskRCNNISG",
     "Method",
     "MethodEntry",
     "OutputKind",
     "OutputSpec",
+    "PREPROCESSING",
+    "REGISTRY",
     "RenamedSegmenter",
     "SXTCellSegmenter",
     "SXTISGMaskRCNNSegmenter",
@@ -103,25 +126,40 @@ __all__ = [
     "SXTMitoSegmenter",
     "Segmenter",
     "SegmenterInfo",
+    "Taps",
     "Task",
     "Tile",
+    "UNet3DSegmenter",
     "UNetISGInstances",
     "UNetSegmenter",
+    "axis_taps",
+    "cell_masks",
+    "check_label_name",
+    "clean_labels",
     "create_segmenter",
     "default_method",
     "entry",
+    "fill_labels",
+    "fuse_tiles",
+    "gaussian_radius",
+    "grid_shape",
     "link_slices",
     "make_segmenter",
     "maskrcnn_max_size",
-    "check_label_name",
     "methods_for",
     "pad_reflect",
+    "patch_starts",
     "prepare_maskrcnn_slices",
     "prepare_slices",
     "rename_outputs",
+    "resize_block",
+    "resize_dask",
+    "resize_mode",
     "segment_slice_tiled",
     "split_granules",
     "stitch_tile_detections",
     "tile_grid",
+    "tile_starts",
+    "tile_window",
     "trainable",
 ]

@@ -158,6 +158,14 @@ class Segmenter(abc.ABC):
 
         return resolve_device(self.device).startswith("cuda")
 
+    @property
+    def blocks_need_gpu(self) -> bool:
+        """True when its per-block work runs a network on CUDA (the engine pins block tasks to
+        workers with a ``GPU`` resource). Methods whose network runs in their per-tomogram work
+        (:meth:`plan_context`) pin those tasks themselves and say False here.
+        """
+        return self.needs_gpu
+
     def describe(self) -> SegmenterInfo:
         """The segmenter's typed description."""
         return SegmenterInfo(

@@ -77,6 +77,10 @@ class CombinedSegmenter(Segmenter):
         return any(p.needs_gpu for p in self.parts)
 
     @property
+    def blocks_need_gpu(self) -> bool:
+        return any(p.blocks_need_gpu for p in self.parts)
+
+    @property
     def device(self) -> str | None:  # type: ignore[override]
         devices = {p.device for p in self.parts} - {None}
         return devices.pop() if len(devices) == 1 else None if not devices else "mixed"

@@ -98,6 +98,10 @@ class RenamedSegmenter(Segmenter):
         return self.inner.needs_gpu
 
     @property
+    def blocks_need_gpu(self) -> bool:
+        return self.inner.blocks_need_gpu
+
+    @property
     def max_batch(self) -> int:
         return self.inner.max_batch
 

@@ -197,6 +197,9 @@ class UNet3DSegmenter(Segmenter):
                         for i, v in enumerate(self.labels) if v != 0)
         return (OutputSpec("cell", OutputKind.SEMANTIC, dtype, classes=classes),)
 
+    #: Blocks only resize or fuse: the network runs in the per-tomogram tasks, pinned there.
+    blocks_need_gpu = False
+
     @property
     def model_files(self) -> tuple[str, ...]:
         return () if self.model_path is None else (self.model_path,)
