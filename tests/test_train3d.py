@@ -253,6 +253,21 @@ def test_blocks_hold_annotated_voxels_and_augmentation_moves_labels_with_the_ima
         assert (xa[1] == 0).all()  # only the image (channel 0) is jittered
 
 
+def test_foreground_blocks_are_centred_on_each_foreground_class_alike():
+    t = np.zeros((32, 32, 32), np.int8)
+    t[2:4, 2:4, 2:4] = 2  # a small "nucleus"
+    t[20:30, 20:30, 20:30] = 1
+    x = t[None].astype(np.float32)
+    uniform = BlockSampler([(x, t)], 8, np.random.default_rng(0))
+    centred = BlockSampler([(x, t)], 8, np.random.default_rng(0), foreground=1.0)
+    seen_uniform = sum((uniform.sample()[1] == 2).any() for _ in range(200))
+    seen_centred = [centred.sample()[1] for _ in range(200)]
+    assert seen_uniform < 30  # the nucleus is rare in uniform blocks ...
+    with_nucleus = sum((b == 2).any() for b in seen_centred)
+    assert 70 < with_nucleus < 130  # ... and in half of the centred ones
+    assert all((b > 0).any() for b in seen_centred)
+
+
 # --------------------------------------------------------------------------- the cascade
 
 

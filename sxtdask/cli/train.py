@@ -142,8 +142,14 @@ def add_parser(sub: Any) -> None:
     own.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     sub.add_parser(
         NAME, help="train a network on labelled tomograms (OME-Zarr with labels/, or IMAGE,LABELS)",
-        description="Train the cell/nucleus, mitochondria or ISG U-Net, or the ISG Mask R-CNN. "
-                    "The checkpoint is read by `segment --model PATH` and load_model(path).",
+        description="Train the cell/nucleus, mitochondria or ISG U-Net, or the ISG Mask R-CNN; "
+                    "or, for the cell task, a 3-D network: NCXT's two-stage cascade (--arch "
+                    "cascade; stage 1 on binned blocks, then stage 2 on the segmenter's own "
+                    "stage-1 probabilities) or a Biomedisa U-Net (--arch unet3d; every tomogram "
+                    "resized to --scale). The 3-D trainers read whole tomograms into memory and "
+                    "learn from sparse labels (--ignore-label, an AmiraMesh 'ignore' material, "
+                    "--label-map). The checkpoint is read by `segment --model PATH` (with "
+                    "--method cascade or unet3d for the 3-D ones) and load_model(path).",
         parents=[own, output_options()])
 
 
