@@ -450,7 +450,7 @@ def stores(tmp_path_factory) -> Path:
     return folder
 
 
-def test_cli_trains_a_cascade_that_segment_accepts(stores, tmp_path):
+def test_cli_trains_a_cascade_that_its_segmenter_reads(stores, tmp_path):
     model = tmp_path / "c.pt"
     proc = run_cli("train", "--task", "cell", "--arch", "cascade", "--data", stores / "p1.gt.zarr",
                    stores / "p2.gt.zarr", "--out", model, "--width", "4", "--depth", "2",
