@@ -423,8 +423,8 @@ def keras_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         pytest.skip("the Biomedisa files are built with Keras on the torch backend")
     from biomedisa_helpers import keras_unet, recentre_final, write_meta
 
+    from sxtdask.segmenters import normalise_grid as _normalised
     from sxtdask.segmenters._resize import resize_dask
-    from sxtdask.segmenters._unet3d import _normalised
 
     keras.utils.set_random_seed(0)
     model = keras_unet((4, 8), size=32)

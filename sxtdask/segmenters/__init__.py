@@ -61,6 +61,7 @@ if TYPE_CHECKING:
         clean_labels,
         fill_labels,
         grid_shape,
+        normalise_grid,
         patch_starts,
     )
     from ._unet_instances import UNetISGInstances
@@ -83,7 +84,7 @@ _LAZY = {
     "_unet": ("LAC_FACTOR", "PREPROCESSING", "UNetSegmenter", "pad_reflect", "prepare_slices"),
     "_unet_instances": ("UNetISGInstances",),
     "_unet3d": ("UNet3DSegmenter", "cell_masks", "clean_labels", "fill_labels", "grid_shape",
-                "patch_starts"),
+                "normalise_grid", "patch_starts"),
     "_cascade": ("CascadeSegmenter", "fuse_tiles", "gaussian_radius", "tile_starts",
                  "tile_window"),
     "_resize": ("Taps", "axis_taps", "resize_block", "resize_dask", "resize_mode"),
@@ -146,6 +147,7 @@ __all__ = [
     "link_slices",
     "make_segmenter",
     "maskrcnn_max_size",
+    "normalise_grid",
     "methods_for",
     "pad_reflect",
     "patch_starts",

@@ -46,7 +46,7 @@ from ._resize import axis_taps, resize_block, resize_dask, resize_mode
 from ._unet import checkpoint_model
 
 __all__ = ["UNet3DSegmenter", "cell_masks", "clean_labels", "fill_labels", "grid_shape",
-           "patch_starts"]
+           "normalise_grid", "patch_starts"]
 
 
 def grid_shape(scale: Sequence[int], patch: Sequence[int], stride: int) -> tuple[int, int, int]:
@@ -266,7 +266,7 @@ class UNet3DSegmenter(Segmenter):
         grid = self.grid
         token = tokenize(image.name, self)
         resized = resize_dask(image.astype(np.float32), grid)
-        norm = delayed(_normalised, pure=True)(resized, self.normalize, self.mu, self.sig,
+        norm = delayed(normalise_grid, pure=True)(resized, self.normalize, self.mu, self.sig,
                                                dask_key_name=f"unet3d.normalise-{token}")
         starts = patch_starts(grid, self.patch, self.stride)
         batches = [starts[i:i + self.batch_size] for i in range(0, len(starts), self.batch_size)]
@@ -341,7 +341,7 @@ class _SameForAll(BlockContext):
         return self.value
 
 
-def _normalised(grid: np.ndarray, normalize: bool, mu: float, sig: float) -> np.ndarray:
+def normalise_grid(grid: np.ndarray, normalize: bool, mu: float, sig: float) -> np.ndarray:
     """Min–max to [0, 1]; with ``normalize``, to the file's ``mu``, ``sig``, clipped to [0, 1]."""
     g = np.asarray(grid, np.float32)
     g = g - g.min()

@@ -291,7 +291,7 @@ def _segmenter(net: Any, cfg: Any, path: Path, device: str) -> Any:
     time, so the segmenter's model cache cannot hand back an older network).
     """
     from ..models import save_checkpoint
-    from ..segmenters._cascade import CascadeSegmenter
+    from ..segmenters import CascadeSegmenter
 
     save_checkpoint(path, net, {"task": "cell", **cfg.as_meta()})
     return CascadeSegmenter(device=device).load_model(path)

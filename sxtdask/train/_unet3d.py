@@ -150,7 +150,7 @@ class UNet3DTrainConfig:
 
     @property
     def grid(self) -> tuple[int, int, int]:
-        from ..segmenters._unet3d import grid_shape
+        from ..segmenters import grid_shape
 
         return grid_shape(self.scale, (self.patch,) * 3, STRIDE)
 
@@ -255,7 +255,7 @@ def train_unet3d(train: Sequence[TrainingVolume], val: Sequence[TrainingVolume],
 
 def _resize(a: np.ndarray, grid: Sequence[int], mode: str | None = None) -> np.ndarray:
     """``a`` resized to ``grid`` with the predictor's taps (the same values as its Dask resize)."""
-    from ..segmenters._resize import axis_taps, resize_block, resize_mode
+    from ..segmenters import axis_taps, resize_block, resize_mode
 
     mode = mode or resize_mode(a.shape, grid)
     taps = [axis_taps(i, o, mode) for i, o in zip(a.shape, grid, strict=True)]
@@ -266,15 +266,15 @@ def _first_image_moments(v: Labelled, grid: Sequence[int]) -> tuple[float, float
     """Biomedisa's ``mu``, ``sig``: mean and standard deviation of the first training image on the
     grid after min–max.
     """
-    from ..segmenters._unet3d import _normalised
+    from ..segmenters import normalise_grid as _normalised
 
     g = _normalised(_resize(v.image, grid), False, 0.0, 1.0)
     return float(g.mean(dtype=np.float64)), float(g.std(dtype=np.float64))
 
 
 def _to_grid(v: Labelled, config: UNet3DTrainConfig, mu: float, sig: float) -> _Grid:
-    from ..segmenters._resize import resize_mode
-    from ..segmenters._unet3d import _normalised
+    from ..segmenters import normalise_grid as _normalised
+    from ..segmenters import resize_mode
 
     grid = config.grid
     image = _normalised(_resize(v.image, grid), config.normalize, mu, sig)
@@ -299,7 +299,7 @@ def resize_target(target: np.ndarray, grid: Sequence[int], n_classes: int,
 
 
 def _annotated_patches(g: _Grid, patch: int) -> list[tuple[int, ...]]:
-    from ..segmenters._unet3d import patch_starts
+    from ..segmenters import patch_starts
 
     return [s for s in patch_starts(g.image.shape, (patch,) * 3, STRIDE)
             if (g.target[s[0]:s[0] + patch, s[1]:s[1] + patch, s[2]:s[2] + patch] != IGNORE).any()]
@@ -336,7 +336,7 @@ def _validator(net: Any, grids: list[_Grid], config: UNet3DTrainConfig, device: 
     """The predictor's grid prediction (softmax summed over patches, argmax) scored per class."""
     import torch
 
-    from ..segmenters._unet3d import patch_starts
+    from ..segmenters import patch_starts
 
     p = config.patch
 
