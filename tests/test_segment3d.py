@@ -135,6 +135,29 @@ def test_on_disk_pipeline_equals_single_process(method: str, segmenters: dict[st
     assert meta["properties"] == [{"label-value": v, "class": c} for v, c in named]
 
 
+def test_a_renamed_cell_image_is_evaluated_as_cell(segmenters: dict[str, Any],
+                                                   tmp_path: Path) -> None:
+    """``segment --name cell-cascade`` writes a cell image under another name: its metadata's
+    class names make ``evaluate`` score it as cell parts (cell > 0, cytoplasm, nucleus), against a
+    label file too, not as classes 1 and 2 alone."""
+    from sxtdask.metrics import evaluate_stores
+    from sxtdask.segmenters import rename_outputs
+
+    shape = SHAPES["cascade"]
+    store = write_image(blob_volume(shape), tmp_path / "cell.ome.zarr", voxel_size_nm=VOXEL)
+    seg = rename_outputs(segmenters["cascade"], {"cell": "cell-cascade"})
+    segment_tomogram(store, seg).compute(scheduler="threads")
+    pred = open_labels(store, "cell-cascade").compute()
+    truth = np.where(pred == 2, 1, pred).astype(np.uint8)  # nucleus called cytoplasm: cell agrees
+    truth_file = tmp_path / "truth.npy"
+    np.save(truth_file, truth)
+    result = evaluate_stores(store, truth_file, labels=["cell-cascade"], coco=False)
+    scores = next(iter(result["labels"].values()))
+    assert scores["kind"] == "cell"
+    assert scores["classes"]["cell"]["dice"] == pytest.approx(1.0)
+    assert scores["classes"]["nucleus"]["dice"] < 0.5
+
+
 # --------------------------------------------------------------------------- cascade stage 1
 
 

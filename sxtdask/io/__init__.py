@@ -5,6 +5,7 @@ from __future__ import annotations
 from sxtdask.io._labels import (
     create_labels,
     finalize_labels,
+    label_classes,
     labels_complete,
     list_label_images,
     list_labels,
@@ -32,6 +33,7 @@ __all__ = [
     "check_chunks_present",
     "create_labels",
     "finalize_labels",
+    "label_classes",
     "labels_complete",
     "list_label_images",
     "list_labels",

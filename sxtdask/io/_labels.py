@@ -37,8 +37,8 @@ from sxtdask.io._omezarr import (
 )
 
 __all__ = [
-    "LABEL_DTYPES", "create_labels", "finalize_labels", "labels_complete", "list_labels", "open_labels",
-    "write_labels",
+    "LABEL_DTYPES", "create_labels", "finalize_labels", "label_classes", "labels_complete",
+    "list_labels", "open_labels", "write_labels",
 ]
 
 logger = logging.getLogger(__name__)
@@ -297,6 +297,25 @@ def write_labels(
         for z0 in range(0, arr.shape[0], cz):
             arr[z0: z0 + cz] = np.asarray(labels[z0: z0 + cz], dtype=dtype)
     finalize_labels(path, name, colors=colors)
+
+
+def label_classes(path: PathLike, name: str) -> dict[int, str]:
+    """What the values of label image ``labels/<name>`` mean, from its ``image-label``
+    ``properties`` (``{"label-value": v, "class": name}``, as :func:`finalize_labels` writes
+    them); empty where it names none.
+    """
+    try:
+        group = _label_group(open_root(path), path, name)
+    except (InputError, KeyError):
+        return {}
+    ome = group.attrs.asdict().get("ome", {})
+    props = ome.get("image-label", {}).get("properties", []) if isinstance(ome, dict) else []
+    out: dict[int, str] = {}
+    for prop in props if isinstance(props, list) else []:
+        if isinstance(prop, dict) and isinstance(prop.get("label-value"), int) and \
+                isinstance(prop.get("class"), str):
+            out[prop["label-value"]] = prop["class"]
+    return out
 
 
 def open_labels(path: PathLike, name: str) -> da.Array:

@@ -81,8 +81,16 @@ def _parse(spec: str) -> tuple[str, str]:
     return pred, gt
 
 
-def _kind(pred: str, gt: str, dtypes: tuple[np.dtype, np.dtype], instances: Sequence[str]) -> LabelPair:
-    if gt == "cell" or pred == "cell":
+def _is_cell_image(classes: dict[int, str]) -> bool:
+    """A label image whose metadata names cell parts (1 cytoplasm, 2 nucleus), as every cell
+    method writes them, whatever the image is called (``segment --name cell-cascade``).
+    """
+    return classes.get(1) == "cytoplasm" or classes.get(2) == "nucleus"
+
+
+def _kind(pred: str, gt: str, dtypes: tuple[np.dtype, np.dtype], instances: Sequence[str],
+          cell: bool = False) -> LabelPair:
+    if gt == "cell" or pred == "cell" or cell:
         return LabelPair(pred, gt, LabelKind.CELL)
     wide = tuple(_is_instance_dtype(d) for d in dtypes)
     if pred in instances or gt in instances or pred == gt == "isg" or all(wide):
@@ -113,7 +121,7 @@ def resolve_labels(
     InputError
         A named label image is missing, or the stores have no name in common.
     """
-    from sxtdask.io import list_labels, open_labels
+    from sxtdask.io import label_classes, list_labels, open_labels
 
     pred_names, gt_names = list_labels(pred), list_labels(gt)
     if labels is None:
@@ -131,7 +139,8 @@ def resolve_labels(
             if name not in names:
                 raise InputError(f"{path}: no label image {name!r}; available: {', '.join(names) or 'none'}")
         dtypes = (open_labels(pred, p).dtype, open_labels(gt, g).dtype)
-        out.append(_kind(p, g, dtypes, instances))
+        cell = _is_cell_image(label_classes(pred, p)) or _is_cell_image(label_classes(gt, g))
+        out.append(_kind(p, g, dtypes, instances, cell))
     return out
 
 
@@ -397,7 +406,10 @@ def _label_file(
     if vol.dtype.kind not in "biu":
         raise InputError(f"{gt}: a label file holds integers; it holds {vol.dtype}")
     g = da.from_array(vol, chunks=p.chunks, asarray=True, name=f"truth-{tokenize(vol)}")
-    pair = _kind(name, Path(gt).name, (p.dtype, vol.dtype), instances)
+    from sxtdask.io import label_classes
+
+    pair = _kind(name, Path(gt).name, (p.dtype, vol.dtype), instances,
+                 _is_cell_image(label_classes(pred, name)))
     return pair, (p, g), vol
 
 
