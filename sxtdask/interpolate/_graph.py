@@ -43,9 +43,12 @@ class Interpolation:
         The interpolated labels (uint8, or wider for class values beyond 255).
     uncertainty : (Z, Y, X) uint8 dask.array.Array or None
         Biomedisa's uncertainty × 255 (walk method with ``uncertainty`` only).
-    block_info : list of Delayed
-        Per block (in ``labels``' block order) ``{"seeds": n}``: the seed voxels its walk task
-        walked from (0 for the shape method).
+    blocks : list of Delayed
+        Per block, in ``labels``' block order (C order of the block grid): ``(labels,
+        uncertainty or None, {"seeds": n})``, n the seed voxels its walk task walked from (0 for
+        the shape method).
+    boxes : list of box
+        Per block, its global [lo, hi) per axis.
     summary : LabelSummary
     config : InterpolationConfig
     walkable : tuple of (int, int)
@@ -54,7 +57,8 @@ class Interpolation:
 
     labels: da.Array
     uncertainty: da.Array | None
-    block_info: list[Delayed]
+    blocks: list[Delayed]
+    boxes: list[tuple[tuple[int, int], ...]]
     summary: LabelSummary
     config: InterpolationConfig
     walkable: tuple[tuple[int, int], ...]
@@ -202,19 +206,17 @@ def _walk_graph(image: da.Array, labels: da.Array, summary: LabelSummary, config
         own = near.index(idx) if idx in near else -1
         dsk[(merges, *idx)] = (merge_block, parts, core, plan_key, own)
     out_name, unc_name = f"{prefix}-labels-{token}", f"{prefix}-uncertainty-{token}"
-    info_name = f"{prefix}-info-{token}"
     for idx in boxes:
         dsk[(out_name, *idx)] = (operator.getitem, (merges, *idx), 0)
         dsk[(unc_name, *idx)] = (operator.getitem, (merges, *idx), 1)
-        dsk[(info_name, *idx)] = (operator.getitem, (merges, *idx), 2)
     graph = HighLevelGraph.from_collections(out_name, dsk, dependencies=deps)
     dtype = label_dtype(summary.classes)
     out = da.Array(graph, out_name, grid, dtype=dtype)
     unc = da.Array(graph, unc_name, grid, dtype=np.uint8) if config.uncertainty else None
-    info = [Delayed((info_name, *idx), graph, layer=out_name) for idx in boxes]
+    blocks = [Delayed((merges, *idx), graph, layer=out_name) for idx in boxes]
     logger.info("interpolation (walk): %d blocks, %d with seeds to walk, walkable box %s",
                 len(boxes), len(walk_keys), walkable)
-    return Interpolation(out, unc, info, summary, config, walkable)
+    return Interpolation(out, unc, blocks, list(boxes.values()), summary, config, walkable)
 
 
 def _shape_graph(labels: da.Array, summary: LabelSummary, config: InterpolationConfig,
@@ -239,8 +241,15 @@ def _shape_graph(labels: da.Array, summary: LabelSummary, config: InterpolationC
         plane = labels[tuple(index)].rechunk(-1)
         deps.append(plane)
         dsk[(sdf_name, i)] = (slice_sdf, (plane.name, 0, 0), summary.classes)
+    part_name = f"{prefix}-part-{token}"
+    for idx in boxes:
+        dsk[(part_name, *idx)] = (_shape_part, (out_name, *idx))
     graph = HighLevelGraph.from_collections(out_name, dsk, dependencies=deps)
     out = da.Array(graph, out_name, grid, dtype=dtype)
-    info = [Delayed(f"{prefix}-info-{token}-{n}", {f"{prefix}-info-{token}-{n}": {"seeds": 0}})
-            for n in range(len(boxes))]
-    return Interpolation(out, None, info, summary, config, tuple((0, n) for n in summary.shape))
+    blocks = [Delayed((part_name, *idx), graph, layer=out_name) for idx in boxes]
+    return Interpolation(out, None, blocks, list(boxes.values()), summary, config,
+                         tuple((0, n) for n in summary.shape))
+
+
+def _shape_part(labels: np.ndarray) -> tuple[np.ndarray, None, dict[str, int]]:
+    return labels, None, {"seeds": 0}
