@@ -32,6 +32,7 @@ from . import (
     demo,
     evaluate,
     export_coco,
+    interpolate,
     segment,
     stats,
     synth,
@@ -48,7 +49,7 @@ logger = logging.getLogger("sxtdask.cli")
 _DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 #: The command modules, in the order ``sxtdask --help`` lists them.
-COMMANDS = (convert, synth, segment, stats, demo, archive, evaluate, export_coco, train)
+COMMANDS = (convert, synth, segment, stats, demo, archive, evaluate, export_coco, train, interpolate)
 
 EXAMPLES = """\
 examples:
