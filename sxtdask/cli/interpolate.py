@@ -13,7 +13,7 @@ from sxtdask import __version__
 
 from ._cluster import cluster_config, open_cluster, span_name
 from ._console import Console, write_json
-from ._options import _positive, _triple, cluster_options, output_options
+from ._options import _positive, add_chunks_option, cluster_options, output_options
 
 NAME = "interpolate"
 EXAMPLES = """\
@@ -102,10 +102,7 @@ def add_parser(sub: Any) -> None:
                       help="K iterations of Biomedisa's curvature smoothing of the hit maps "
                            "(Biomedisa's --smooth uses 100)")
     tail = argparse.ArgumentParser(add_help=False)
-    tail.add_argument("--chunks", type=_triple, default=None, metavar="Z,Y,X",
-                      help=f"the blocks the work is split into (default: {DEFAULT_DEPTH} full "
-                           "slices); the labels do not depend on them, a walk task's memory does "
-                           "(its block grown by --reach, one hit map per class)")
+    add_chunks_option(tail)
     tail.add_argument("--report", type=Path, default=None, metavar="FILE.json",
                       help="write the run's report here (timings, classes, seeds, blocks)")
     tail.add_argument("--overwrite", action="store_true",
@@ -272,7 +269,7 @@ def _run(args: argparse.Namespace, con: Console, client: Any, inputs: _Inputs, o
     slices = {"zyx"[a]: list(s) for a, s in summary.labelled.items()}
     con.say(f"labelled slices: {'; '.join(f'{a}: {len(s)}' for a, s in slices.items())}; classes "
             f"{', '.join(map(str, summary.classes))}")
-    grid = block_grid(tuple(inputs.labels.shape), args.chunks)
+    grid = block_grid(tuple(inputs.labels.shape), _blocks(args.chunks, inputs.image.chunksize))
     interp = interpolate_labels(inputs.image if config.method.value == "walk" else None,
                                 inputs.labels, config, chunks=grid, summary=summary,
                                 name=_tomogram(args.image))
@@ -318,6 +315,17 @@ def _run(args: argparse.Namespace, con: Console, client: Any, inputs: _Inputs, o
     }
 
 
+def _blocks(chunks: tuple[int, int, int] | None, image_chunks: tuple[Any, ...]) -> tuple[int, ...]:
+    """The blocks of the work: ``--chunks``, else the image's chunks stacked along z to at least
+    :data:`DEFAULT_DEPTH` slices (the walks' hits then reach at most two blocks beyond their own:
+    the labels do not depend on the blocks, a walk task's memory does).
+    """
+    if chunks is not None:
+        return chunks
+    depth = int(image_chunks[0])
+    return (depth * -(-DEFAULT_DEPTH // depth), *(int(c) for c in image_chunks[1:]))
+
+
 def _tomogram(path: Path) -> str:
     from sxtdask.engine import tomogram_name
 
@@ -334,7 +342,7 @@ def _zarr_targets(args: argparse.Namespace, con: Console, inputs: _Inputs, outpu
         vol = inputs.image_volume
         with con.steps(f"converting {args.image} into {args.out}", None) as tick:
             write_image(vol, args.out, overwrite=args.overwrite, progress=tick)
-    chunks = tuple(c[0] for c in grid)
+    chunks = args.chunks or tuple(int(c) for c in inputs.image.chunksize)  # whole chunks per block
     target = create_labels(args.out, output.name, shape=tuple(interp.labels.shape), chunks=chunks,
                            dtype=interp.labels.dtype, overwrite=True)
     names = [output.name]
