@@ -9,8 +9,9 @@ error each. The rules are Biomedisa's:
 - along one axis, a slice is *labelled* when it holds an annotated voxel;
 - along every axis (``all``), the annotated voxels of a slice that form a line one voxel thin
   in-plane (the trace of a labelled slice of another orientation) are discounted first, first
-  along the lower in-plane axis, then along the other; two labelled slices of one axis must not
-  be adjacent;
+  along the lower in-plane axis, then along the other (beyond the volume counts as unannotated:
+  sxtdask's rule; Biomedisa keeps lines along the volume's edge); two labelled slices of one axis
+  must not be adjacent;
 - inside labelled slices every voxel of a value >= 0 (and not V) is a seed of its class;
   negative values are never seeds.
 """
@@ -92,20 +93,20 @@ def annotated(labels: np.ndarray, unlabelled: int | None) -> np.ndarray:
 
 def _thin_removed(mask: np.ndarray, inplane: Iterable[int]) -> np.ndarray:
     """``mask`` less its voxels one voxel thin along each in-plane axis in turn (Biomedisa's rule
-    for ``allaxis``): a voxel whose two neighbours along that axis are both unannotated. A voxel on
-    a face of the array has one neighbour there and stays (at the volume's edge, as in Biomedisa;
-    at a block's halo face the voxel is only a neighbour of the core).
+    for ``allaxis``): a voxel whose two neighbours along that axis are both unannotated, beyond
+    the volume's edge counting as unannotated (Biomedisa keeps a line along the edge, whose
+    outer neighbour it does not look at: then the trace of a labelled plane at the edge makes
+    every crossing slice labelled, as in NCXT's annotations). At a block's halo face the result
+    is wrong only for voxels the core does not look at.
     """
-    ones = mask.copy()
+    ones = np.pad(mask, 1)
     for ax in inplane:
-        if ones.shape[ax] < 3:
-            continue
         lo, mid, hi = ([slice(None)] * 3 for _ in range(3))
         lo[ax], mid[ax], hi[ax] = slice(0, -2), slice(1, -1), slice(2, None)
         thin = np.zeros_like(ones)
         thin[tuple(mid)] = ones[tuple(mid)] & ~ones[tuple(lo)] & ~ones[tuple(hi)]
         ones &= ~thin
-    return ones
+    return ones[1:-1, 1:-1, 1:-1]
 
 
 def labelled_mask(block: np.ndarray, axis: int, unlabelled: int | None, *, thin: bool) -> np.ndarray:
