@@ -542,3 +542,36 @@ def test_cli_errors_are_one_line_with_exit_2(stores, tmp_path, capsys):
                                    "--binning", "1", *small], capsys)
     assert status == 0, err
     assert read_checkpoint_meta(out)["config"]["label_map"] == "0:0,1:1,2:2,5:1"
+
+
+def test_precise_batchnorm_makes_eval_mode_use_the_patches_statistics():
+    """Keras's BatchNorm momentum (0.99) leaves a short run's running statistics stale, and a
+    net in eval mode then answers with them (seen: a run predicting only exterior). PreciseBN
+    replaces them by the patches' own: eval mode then matches train mode on those patches."""
+    from sxtdask.models import BiomedisaUNet3D
+    from sxtdask.train._unet3d import UNet3DTrainConfig, _Grid, precise_batchnorm
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    image = (rng.normal(size=(32, 32, 32)) * 0.2 + 3.0).astype(np.float32)  # far from N(0, 1)
+    grids = [_Grid("v", image, np.zeros(image.shape, np.int64))]
+    patches = [(0, (0, 0, 0))]
+    config = UNet3DTrainConfig(scale=(32, 32, 32), patch=32, filters=(4, 8), batch_size=4)
+    net = BiomedisaUNet3D((4, 8), 1, 3)
+    x = torch.from_numpy(image[None, None])
+
+    def outputs() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            net.train()
+            trained = net(x, logits=True)
+            net.eval()
+            return trained, net(x, logits=True)
+
+    before = outputs()
+    assert (before[0] - before[1]).abs().max() > 0.5  # stale (initial) statistics differ
+    weights = {k: v.clone() for k, v in net.state_dict().items() if "running" not in k
+               and "num_batches" not in k}
+    precise_batchnorm(net, grids, patches, config, "cpu")
+    after = outputs()
+    assert (after[0] - after[1]).abs().max() < 0.05
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in weights.items())  # weights kept

@@ -231,12 +231,17 @@ def train_unet3d(train: Sequence[TrainingVolume], val: Sequence[TrainingVolume],
     meta = {"task": "cell", **biomedisa_checkpoint_meta(net, info), **_record(config, train, val)}
     steps = min(math.ceil(len(patches) / config.batch_size),
                 config.steps_per_epoch or len(patches))
+    def refresh() -> None:
+        precise_batchnorm(net, grids, patches, config, device)
+
     fit = Fit(0, net, opt, lambda x: net(x, logits=True), masked_cross_entropy,
               _Batches(grids, patches, config, rng, steps), config.epochs, steps, device,
-              _validator(net, vgrids, config, device) if vgrids else None,
+              _validator(net, vgrids, config, device, refresh) if vgrids else None,
               config.patience, None, sched.step)
 
     def after(entry: dict[str, float], improved: bool) -> None:
+        if not vgrids:
+            refresh()
         if improved:
             best.clear()
             best.update(entry)
@@ -332,8 +337,50 @@ class _Batches:
         return np.stack(xs).astype(np.float32), np.stack(ts)
 
 
-def _validator(net: Any, grids: list[_Grid], config: UNet3DTrainConfig, device: str) -> Any:
-    """The predictor's grid prediction (softmax summed over patches, argmax) scored per class."""
+#: Training patches whose batch statistics become BatchNorm's running statistics (PreciseBN).
+PRECISE_BN_PATCHES = 64
+
+
+def precise_batchnorm(net: Any, grids: list[_Grid], patches: list[tuple[int, tuple[int, ...]]],
+                      config: UNet3DTrainConfig, device: str) -> None:
+    """Recompute every BatchNorm layer's running mean and variance as the average of its batch
+    statistics over a fixed, evenly spread set of training patches (Wu & Johnson's "PreciseBN").
+
+    Keras's BatchNorm momentum (0.99) makes the running statistics trail the weights by
+    hundreds of steps: Biomedisa's 200 epochs leave them settled, a short run does not, and the
+    network in eval mode then answers with stale statistics (seen here: a run whose training
+    loss fell predicted nothing but exterior). The patches are fixed (no random draw), so a
+    seeded or resumed run stays reproducible; only the running statistics change, never the
+    weights.
+    """
+    import torch
+
+    layers = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not layers or not patches:
+        return
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches below
+    chosen = [patches[int(i)] for i in np.unique(np.linspace(
+        0, len(patches) - 1, min(PRECISE_BN_PATCHES, len(patches))).astype(int))]
+    p, was_training = config.patch, net.training
+    net.train()
+    with torch.no_grad():
+        for k in range(0, len(chosen), config.batch_size):
+            x = np.stack([grids[i].image[None, z:z + p, y:y + p, xx:xx + p]
+                          for i, (z, y, xx) in chosen[k:k + config.batch_size]])
+            net(torch.from_numpy(x.astype(np.float32)).to(device))
+    for m, momentum in zip(layers, momenta, strict=True):
+        m.momentum = momentum
+    net.train(was_training)
+
+
+def _validator(net: Any, grids: list[_Grid], config: UNet3DTrainConfig, device: str,
+               refresh: Any = None) -> Any:
+    """The predictor's grid prediction (softmax summed over patches, argmax) scored per class,
+    after ``refresh()`` (the BatchNorm statistics).
+    """
     import torch
 
     from ..segmenters import patch_starts
@@ -341,6 +388,8 @@ def _validator(net: Any, grids: list[_Grid], config: UNet3DTrainConfig, device: 
     p = config.patch
 
     def validate() -> dict[str, float]:
+        if refresh is not None:
+            refresh()
         net.eval()
         counts = np.zeros((2, len(CELL_CLASSES) + 1), np.int64)
         with torch.inference_mode():
