@@ -547,7 +547,8 @@ def test_cli_errors_are_one_line_with_exit_2(stores, tmp_path, capsys):
 def test_precise_batchnorm_makes_eval_mode_use_the_patches_statistics():
     """Keras's BatchNorm momentum (0.99) leaves a short run's running statistics stale, and a
     net in eval mode then answers with them (seen: a run predicting only exterior). PreciseBN
-    replaces them by the patches' own: eval mode then matches train mode on those patches."""
+    replaces them by the patches' own: eval mode then matches train mode on those patches.
+    """
     from sxtdask.models import BiomedisaUNet3D
     from sxtdask.train._unet3d import UNet3DTrainConfig, _Grid, precise_batchnorm
 
