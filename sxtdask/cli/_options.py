@@ -179,9 +179,11 @@ def model_options() -> argparse.ArgumentParser:
     p.add_argument("--halo", type=_halo, default=None, metavar="Z,Y,X",
                    help="voxels read around each block (default: the method's)")
     p.add_argument("--clean", type=_fraction, default=None, metavar="T",
-                   help="--method unet3d only: Biomedisa's clean, per label keep the 6-connected "
-                        "parts larger than T x the largest (0.9: the largest only; Biomedisa's "
-                        "command line uses 0.1; default: off)")
+                   help="--task cell: drop the small connected parts of the cell; keep the "
+                        "6-connected parts larger than T x the largest (0.1: debris and "
+                        "fragments go, several cells stay; 0.9: the largest only). unet3d: "
+                        "Biomedisa's clean, per label on its grid; unet and cascade: the whole "
+                        "cell (labels > 0) at full resolution, chunk by chunk (default: off)")
     p.add_argument("--fill", type=_fraction, default=None, metavar="T",
                    help="--method unet3d only: Biomedisa's fill, per label fill the enclosed "
                         "holes up to T x the label's size (Biomedisa: 0.9; default: off)")

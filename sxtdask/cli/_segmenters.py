@@ -50,9 +50,12 @@ def make_segmenter(args: argparse.Namespace) -> Segmenter:
     models = _models(getattr(args, "model", None), args.task)
     method = getattr(args, "method", None)
     options = {k: v for k in _UNET3D_OPTIONS if (v := getattr(args, k, None)) is not None}
-    if options and method != "unet3d":
-        raise ConfigError(f"--{next(iter(options))} is an option of --method unet3d (Biomedisa's "
+    if "fill" in options and method != "unet3d":
+        raise ConfigError(f"--fill is an option of --method unet3d (Biomedisa's "
                           f"post-processing), not of --method {method or 'unet'}")
+    if "clean" in options and (tuple(args.task) != ("cell",) or method == "classical"):
+        raise ConfigError("--clean is an option of --task cell (methods unet, cascade and "
+                          "unet3d)")
     seg = build(args.task, method, models=dict(models),
                 device=args.device, batch_size=getattr(args, "batch_size", None),
                 halo=getattr(args, "halo", None), options=options)

@@ -43,6 +43,7 @@ from ..relabel import (
     Index,
     Match,
     ReductionKeys,
+    label,
     reduction_tasks,
     renumber_block,
 )
@@ -387,10 +388,53 @@ def segment_array(
             layers[(local, *i)] = (_meta_and_crops, (seg, *i), spec.name)
             layers[(out, *i)] = (_apply_lut, (seg, *i), spec.name, (keys.lookup, *i))
     graph = HighLevelGraph.from_collections(seg, layers, dependencies=deps)
-    return {
-        spec.name: da.Array(graph, names[spec.name], chunks=image.chunks, dtype=spec.dtype)
-        for spec in segmenter.outputs
-    }
+    arrays = {spec.name: da.Array(graph, names[spec.name], chunks=image.chunks, dtype=spec.dtype)
+              for spec in segmenter.outputs}
+    for spec in segmenter.outputs:
+        if spec.kind is OutputKind.SEMANTIC and spec.clean is not None:
+            arr = arrays[spec.name]  # one layer named like the array, to build on
+            own = HighLevelGraph({arr.name: MaterializedLayer(dict(arr.__dask_graph__()))},
+                                 {arr.name: set()})
+            arrays[spec.name] = clean_semantic(da.Array(own, arr.name, arr.chunks, arr.dtype),
+                                               spec.clean)
+    return arrays
+
+
+def _part_sizes(parts: np.ndarray) -> np.ndarray:
+    return np.bincount(np.asarray(parts).ravel())
+
+
+def _keep_parts(fraction: float, *sizes: np.ndarray) -> np.ndarray:
+    """Which global part IDs to keep: those larger than ``fraction`` × the largest."""
+    total = np.zeros(max(len(s) for s in sizes), np.int64)
+    for s in sizes:
+        total[:len(s)] += s
+    total[0] = 0
+    keep = total > fraction * total.max() if len(total) > 1 else np.zeros(len(total), bool)
+    keep[0] = False
+    return keep
+
+
+def _masked(labels: np.ndarray, parts: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    return np.where(keep[parts], labels, 0).astype(labels.dtype)
+
+
+def clean_semantic(labels: da.Array, fraction: float) -> da.Array:
+    """``labels`` with the connected parts of its foreground (> 0, faces connectivity) of at most
+    ``fraction`` × the largest part set to 0, chunk by chunk: the parts come from the global
+    relabel (:func:`sxtdask.relabel.label`, IDs of the whole volume for any chunking), their
+    sizes from one reduction. Equals :func:`sxtdask.segmenters.keep_large_parts` on the whole
+    array.
+    """
+    from dask import delayed
+
+    parts, _ = label(labels > 0)
+    token = tokenize(labels, fraction)
+    sizes = [delayed(_part_sizes, pure=True)(b, dask_key_name=(f"clean.sizes-{token}", *i))
+             for i, b in zip(np.ndindex(parts.numblocks), parts.to_delayed().ravel(), strict=True)]
+    keep = delayed(_keep_parts, pure=True)(fraction, *sizes, dask_key_name=f"clean.keep-{token}")
+    return da.map_blocks(_masked, labels, parts, keep, dtype=labels.dtype,
+                         name=f"clean-{token}")
 
 
 def _context_key(context: Any, grid: BlockGrid, idx: Index, deps: list[Any]) -> Any:
@@ -464,10 +508,22 @@ class _Layout:
         return {s.name: str(self.path / "labels" / self.label_name(s.name) / "0")
                 for s in self.segmenter.outputs}
 
+    @property
+    def cleaned(self) -> list[OutputSpec]:
+        """Semantic outputs cleaned over the whole volume before they are written
+        (``OutputSpec.clean``): blocks write them to scratch first.
+        """
+        return [s for s in self.segmenter.outputs
+                if s.kind is OutputKind.SEMANTIC and s.clean is not None]
+
     def targets(self) -> dict[str, str]:
-        """Where each output's block results go: provisional arrays for instances."""
+        """Where each output's block results go: provisional arrays for instances, scratch
+        arrays for semantic outputs still to be cleaned, the label image for the others.
+        """
         finals = self.finals()
+        cleaned = {s.name for s in self.cleaned}
         return {s.name: str(self.progress.provisional(s.name)) if s.kind is OutputKind.INSTANCES
+                else str(self.progress.root / "semantic" / s.name) if s.name in cleaned
                 else finals[s.name] for s in self.segmenter.outputs}
 
 
@@ -487,10 +543,12 @@ def _prepare(layout: _Layout, stats: IntensityStats, _after: Any = None) -> bool
     resume = progress.open(fingerprint, fresh=not had_labels, why="a label array was missing")
     try:
         _scratch_arrays(progress, layout.names, grid, resume)
+        _semantic_scratch(layout, resume)
     except (OSError, ValueError, KeyError) as err:  # damaged scratch: start afresh
         logger.warning("%s: cannot resume (%s); starting afresh", progress.root, err)
         resume = progress.open(fingerprint, fresh=True, why="damaged scratch")
         _scratch_arrays(progress, layout.names, grid, resume)
+        _semantic_scratch(layout, resume)
     if not resume:
         progress.write_plan(fingerprint, {
             "layout": layout.fingerprint(None), "image": str(layout.path),
@@ -532,7 +590,8 @@ def _segment_and_write(
         value = result[spec.name]
         if spec.kind is OutputKind.SEMANTIC:
             _zarr_array(targets[spec.name], "r+")[core] = value
-            voxels[spec.name] = int(np.count_nonzero(value))
+            if spec.clean is None:  # a cleaned output is counted when it is written
+                voxels[spec.name] = int(np.count_nonzero(value))
         else:
             _zarr_array(targets[spec.name], "r+")[core] = value.core
             small[spec.name] = (value.meta, value.crops)
@@ -544,7 +603,8 @@ def _written_voxels(segmenter: Segmenter, targets: dict[str, str],
                     core: tuple[slice, ...]) -> dict[str, int]:
     """Foreground voxels of each semantic output in one block's written chunks."""
     return {spec.name: int(np.count_nonzero(_zarr_array(targets[spec.name], "r")[core]))
-            for spec in segmenter.outputs if spec.kind is OutputKind.SEMANTIC}
+            for spec in segmenter.outputs if spec.kind is OutputKind.SEMANTIC
+            and spec.clean is None}
 
 
 def _block_voxels(done: tuple[Any, bool, dict[str, int]]) -> dict[str, int]:
@@ -741,6 +801,22 @@ class StoreRun:
         _list_outputs(self.path, [s.name for s in self.outputs], sorted(self.staged))
         shutil.rmtree(self.path / SCRATCH_DIR, ignore_errors=True)
         return [f"{self.path}/labels/{spec.name}" for spec in self.outputs]
+
+
+def _semantic_scratch(layout: _Layout, resume: bool) -> None:
+    """The scratch arrays of semantic outputs to be cleaned: created afresh, or checked."""
+    chunks = tuple(c[0] for c in layout.grid.chunks)
+    targets = layout.targets()
+    for spec in layout.cleaned:
+        path = targets[spec.name]
+        if resume:
+            arr = zarr.open_array(store=path, mode="r")
+            if arr.shape != layout.grid.shape or arr.chunks != chunks or \
+                    arr.dtype != np.dtype(spec.dtype):
+                raise ValueError(f"{path}: scratch array does not match the plan")
+            continue
+        zarr.create_array(store=path, shape=layout.grid.shape, chunks=chunks, dtype=spec.dtype,
+                          fill_value=0, overwrite=True)
 
 
 def _scratch_arrays(progress: Progress, names: list[str], grid: BlockGrid, resume: bool) -> dict[str, Path]:
@@ -960,6 +1036,10 @@ def _store_graph(layout: _Layout, stats: IntensityStats | Delayed, finalize: boo
         for spec in outputs:
             if spec.kind is OutputKind.SEMANTIC:
                 written[spec.name].append((done, *i))
+    for spec in layout.cleaned:
+        keys = _clean_tasks(dsk, layout, spec, written[spec.name], targets, token, tomo)
+        written[spec.name] = keys
+        voxels.extend(keys)
     counts: list[Any] = []
     relabelled: dict[str, list[Any]] = {}
     for spec in outputs:
@@ -1012,6 +1092,44 @@ def _store_graph(layout: _Layout, stats: IntensityStats | Delayed, finalize: boo
     blocks = [Delayed(k, hlg, layer=name) for k in flags]
     return (Delayed(counts_name, hlg, layer=name), Delayed(name, hlg, layer=name), blocks,
             done_key)
+
+
+def _read_after(path: str, box: tuple[slice, ...], _after: Any) -> np.ndarray:
+    return np.asarray(_zarr_array(path, "r")[box])
+
+
+def _write_cleaned(path: str, box: tuple[slice, ...], name: str, value: np.ndarray
+                   ) -> dict[str, int]:
+    """Write one chunk of a cleaned semantic output; its foreground voxels (for the report)."""
+    _zarr_array(path, "r+")[box] = value
+    return {name: int(np.count_nonzero(value))}
+
+
+def _clean_tasks(dsk: dict[Any, Any], layout: _Layout, spec: OutputSpec, blocks: list[Any],
+                 targets: dict[str, str], token: str, tomo: str) -> list[Any]:
+    """Clean one semantic output over the whole volume (:func:`clean_semantic`) once every block
+    has written it to scratch, then write its final chunks; returns the write keys (each
+    computing to the chunk's foreground voxels).
+    """
+    grid = layout.grid
+    prefix = task_prefix("clean", [spec.name], tomo)
+    ready = f"{prefix}-segmented-{token}"
+    dsk[ready] = (_stamp, *blocks)
+    read = f"{prefix}-read-{token}"
+    layer = {(read, *i): (_read_after, targets[spec.name], grid.core(i), ready)
+             for i in grid.indices()}
+    scratch = da.Array(HighLevelGraph({read: MaterializedLayer(layer)}, {read: set()}), read,
+                       chunks=grid.chunks, dtype=np.dtype(spec.dtype))
+    assert spec.clean is not None
+    cleaned = clean_semantic(scratch, spec.clean)
+    dsk.update(dict(cleaned.__dask_graph__()))
+    final = layout.finals()[spec.name]
+    keys = []
+    for i in grid.indices():
+        key = (f"{prefix}-write-{token}", *i)
+        dsk[key] = (_write_cleaned, final, grid.core(i), spec.name, (cleaned.name, *i))
+        keys.append(key)
+    return keys
 
 
 def _relabel_tasks(

@@ -24,7 +24,26 @@ from ..stats import IntensityStats, check_stats, global_stats
 from ._names import Method, Task
 from ._tiles import raster_relabel
 
-__all__ = ["BlockContext", "OutputKind", "OutputSpec", "Segmenter", "SegmenterInfo", "Task"]
+__all__ = ["BlockContext", "OutputKind", "OutputSpec", "Segmenter", "SegmenterInfo", "Task",
+           "keep_large_parts"]
+
+
+def keep_large_parts(labels: np.ndarray, fraction: float) -> np.ndarray:
+    """``labels`` with the connected parts of its foreground (> 0, faces connectivity) of at most
+    ``fraction`` × the largest part's voxels set to 0 (``fraction`` 0 keeps every part; just
+    under 1 keeps the largest only): debris and false fragments go, every large part (several
+    cells) stays.
+    """
+    from scipy import ndimage
+
+    parts, n = ndimage.label(np.asarray(labels) > 0)
+    if n <= 1:
+        return np.asarray(labels).copy()
+    sizes = np.bincount(parts.ravel())
+    sizes[0] = 0
+    keep = sizes > fraction * sizes.max()
+    keep[0] = False
+    return np.where(keep[parts], labels, 0).astype(np.asarray(labels).dtype)
 
 
 class OutputKind(enum.StrEnum):
@@ -50,6 +69,10 @@ class OutputSpec:
     #: What each label value of a semantic output means, ``((value, class name), ...)``; written
     #: into the label image's ``image-label`` properties.
     classes: tuple[tuple[int, str], ...] = ()
+    #: A semantic output's clean-up: the connected parts of its foreground (values > 0, faces
+    #: connectivity) smaller than ``clean`` × the largest part are set to 0, over the whole volume
+    #: (:func:`keep_large_parts`; the engine does it chunk by chunk with the global relabel).
+    clean: float | None = None
 
 
 @dataclass(frozen=True)
@@ -297,6 +320,8 @@ class Segmenter(abc.ABC):
         for spec in self.outputs:
             arr = np.asarray(out[spec.name])
             if spec.kind is OutputKind.SEMANTIC:
+                if spec.clean is not None:
+                    arr = keep_large_parts(arr, spec.clean)
                 result[spec.name] = arr.astype(spec.dtype)
                 continue
             if spec.match is Match.TOUCHING:

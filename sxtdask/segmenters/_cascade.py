@@ -155,6 +155,10 @@ class CascadeSegmenter(Segmenter):
         Tiles per forward pass (the answer does not depend on it).
     binning : int, optional
         Stage 1's binning factor (default the checkpoint's, NCXT's 2).
+    clean : float, optional
+        Set the connected parts of the cell (labels > 0) of at most ``clean`` × the largest part
+        to exterior, over the whole volume (e.g. 0.1: debris and false fragments go, several
+        cells stay); None (NCXT's): off.
     """
 
     task: Task = Task.CELL
@@ -162,6 +166,7 @@ class CascadeSegmenter(Segmenter):
     device: str = "auto"
     batch_size: int = 8
     binning: int | None = None
+    clean: float | None = None
     halo: tuple[int, int, int] = (0, 0, 0)
     config: Any = None  # the checkpoint's CascadeConfig (load_model)
 
@@ -174,6 +179,8 @@ class CascadeSegmenter(Segmenter):
             raise ConfigError(f"batch size ({self.batch_size}) must be at least 1")
         if self.binning is not None and not 1 <= self.binning <= 16:
             raise ConfigError(f"binning ({self.binning}) must be from 1 to 16")
+        if self.clean is not None and not 0 <= self.clean < 1:
+            raise ConfigError(f"clean ({self.clean}) must be at least 0 and below 1")
         if self.model_path is not None and not os.path.isfile(self.model_path):
             raise SxtdaskError(f"{self.model_path}: no such model file")
 
@@ -182,12 +189,13 @@ class CascadeSegmenter(Segmenter):
     @property
     def outputs(self) -> tuple[OutputSpec, ...]:  # type: ignore[override]
         if self.config is None:
-            return (OutputSpec("cell", OutputKind.SEMANTIC, "uint8", classes=_CELL_CLASSES),)
+            return (OutputSpec("cell", OutputKind.SEMANTIC, "uint8", classes=_CELL_CLASSES,
+                               clean=self.clean),)
         labels, names = self.config.labels, self.config.classes
         top = max(labels)
         dtype = "uint8" if top < 256 else "uint16" if top < 65536 else "uint32"
         classes = tuple((int(v), str(c)) for v, c in zip(labels, names, strict=True) if v != 0)
-        return (OutputSpec("cell", OutputKind.SEMANTIC, dtype, classes=classes),)
+        return (OutputSpec("cell", OutputKind.SEMANTIC, dtype, classes=classes, clean=self.clean),)
 
     #: Blocks only resize or fuse: the network runs in the per-tomogram tasks, pinned there.
     blocks_need_gpu = False

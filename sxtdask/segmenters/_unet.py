@@ -133,6 +133,9 @@ class UNetSegmenter(Segmenter):
         Neighbouring slices on each side fed as input channels (sxtdask's mitochondria network:
         1, so its 3 channels are slices z-1, z, z+1); the z halo grows to match. From the
         checkpoint's metadata.
+    clean : float, optional
+        Cell only: set the connected parts of the cell (labels > 0) of at most ``clean`` × the
+        largest part to background, over the whole volume (None: off).
     """
 
     task: Task = Task.CELL
@@ -144,8 +147,12 @@ class UNetSegmenter(Segmenter):
     halo: tuple[int, int, int] = (0, 0, 0)
     preprocessing: str = "reference"
     context: int = 0
+    clean: float | None = None
 
     def __post_init__(self) -> None:
+        if self.clean is not None and (self.task is not Task.CELL or not 0 <= self.clean < 1):
+            raise ConfigError(f"clean ({self.clean}) is for the cell task, at least 0 and "
+                              "below 1")
         if self.task not in _OUTPUTS:
             raise ConfigError(f"task {self.task.value!r} has no U-Net segmenter")
         if self.batch_size < 1:
@@ -163,6 +170,8 @@ class UNetSegmenter(Segmenter):
 
     @property
     def outputs(self) -> tuple[OutputSpec, ...]:  # type: ignore[override]
+        if self.clean is not None:
+            return tuple(dataclasses.replace(o, clean=self.clean) for o in _OUTPUTS[self.task])
         return _OUTPUTS[self.task]
 
     full_plane = True  # slices are resized whole: chunks must not split the image plane
