@@ -1,6 +1,7 @@
 """Cleaning a semantic output over the whole volume (``OutputSpec.clean``): the connected parts of
 its foreground of at most ``clean`` × the largest part are dropped, chunk by chunk, and the answer
-equals the whole-volume one (``keep_large_parts``) for any chunking, in memory and on disk."""
+equals the whole-volume one (``keep_large_parts``) for any chunking, in memory and on disk.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ class Labels(Segmenter):
 
 def _scene() -> np.ndarray:
     """A large two-class cell that crosses every chunk face, a second cell of 16 % its size, and
-    debris: single voxels and small blobs, some on chunk faces."""
+    debris: single voxels and small blobs, some on chunk faces.
+    """
     v = np.zeros((30, 41, 47), np.uint8)
     v[3:25, 4:30, 5:40] = 1
     v[8:18, 10:22, 12:30] = 2                       # the nucleus: the same part as its cytoplasm

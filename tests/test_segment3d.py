@@ -139,7 +139,8 @@ def test_a_renamed_cell_image_is_evaluated_as_cell(segmenters: dict[str, Any],
                                                    tmp_path: Path) -> None:
     """``segment --name cell-cascade`` writes a cell image under another name: its metadata's
     class names make ``evaluate`` score it as cell parts (cell > 0, cytoplasm, nucleus), against a
-    label file too, not as classes 1 and 2 alone."""
+    label file too, not as classes 1 and 2 alone.
+    """
     from sxtdask.metrics import evaluate_stores
     from sxtdask.segmenters import rename_outputs
 
