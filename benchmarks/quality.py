@@ -16,7 +16,8 @@ sample_12.rec: cell Dice over the annotated voxels only (label 2 is "unannotated
 header carries no voxel size, so 30 nm is given (``--voxel-size 30``; the 2-D networks resize whole
 planes and do not use it).
 
-``--cell-methods unet,cascade,unet3d`` (``METHOD-clean``: with ``--clean 0.1``) segments every phantom's cell with each 3-D method
+``--cell-methods unet,cascade,unet3d`` (``METHOD-clean``: with ``--clean 0.1``) segments every
+phantom's cell with each method
 (``--name cell-<method>``, beside the 2-D U-Net's ``cell``) and prints, per family and pooled, the
 cell Dice and the relative error of the cell's surface-to-volume ratio (from ``sxtdask evaluate``'s
 morphometrics) side by side: the cascade works at full resolution, ``unet3d`` on Biomedisa's
