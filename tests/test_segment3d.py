@@ -277,8 +277,8 @@ def test_method_options_reach_only_the_methods_that_have_them(unet3d_checkpoint:
     seg = make_segmenter("cell", "unet3d", models={"cell": unet3d_checkpoint}, device="cpu",
                          options={"clean": 0.3, "fill": 0.8})
     assert (seg.clean, seg.fill) == (0.3, 0.8)
-    with pytest.raises(ConfigError, match="the cascade method of the cell task has no option clean"):
-        make_segmenter("cell", "cascade", models={"cell": cascade_checkpoint}, options={"clean": 0.3})
+    with pytest.raises(ConfigError, match="the cascade method of the cell task has no option fill"):
+        make_segmenter("cell", "cascade", models={"cell": cascade_checkpoint}, options={"fill": 0.3})
     with pytest.raises(ConfigError, match=r"fill \(1.5\) must lie between 0 and 1"):
         make_segmenter("cell", "unet3d", models={"cell": unet3d_checkpoint}, options={"fill": 1.5})
 
@@ -541,8 +541,10 @@ BAD = {  # argv after DATA → (what the line names, one of these words)
                    ("checkpoint",)),
     "missing-model": (("--method", "unet3d", "--model", "{missing}"), "missing.h5",
                       ("no such model file",)),
-    "clean-cascade": (("--method", "cascade", "--model", "{cascade}", "--clean", "0.5"),
-                      "--clean", ("--method unet3d",)),
+    "fill-cascade": (("--method", "cascade", "--model", "{cascade}", "--fill", "0.5"),
+                     "--fill", ("--method unet3d",)),
+    "clean-one": (("--method", "cascade", "--model", "{cascade}", "--clean", "1"),
+                  "clean", ("below 1",)),
     "fill-unet": (("--fill", "0.5"), "--fill", ("--method unet3d",)),
 }
 
