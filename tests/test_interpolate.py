@@ -23,6 +23,8 @@ from sxtdask.interpolate import (
     Method,
     block_grid,
     check_summary,
+    choose_method,
+    cross_section_overlap,
     interpolate_labels,
     summarize_labels,
     uncertainty,
@@ -200,6 +202,19 @@ def test_both_methods_recover_the_phantom_cell(phantom, sparse):
     np.testing.assert_array_equal(shape[11:28:8], sparse[11:28:8])
 
 
+def test_auto_takes_shape_for_objects_whose_cross_sections_have_partners():
+    planes = np.zeros((3, 20, 20), np.uint8)
+    planes[:, 4:16, 4:16] = 1  # a cell on every labelled slice, shifted a little
+    planes[1, 5:17, 3:15] = 1
+    planes[0, 8:11, 8:11] = 2  # a small object on the first slice only ...
+    planes[2, 9:12, 9:12] = 2  # ... and another, not overlapping it, on the last
+    overlap = cross_section_overlap(planes, (0, 1, 2))
+    assert overlap == {1: 1.0, 2: 0.0} and choose_method(overlap) == "walk"
+    planes[1, 8:12, 8:12] = 2  # a partner between them
+    assert cross_section_overlap(planes, (0, 1, 2)) == {1: 1.0, 2: 1.0}
+    assert choose_method(cross_section_overlap(planes, (0, 1, 2))) == "shape"
+
+
 # ----------------------------------------------------------------------------- errors
 
 
@@ -280,6 +295,7 @@ def test_cli_writes_a_label_image_and_files_alike(files, sparse, tmp_path, capsy
                              "--uncertainty", "--json-log", *CLUSTER], capsys)
     assert status == 0, err
     summary = json.loads(out.splitlines()[-1])
+    assert summary["method_asked"] == "auto" and summary["method"] == "walk"  # walk options given
     labelled = [int(z) for z in np.nonzero(sparse.any(axis=(1, 2)))[0]]  # slices 3 and 35 are empty
     assert summary["labelled"] == {"z": labelled} and summary["classes"] == [0, 1, 2]
     assert summary["seeds"] > 0 and summary["outputs"][1].endswith("o.uncertainty.tif")
@@ -290,10 +306,12 @@ def test_cli_writes_a_label_image_and_files_alike(files, sparse, tmp_path, capsy
     status, _, err = main(["interpolate", files / "img.npy", files / "sparse.tif", store, *CLUSTER],
                           capsys)
     assert status == 2 and "exists; pass --overwrite" in err and len(err.strip().splitlines()) == 1
-    for suffix in (".npy", ".mrc"):
-        status, _, err = main(["-q", "interpolate", files / "img.npy", files / "sparse.tif",
-                               tmp_path / f"s{suffix}", "--method", "shape", *CLUSTER[:4]], capsys)
+    for suffix, method in ((".npy", "shape"), (".mrc", "auto")):  # auto: the cell and nucleus
+        status, out, err = main(["interpolate", files / "img.npy", files / "sparse.tif",  # overlap
+                                 tmp_path / f"s{suffix}", "--method", method, "--json-log",
+                                 *CLUSTER[:4]], capsys)
         assert status == 0, err
+        assert json.loads(out.splitlines()[-1])["method"] == "shape"
     np.testing.assert_array_equal(open_volume(tmp_path / "s.npy")[:], open_volume(tmp_path / "s.mrc")[:])
     assert not list(tmp_path.glob(".*partial"))
 

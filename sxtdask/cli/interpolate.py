@@ -39,6 +39,9 @@ DEFAULT_NAME = "interpolated"
 #: ``sxtdask.interpolate``'s methods, axes and block depth, named here so that building the
 #: parser imports no NumPy, Dask or numba (tests check that they agree).
 METHODS = ("walk", "shape")
+#: The walk options and their defaults (any other value asks for the walk method).
+WALK_DEFAULTS = {"uncertainty": False, "denoise": False, "smooth": 0, "seed": 0, "walks": 10,
+                 "steps": 4000, "seed_stride": 1, "boundary_band": 0, "reach": 100, "crop": 100}
 AXES = ("z", "y", "x", "all")
 DEFAULT_DEPTH = 64
 
@@ -57,10 +60,15 @@ def add_parser(sub: Any) -> None:
                      help="an OME-Zarr image of that shape (the labels go to its labels/NAME; "
                           "IMAGE itself, typically), a new .zarr (a file IMAGE is converted into "
                           "it first), or a tomogram file (.tif, .npy, .mrc)")
-    own.add_argument("--method", default=METHODS[0], choices=METHODS,
+    own.add_argument("--method", default="auto", choices=("auto", *METHODS),
                      help="walk: Biomedisa's smart interpolation (random walks guided by the "
                           "image); shape: signed distance maps of the labelled slices "
-                          "interpolated across the others (PCHIP), image-free and deterministic")
+                          "interpolated across the others (PCHIP), image-free and deterministic; "
+                          "auto: shape where at least 90%% of every class's labelled area lies "
+                          "in cross-sections that overlap the class on a neighbouring labelled "
+                          "slice (cells, nuclei), else walk (objects that begin and end between "
+                          "labelled slices: mitochondria); walk with --axis all or any walk "
+                          "option")
     own.add_argument("--axis", default="z", choices=AXES,
                      help="the orientation of the labelled slices; all: slices of every "
                           "orientation, with at least one unlabelled slice between two labelled "
@@ -127,11 +135,18 @@ def add_parser(sub: Any) -> None:
         parents=[own, tail, cluster_options(), output_options()])
 
 
-def _config(args: argparse.Namespace, unlabelled: int | None) -> Any:
-    from sxtdask.interpolate import InterpolationConfig
+def _walk_options(args: argparse.Namespace) -> list[str]:
+    """The walk options given other values than their defaults."""
+    return [f"--{k.replace('_', '-')}" for k, v in WALK_DEFAULTS.items() if getattr(args, k) != v]
 
+
+def _config(args: argparse.Namespace, unlabelled: int | None, method: str | None = None) -> Any:
+    from sxtdask.interpolate import InterpolationConfig, Method
+
+    if method is None:  # before the labels are read: auto is checked as the walk
+        method = "walk" if args.method == "auto" else args.method
     return InterpolationConfig(
-        method=args.method, axis=args.axis, unlabelled=unlabelled, seed=args.seed,
+        method=Method(method), axis=args.axis, unlabelled=unlabelled, seed=args.seed,
         walks=args.walks, steps=args.steps, reach=args.reach, crop=args.crop,
         seed_stride=args.seed_stride, boundary_band=args.boundary_band, denoise=args.denoise,
         smooth=args.smooth, uncertainty=args.uncertainty)
@@ -281,9 +296,14 @@ def _run(args: argparse.Namespace, con: Console, client: Any, inputs: _Inputs, o
     with con.busy("reading the labelled slices"):
         summary = client.compute(summarize_labels(inputs.labels, config)).result()
         check_summary(summary, config, str(args.labels))
+        choice = _choose(args, client, inputs, summary, config)
+    if choice["method"] != config.method.value:
+        config = _config(args, config.unlabelled, choice["method"])
+        check_summary(summary, config, str(args.labels))
     slices = {"zyx"[a]: list(s) for a, s in summary.labelled.items()}
     con.say(f"labelled slices: {'; '.join(f'{a}: {len(s)}' for a, s in slices.items())}; classes "
-            f"{', '.join(map(str, summary.classes))}")
+            f"{', '.join(map(str, summary.classes))}; method {config.method.value} "
+            f"({choice['why']})")
     grid = block_grid(tuple(inputs.labels.shape), _blocks(args.chunks, inputs.image.chunksize))
     interp = interpolate_labels(inputs.image if config.method.value == "walk" else None,
                                 inputs.labels, config, chunks=grid, summary=summary,
@@ -314,7 +334,8 @@ def _run(args: argparse.Namespace, con: Console, client: Any, inputs: _Inputs, o
     seeds = sum(int(i["seeds"]) for i in infos)
     return {
         "sxtdask_version": __version__, "image": str(args.image), "labels": str(args.labels),
-        "method": config.method.value, "axis": config.axis.value,
+        "method": config.method.value, "method_asked": args.method, "overlap": choice["overlap"],
+        "axis": config.axis.value,
         "labelled_slices": sum(len(s) for s in summary.labelled.values()),
         "labelled": slices, "classes": list(summary.classes), "seeds": seeds,
         "steps_walked": seeds * config.seed_voxel_steps if config.method.value == "walk" else 0,
@@ -328,6 +349,31 @@ def _run(args: argparse.Namespace, con: Console, client: Any, inputs: _Inputs, o
         "workers": len(client.scheduler_info().get("workers", {})),
         "dashboard": client.dashboard_link,
     }
+
+
+def _choose(args: argparse.Namespace, client: Any, inputs: _Inputs, summary: Any,
+            config: Any) -> dict[str, Any]:
+    """The method ``--method auto`` stands for, and why (the cross-sections' overlap)."""
+    import numpy as np
+
+    from sxtdask.interpolate import choose_method, cross_section_overlap
+
+    if args.method != "auto":
+        return {"method": args.method, "why": "--method", "overlap": None}
+    given = _walk_options(args)
+    if given or args.axis == "all":
+        why = f"auto: {', '.join(given) or '--axis all'} given"
+        return {"method": "walk", "why": why, "overlap": None}
+    (axis,) = config.axis.indices
+    index: list[Any] = [slice(None)] * 3
+    index[axis] = list(summary.labelled[axis])
+    planes = np.moveaxis(client.compute(inputs.labels[tuple(index)]).result(), axis, 0)
+    overlap = cross_section_overlap(planes, summary.classes)
+    method = choose_method(overlap)
+    text = ", ".join(f"class {c} {v:.2f}" for c, v in overlap.items())
+    return {"method": method, "overlap": {str(c): round(v, 4) for c, v in overlap.items()},
+            "why": f"auto: labelled area in cross-sections that overlap the next or the previous "
+                   f"labelled slice: {text}"}
 
 
 def _blocks(chunks: tuple[int, int, int] | None, image_chunks: tuple[Any, ...]) -> tuple[int, ...]:

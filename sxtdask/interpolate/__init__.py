@@ -33,12 +33,19 @@ Decisions where Biomedisa says nothing, or where sxtdask departs from its code:
   ``unlabelled`` value V, V marks unannotated voxels and 0 is a class like any other. Along every
   axis (``all``), annotated lines one voxel thin in-plane are the traces of other orientations;
   beyond the volume's edge counts as unannotated (Biomedisa keeps lines along the edge).
+- **Choosing.** ``sxtdask interpolate --method auto`` (the default) takes the shape method
+  where at least 90 % of every class's labelled area lies in cross-sections that overlap the
+  class on a neighbouring labelled slice (:func:`cross_section_overlap`): on phantoms it then
+  matches or beats the walks on cells and nuclei in seconds; objects that begin and end between
+  labelled slices (mitochondria labelled every 20th slice) get the walks, which follow the
+  image.
 - **Shape method.** Per class, the in-plane signed distance (0.5 − EDT inside, EDT − 0.5 outside;
   Y + X where a slice lacks the class) of each labelled slice, interpolated with PCHIP
   (SciPy's slopes and end conditions) and extended one spacing beyond the outermost labelled
   slices; each voxel takes the class of smallest distance. Labelled slices are reproduced.
 """
 
+from ._choose import OVERLAP, choose_method, cross_section_overlap
 from ._config import AXES, Axis, InterpolationConfig, Method
 from ._graph import DEFAULT_DEPTH, Interpolation, block_grid, interpolate_labels
 from ._output import FILE_SUFFIXES, block_counts, block_writes, tomogram_file, uncertainty_path
@@ -50,6 +57,7 @@ __all__ = [
     "DEFAULT_DEPTH",
     "FILE_SUFFIXES",
     "MAX_CLASSES",
+    "OVERLAP",
     "Axis",
     "Interpolation",
     "InterpolationConfig",
@@ -59,6 +67,8 @@ __all__ = [
     "block_grid",
     "block_writes",
     "check_summary",
+    "choose_method",
+    "cross_section_overlap",
     "interpolate_labels",
     "summarize_labels",
     "tomogram_file",
