@@ -21,7 +21,9 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 from sxtdask import __version__
 from sxtdask.errors import SxtdaskError
@@ -106,16 +108,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         log = logging.getLogger("sxtdask")
         saved = (log.handlers[:], log.level, log.propagate)
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _sigterm_interrupts():
                 return _run_command(args)
         finally:
             log.handlers[:], log.level, log.propagate = saved
     except BrokenPipeError:
         discard_stdout()
         return 0
-    except KeyboardInterrupt:  # before or after a command's own handling (imports, start-up)
-        print("sxtdask: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # before or after a command's own handling (imports, ...)
+        print(f"sxtdask: {_interrupted(err)}", file=sys.stderr)
+        return _interrupt_status(err)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch system's walltime or ``scancel``, ``kill``): ended as a Ctrl-C is, so
+    that batch jobs are cancelled and what finished stays (a rerun resumes the rest).
+    """
+
+
+def _interrupted(err: BaseException) -> str:
+    return "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+
+
+def _interrupt_status(err: BaseException) -> int:
+    return 143 if isinstance(err, Terminated) else 130
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` in the main thread while a command runs."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _run_command(args: argparse.Namespace) -> int:
@@ -145,10 +181,10 @@ def _run_command(args: argparse.Namespace) -> int:
         con.error(line)
         print(f"sxtdask: error: {line}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        con.error("interrupted")
-        print("sxtdask: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        con.error(_interrupted(err))
+        print(f"sxtdask: {_interrupted(err)}", file=sys.stderr)
+        return _interrupt_status(err)
     status = int(result.get("exit_status", 0) or 0)
     con.summary(result)
     return status

@@ -29,7 +29,9 @@ def cluster_config(args: argparse.Namespace) -> Any:
         scheduler=args.scheduler, workers=args.workers, threads_per_worker=args.threads_per_worker,
         memory_limit=args.memory_limit, dashboard_address=args.dashboard_address,
         tls_ca_file=getattr(args, "tls_ca_file", None), tls_cert=getattr(args, "tls_cert", None),
-        tls_key=getattr(args, "tls_key", None),
+        tls_key=getattr(args, "tls_key", None), cluster=getattr(args, "cluster", None),
+        jobs=getattr(args, "jobs", None), min_jobs=getattr(args, "min_jobs", None),
+        max_jobs=getattr(args, "max_jobs", None),
     )
 
 
@@ -58,7 +60,7 @@ def open_cluster(args: argparse.Namespace, con: Console, config: Any = None) -> 
     said first (and, in one line on stderr, that the port asked for was taken), and the work
     inside is recorded into ``--performance-report`` when given.
     """
-    from sxtdask.engine import connect, dashboard_moved
+    from sxtdask.engine import connect, dashboard_moved, wait_for_first_worker
 
     report = getattr(args, "performance_report", None)
     if report is not None:
@@ -72,8 +74,20 @@ def open_cluster(args: argparse.Namespace, con: Console, config: Any = None) -> 
         if moved:
             con.note(f"dashboard port {moved[0]} is taken; using {moved[1]}")
         con.say(f"dashboard: {client.dashboard_link}", dashboard=client.dashboard_link)
+        if config.batch:
+            con.note(f"workers: {_jobs_text(config)} on {config.batch}, cancelled when the run "
+                     "ends; waiting for the first to start")
+            wait_for_first_worker(client)
         with _performance_report(report):
             yield client
+
+
+def _jobs_text(config: Any) -> str:
+    if config.jobs is not None:
+        return f"{config.jobs} batch job(s)"
+    low = 1 if config.min_jobs is None else config.min_jobs
+    high = max(4, low) if config.max_jobs is None else config.max_jobs
+    return f"{low} to {high} batch jobs, scaled to the work"
 
 
 @contextmanager

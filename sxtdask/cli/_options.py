@@ -213,6 +213,17 @@ def cluster_options() -> argparse.ArgumentParser:
     g.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="use an existing Dask scheduler (tcp://HOST:8786, or tls://HOST:8786 with "
                         "the --tls-* files) instead of a local cluster")
+    g.add_argument("--cluster", default="local", metavar="local|slurm|pbs|sge|lsf|CONFIG.yaml",
+                   help="where workers come from: local (this machine), or batch jobs that "
+                        "sxtdask submits, scales and cancels at the end (dask-jobqueue; the "
+                        "jobs' settings from CONFIG.yaml as in cluster/slurm.yaml, or from your "
+                        "Dask jobqueue configuration)")
+    g.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="--cluster: a fixed number of jobs (default: adaptive, see --min-jobs)")
+    g.add_argument("--min-jobs", type=int, default=None, metavar="N",
+                   help="--cluster: adaptive scaling's fewest jobs (default 1)")
+    g.add_argument("--max-jobs", type=int, default=None, metavar="N",
+                   help="--cluster: adaptive scaling's most jobs (default 4)")
     g.add_argument("--dashboard-address", default="127.0.0.1:8787", metavar="HOST:PORT",
                    help="local dashboard address, this machine only (a busy port picks "
                         "another, said in one line; 0.0.0.0:8787 opens it to the network)")

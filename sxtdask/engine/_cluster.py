@@ -57,6 +57,15 @@ class ClusterConfig:
         them a ``tls://`` scheduler uses Dask's configuration
         (``distributed.comm.tls.ca-file``, ``distributed.comm.tls.client.cert``/``key``, e.g. from
         ``DASK_DISTRIBUTED__COMM__TLS__CA_FILE``).
+    cluster : str or None
+        ``local`` (or None): a ``LocalCluster`` (``LocalCUDACluster`` with ``gpu``); ``slurm``,
+        ``pbs``, ``sge``, ``lsf`` or a dask-jobqueue YAML file: workers as batch jobs that this
+        process submits and cancels (:mod:`._jobqueue`).
+    jobs : int or None
+        A fixed number of batch jobs; None scales adaptively between ``min_jobs`` (default 1)
+        and ``max_jobs`` (default 4).
+    min_jobs, max_jobs : int or None
+        Bounds of adaptive scaling.
     """
 
     scheduler: str | None = None
@@ -69,8 +78,29 @@ class ClusterConfig:
     tls_ca_file: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    cluster: str | None = None
+    jobs: int | None = None
+    min_jobs: int | None = None
+    max_jobs: int | None = None
+
+    @property
+    def batch(self) -> str | None:
+        """The ``--cluster`` value when workers are batch jobs, else None (a local cluster or
+        an existing scheduler).
+        """
+        name = (self.cluster or "local").strip()
+        return None if name.lower() == "local" else name
 
     def __post_init__(self) -> None:
+        if self.batch and self.scheduler:
+            raise ConfigError("--cluster starts its own scheduler: leave out --scheduler")
+        if self.batch and self.workers is not None:
+            raise ConfigError(f"--workers sizes a local cluster; with --cluster {self.batch} "
+                              "say --jobs N (or --min-jobs/--max-jobs)")
+        if not self.batch and any(v is not None for v in (self.jobs, self.min_jobs,
+                                                          self.max_jobs)):
+            raise ConfigError("--jobs, --min-jobs and --max-jobs are for batch jobs: add "
+                              "--cluster slurm|pbs|sge|lsf|CONFIG.yaml")
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"workers ({self.workers}) must be at least 1")
         if self.threads_per_worker < 1:
@@ -94,7 +124,7 @@ class ClusterConfig:
         (``auto``: this machine's memory shared by the threads); None without a limit, or for
         an existing scheduler (whose workers have their own).
         """
-        if self.scheduler:
+        if self.scheduler or self.batch:
             return None
         from distributed.worker_memory import parse_memory_limit
 
@@ -330,6 +360,20 @@ def connect(config: ClusterConfig = ClusterConfig()) -> Iterator[Client]:
             raise SxtdaskError(f"cannot reach the scheduler at {config.scheduler}: {err}") from err
         with client:
             logger.info("connected to %s; dashboard: %s", config.scheduler, client.dashboard_link)
+            register_model_cache(client)
+            client.register_plugin(QuietUserErrors(), name=QuietUserErrors.name)
+            yield client
+        return
+    if config.batch:
+        from ._jobqueue import jobqueue_cluster
+
+        with jobqueue_cluster(config.batch, threads=config.threads_per_worker,
+                              memory_limit=config.memory_limit,
+                              dashboard_address=config.dashboard_address, jobs=config.jobs,
+                              min_jobs=config.min_jobs, max_jobs=config.max_jobs) as cluster, \
+                Client(cluster) as client:
+            logger.info("batch-job cluster at %s; dashboard: %s", cluster.scheduler_address,
+                        client.dashboard_link)
             register_model_cache(client)
             client.register_plugin(QuietUserErrors(), name=QuietUserErrors.name)
             yield client
