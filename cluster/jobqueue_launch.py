@@ -1,66 +1,39 @@
-"""Start sxtdask workers as SLURM or PBS jobs (dask-jobqueue) and print the scheduler address.
+"""Start sxtdask workers as batch jobs and keep their scheduler up for other clients: a thin example
+of the code behind ``sxtdask ... --cluster`` (which needs none of this: it starts, scales and
+cancels the jobs itself for one run).
 
-A recipe, not part of the package. Install dask-jobqueue first (``pip install "sxtdask[cluster]"``),
-edit ``cluster/slurm.yaml`` or ``cluster/pbs.yaml``, then on the login node::
+Use it when several runs, or a notebook, should share one set of jobs::
 
-    python cluster/jobqueue_launch.py slurm --jobs 4            # or: pbs
-    python cluster/jobqueue_launch.py slurm --print-script      # the job script only, no jobs
+    python cluster/jobqueue_launch.py cluster/slurm.yaml --jobs 4     # or: slurm, pbs, ...
+    sxtdask segment /shared/cell.zarr --task cell --device cuda --scheduler ADDRESS   # 2nd shell
 
-It prints the scheduler address; in a second shell on the same node run, for example::
-
-    sxtdask segment /shared/cell.zarr --task cell,isg-instances --device cuda --scheduler ADDRESS
-
-The scheduler lives in this process: keep it running until sxtdask has finished, then press
-Ctrl-C (the jobs are cancelled). The OME-Zarr stores must be on a file system that the login node
-and every compute node see at the same path.
+The scheduler lives in this process: Ctrl-C (or SIGTERM) stops it and cancels every job.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
-import dask.config
-import yaml
-
-HERE = Path(__file__).resolve().parent
-
-
-def load_config(path: Path) -> dict:
-    """The YAML file's ``jobqueue`` settings, merged over dask-jobqueue's defaults."""
-    import dask_jobqueue  # noqa: F401 - registers dask-jobqueue's default configuration
-
-    config = yaml.safe_load(path.read_text())
-    if not isinstance(config, dict) or "jobqueue" not in config:
-        raise SystemExit(f"{path}: expected a top-level 'jobqueue:' mapping")
-    dask.config.update(dask.config.config, config, priority="new")
-    return config
+from sxtdask.engine import jobqueue_cluster
 
 
 def main() -> None:
+    """Start the jobs, print the scheduler address, and wait for Ctrl-C."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("system", choices=("slurm", "pbs"))
-    parser.add_argument("--config", type=Path, default=None,
-                        help="dask-jobqueue YAML (default: cluster/<system>.yaml beside this script)")
-    parser.add_argument("--jobs", type=int, default=2, help="jobs (= GPU workers) to start")
+    parser.add_argument("cluster", help="slurm, pbs, sge, lsf, or a dask-jobqueue CONFIG.yaml")
+    parser.add_argument("--jobs", type=int, default=2, help="jobs to keep (replaced if they end)")
     parser.add_argument("--print-script", action="store_true",
                         help="print the job script that would be submitted, and exit")
     args = parser.parse_args()
-
-    from dask_jobqueue import PBSCluster, SLURMCluster
-
-    load_config(args.config or HERE / f"{args.system}.yaml")
-    cls = SLURMCluster if args.system == "slurm" else PBSCluster
-    with cls() as cluster:
+    with jobqueue_cluster(args.cluster, threads=1, memory_limit="auto",
+                          dashboard_address="127.0.0.1:8787",
+                          jobs=0 if args.print_script else args.jobs) as cluster:
         if args.print_script:
             print(cluster.job_script())
             return
-        cluster.scale(jobs=args.jobs)
         print(f"scheduler: {cluster.scheduler_address}", flush=True)
         print(f"dashboard: {cluster.dashboard_link}", flush=True)
-        print(f"run: sxtdask segment DATA.zarr --task ... --device cuda "
-              f"--scheduler {cluster.scheduler_address}", flush=True)
         print("Ctrl-C stops the scheduler and cancels the jobs.", flush=True)
         try:
             while True:

@@ -887,7 +887,7 @@ def test_segment_rerun_with_other_chunks_on_a_long_lived_scheduler(pipeline: dic
 
 def test_demo(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    proc = sxtdask("demo", "--out", out, "--shape", "64,128,128", *CLUSTER, cwd=tmp_path)
+    proc = sxtdask("demo", "--out", out, "--shape", "48,112,112", *CLUSTER, cwd=tmp_path)
     assert_ok(proc)
     for name in ("demo.png", "isg.csv", "run.json"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
@@ -895,7 +895,7 @@ def test_demo(tmp_path: Path) -> None:
     data = out / "phantom.zarr"
     assert sorted(listed_labels(data)) == ["cell", "isg", "mito"]  # the bundled U-Nets' route
     labels = read_labels(data)
-    assert labels.shape == (64, 128, 128) and labels.dtype == np.uint32 and labels.max() > 0
+    assert labels.shape == (48, 112, 112) and labels.dtype == np.uint32 and labels.max() > 0
     table = pd.read_csv(out / "isg.csv")
     assert list(table.columns) == TABLE_COLUMNS and len(table) == labels.max()
     report = json.loads((out / "run.json").read_text())

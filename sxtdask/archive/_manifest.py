@@ -1,5 +1,15 @@
 """The archive manifest: one row per tomogram, as ``manifest.json`` (read back on a rerun) and
-``manifest.csv`` (the same rows, flat), both replaced atomically.
+``manifest.csv`` (the same rows, flat), both replaced atomically, and ``manifest.jsonl``, the
+journal of the rows that changed since.
+
+Recording a row appends one line to the journal (O(1)); the journal is folded into
+``manifest.json``/``.csv`` (O(n)) only when it has grown as long as the manifest (at least
+:data:`MIN_COMPACT` lines), at the start and the end of a run and after an interruption: O(1)
+amortised per tomogram, where rewriting both files after every tomogram was O(n²) over a run.
+Reading replays the journal over ``manifest.json``, the last line of an input winning; a line cut
+short by a kill is ignored. A kill at any moment leaves the manifest readable and consistent: the
+files are replaced atomically, the journal only grows, and a journal replayed over the
+``manifest.json`` it was just folded into gives the same rows.
 """
 
 from __future__ import annotations
@@ -19,12 +29,16 @@ from sxtdask.errors import InputError
 
 from ._summary import METRIC_COLUMNS
 
-__all__ = ["MANIFEST_COLUMNS", "STAGES", "STATUSES", "read_manifest", "write_manifest"]
+__all__ = ["MANIFEST_COLUMNS", "STAGES", "STATUSES", "ManifestLog", "read_manifest",
+           "write_manifest"]
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "sxtdask-archive-manifest"
 VERSION = 1
+JOURNAL = "manifest.jsonl"
+#: Journal lines that always fit before a fold into ``manifest.json`` (small archives).
+MIN_COMPACT = 64
 
 #: Stages of one tomogram, in order (``seconds_<stage>`` columns).
 STAGES: tuple[str, ...] = ("checksum", "convert", "statistics", "segment", "pyramids", "measure")
@@ -99,8 +113,13 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
         The file exists but is not an sxtdask archive manifest.
     """
     path = Path(folder) / "manifest.json"
-    if not path.is_file():
-        return {}
+    rows = _read_json(path) if path.is_file() else {}
+    rows.update(_read_journal(Path(folder) / JOURNAL))
+    return {k: {c: (math.nan if v is None and c in METRIC_COLUMNS else v) for c, v in r.items()}
+            for k, r in rows.items()}
+
+
+def _read_json(path: Path) -> dict[str, dict[str, Any]]:
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as err:
@@ -108,9 +127,67 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
                          "move it away to start afresh") from err
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("rows"), list):
         raise InputError(f"{path}: not an sxtdask archive manifest; move it away to start afresh")
-    rows = {}
-    for row in doc["rows"]:
-        if isinstance(row, dict) and isinstance(row.get("input"), str):
-            rows[row["input"]] = {k: (math.nan if v is None and k in METRIC_COLUMNS else v)
-                                  for k, v in row.items()}
+    return {row["input"]: row for row in doc["rows"]
+            if isinstance(row, dict) and isinstance(row.get("input"), str)}
+
+
+def _read_journal(path: Path) -> dict[str, dict[str, Any]]:
+    """The journal's rows by input, the last line of each input winning; a line that is not a
+    row (cut short by a kill) is skipped with a warning.
+    """
+    rows: dict[str, dict[str, Any]] = {}
+    try:
+        f = path.open(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return rows
+    with f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                logger.warning("%s: line %d is not a manifest row (cut short?); skipped", path, n)
+                continue
+            if isinstance(row, dict) and isinstance(row.get("input"), str):
+                rows[row["input"]] = row
     return rows
+
+
+class ManifestLog:
+    """The manifest of a running archive: :meth:`record` appends a row to the journal, which is
+    folded into ``manifest.json``/``.csv`` when it is as long as the manifest (see the module
+    docstring); :meth:`compact` folds it now.
+
+    Parameters
+    ----------
+    folder : path
+        The archive's output folder.
+    rows : dict
+        The run's rows by input (the caller's dict, read when folding).
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], rows: dict[str, dict[str, Any]]) -> None:
+        self.folder, self.rows = Path(folder), rows
+        self.journal = self.folder / JOURNAL
+        self.lines = 0
+        self.folded = len(rows)
+
+    def record(self, row: dict[str, Any]) -> None:
+        """Append ``row`` (one line, flushed: a kill loses at most the line being written)."""
+        line = json.dumps(_json_safe(row), allow_nan=False, default=_plain)
+        with self.journal.open("a", encoding="utf-8") as f:
+            f.write(line + "\n")
+        self.lines += 1
+        if self.lines >= max(MIN_COMPACT, self.folded):
+            self.compact()
+
+    def compact(self) -> Path:
+        """Write every row into ``manifest.json``/``.csv``, then empty the journal; return the
+        CSV.
+        """
+        csv = write_manifest(self.rows.values(), self.folder)
+        with self.journal.open("w", encoding="utf-8"):
+            pass
+        self.lines, self.folded = 0, len(self.rows)
+        return csv

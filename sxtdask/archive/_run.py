@@ -28,10 +28,12 @@ import enum
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -51,7 +53,7 @@ from sxtdask.pipeline import METRIC_COLUMNS, segment_tomogram
 from sxtdask.segmenters import CombinedSegmenter, OutputKind, Segmenter
 
 from ._discover import OUTPUT_FOLDER, Tomogram, assign_outputs, scan_inputs
-from ._manifest import STAGES, read_manifest, write_manifest
+from ._manifest import STAGES, ManifestLog, read_manifest
 from ._summary import tomogram_metrics, write_summary
 from ._tasks import TaskError, convert_tomogram, guarded, sha256_path
 
@@ -60,6 +62,8 @@ __all__ = ["ArchivePlan", "ArchiveProgress", "ArchiveResult", "plan_archive", "r
 logger = logging.getLogger(__name__)
 
 _POLL_S = 0.25
+#: Seconds between looks at the workers' thread count (for the tomograms kept in flight).
+_IN_FLIGHT_REFRESH_S = 5.0
 _IGNORED_FIELDS = frozenset({"device", "batch_size"})
 
 
@@ -349,11 +353,12 @@ class _Driver:
     """The client-side loop: submits each tomogram's next stage when its last one completes."""
 
     def __init__(self, plan: ArchivePlan, segmenter: Any, client: Any, *,
-                 chunks: tuple[int, int, int] | None, in_flight: int,
+                 chunks: tuple[int, int, int] | None, in_flight: int | None,
                  progress: Callable[[ArchiveProgress], None] | None,
                  on_row: Callable[[dict[str, Any]], None] | None) -> None:
         self.plan, self.client, self.chunks = plan, client, chunks
-        self.in_flight, self.progress, self.on_row = in_flight, progress, on_row
+        self.fixed_in_flight, self.progress, self.on_row = in_flight, progress, on_row
+        self._in_flight, self._in_flight_at = 2, -math.inf
         self.parts = _parts(segmenter)
         self.memory = worker_memory(client)  # batches sized to fit each worker
         self.tasks = [p.task for p in self.parts]
@@ -363,6 +368,7 @@ class _Driver:
         self.metric_labels = {k: by_task.get(task) for k, task in
                               (("cell", "cell"), ("mito", "mito"), ("isg", "isg-instances"))}
         self.rows: dict[str, dict[str, Any]] = {k: dict(v) for k, v in plan.previous.items()}
+        self.manifest = ManifestLog(plan.out_dir, self.rows)
         self.ac = distributed.as_completed()
         self.waiting: dict[int, tuple[Any, _Job]] = {}  # one stage future per tomogram
         self.blocks: dict[int, tuple[Any, _Job]] = {}  # the pipeline's per-block futures
@@ -406,12 +412,33 @@ class _Driver:
             chunks=(self.chunks_done, self.chunks_planned),
         )
 
+    @property
+    def in_flight(self) -> int:
+        """Tomograms at once: the fixed number asked for, else the workers' threads (at least 2),
+        looked up again every few seconds, so that it follows workers that batch jobs add or
+        take away. A tomogram in flight holds on the workers only its running blocks (each
+        sized by the engine to fit a worker's memory) and a few small results, so threads, not
+        the archive's size, bound what the cluster holds.
+        """
+        if self.fixed_in_flight is not None:
+            return self.fixed_in_flight
+        now = time.monotonic()
+        if now - self._in_flight_at > _IN_FLIGHT_REFRESH_S:
+            self._in_flight, self._in_flight_at = _default_in_flight(self.client), now
+        return self._in_flight
+
     def _report(self) -> None:
         if self.progress is not None:
             self.progress(self._snapshot())
 
-    def _save(self) -> None:
-        write_manifest(self.rows.values(), self.plan.out_dir)
+    def _save(self, row: dict[str, Any] | None = None) -> None:
+        """Record ``row`` in the manifest's journal (O(1)); without one, write the whole
+        manifest (the start and end of a run).
+        """
+        if row is None:
+            self.manifest.compact()
+        else:
+            self.manifest.record(row)
 
     def _submit(self, job: _Job, stage: str, make: Callable[[], Any]) -> None:
         """Run ``make`` (which builds the stage's graph and submits it) inside the tomogram's span:
@@ -449,7 +476,7 @@ class _Driver:
             row["seconds_total"] = round(time.perf_counter() - job.t_start, 3)
         self.rows[job.tomo.key] = row
         self.counts[status] = self.counts.get(status, 0) + 1
-        self._save()
+        self._save(row)
         if status == "failed":
             logger.info("%s: failed at %s: %s", job.tomo.key, job.stage, error)
         else:
@@ -529,7 +556,8 @@ class _Driver:
         job.row["image_sha256"] = job.row["input_sha256"]  # what the image at job.out was made from
         job.row["stage"] = "statistics"
         job.row["config"] = {}
-        self._save()  # the checksum of the image now at job.out, for a rerun after an interruption
+        self._save(job.row)  # the checksum of the image now at job.out, for a rerun after an
+        # interruption
         self._start_pipeline(job)
 
     def _start_pipeline(self, job: _Job) -> None:
@@ -647,13 +675,14 @@ class _Driver:
             self.fail(job, err)
 
     def run(self) -> None:
-        queue = list(self.plan.tomograms)
+        queue = deque(self.plan.tomograms)
+        self._save()  # the journal of an earlier, killed run folded in: this run's starts empty
         for key, reason in self.plan.ignored.items():
             self.ignore(key, reason)
         try:
             while queue or self.waiting:
                 while queue and len(self.waiting) < self.in_flight:  # one future per tomogram
-                    tomo = queue.pop(0)
+                    tomo = queue.popleft()
                     try:
                         self.start(tomo)
                     except Exception as err:  # noqa: BLE001 - this tomogram only
@@ -748,7 +777,8 @@ def run_archive(
     chunks : (cz, cy, cx), optional
         Chunk (and block) shape of the converted images; default 32 full slices.
     in_flight : int, optional
-        Tomograms processed at once; default the workers' thread count (at least 2).
+        Tomograms processed at once; default the workers' thread count (at least 2), followed
+        as workers join and leave.
     progress : callable, optional
         Called with an :class:`ArchiveProgress` whenever something changes.
     on_row : callable, optional
@@ -771,8 +801,7 @@ def run_archive(
 
         raise ConfigError(f"in-flight tomograms ({in_flight}) must be at least 1")
     with _locked(plan.out_dir):
-        driver = _Driver(plan, segmenter, client, chunks=chunks,
-                         in_flight=in_flight or _default_in_flight(client),
+        driver = _Driver(plan, segmenter, client, chunks=chunks, in_flight=in_flight,
                          progress=progress, on_row=on_row)
         try:
             with distributed.span(f"archive {plan.input_dir.name}"):

@@ -218,11 +218,11 @@ def cluster_options() -> argparse.ArgumentParser:
                         "sxtdask submits, scales and cancels at the end (dask-jobqueue; the "
                         "jobs' settings from CONFIG.yaml as in cluster/slurm.yaml, or from your "
                         "Dask jobqueue configuration)")
-    g.add_argument("--jobs", type=int, default=None, metavar="N",
+    g.add_argument("--jobs", type=_positive, default=None, metavar="N",
                    help="--cluster: a fixed number of jobs (default: adaptive, see --min-jobs)")
     g.add_argument("--min-jobs", type=int, default=None, metavar="N",
                    help="--cluster: adaptive scaling's fewest jobs (default 1)")
-    g.add_argument("--max-jobs", type=int, default=None, metavar="N",
+    g.add_argument("--max-jobs", type=_positive, default=None, metavar="N",
                    help="--cluster: adaptive scaling's most jobs (default 4)")
     g.add_argument("--dashboard-address", default="127.0.0.1:8787", metavar="HOST:PORT",
                    help="local dashboard address, this machine only (a busy port picks "

@@ -166,7 +166,7 @@ def jobqueue_cluster(cluster: str, *, threads: int, memory_limit: str, dashboard
                           "adaptively: give one or the other")
     low = 1 if min_jobs is None else min_jobs
     high = max(4, low) if max_jobs is None else max_jobs
-    if (jobs is not None and jobs < 1) or low < 0 or high < max(1, low):
+    if (jobs is not None and jobs < 0) or low < 0 or high < max(1, low):
         raise ConfigError(f"jobs: --jobs at least 1, 0 <= --min-jobs <= --max-jobs and "
                           f"--max-jobs at least 1 (got jobs={jobs}, min={min_jobs}, "
                           f"max={max_jobs})")
@@ -207,7 +207,8 @@ def jobqueue_cluster(cluster: str, *, threads: int, memory_limit: str, dashboard
         # waiting for workers that never come.
         if jobs is not None:
             low = high = jobs
-        made.adapt(minimum_jobs=low, maximum_jobs=high)
+        if high > 0:  # jobs=0: none (a caller that only wants the job script)
+            made.adapt(minimum_jobs=low, maximum_jobs=high)
         yield made
         ok = True
     finally:
