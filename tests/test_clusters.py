@@ -245,6 +245,38 @@ def test_segment_on_a_scheduler_and_two_worker_processes(
     assert any("segment" in g for g in spans["segment cell.zarr"]), spans
 
 
+def test_two_runs_on_one_scheduler_do_not_disturb_each_other(
+    tcp_cluster: str, store: Path, reference: np.ndarray, tmp_path: Path
+) -> None:
+    """Two clients segment two stores on the same scheduler at once; one is interrupted
+    (SIGINT) mid-run: the other still gets the reference labels (its task keys, span and
+    scratch are its own), and the interrupted one's rerun gets them too.
+    """
+    dirs = [_run_dir(tmp_path / name, store) for name in ("a", "b")]
+    cmd = [sys.executable, "-m", "sxtdask.cli", "segment", "cell.zarr", "--task", "isg-instances",
+           "--method", "classical", "--chunks", "8,32,32", "--scheduler", tcp_cluster,
+           "--report", "r.json"]
+    procs = [subprocess.Popen(cmd, cwd=d, env=ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for d in dirs]
+    try:
+        assert procs[0].stdout is not None
+        for line in procs[0].stdout:  # interrupt run a once it is connected and working
+            if line.startswith("dashboard:"):
+                time.sleep(0.5)
+                procs[0].send_signal(signal.SIGINT)
+                break
+        codes = [p.wait(timeout=180) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert codes[1] == 0, procs[1].stderr.read() if procs[1].stderr else ""
+    assert codes[0] == 130, procs[0].stderr.read() if procs[0].stderr else ""
+    np.testing.assert_array_equal(_labels(dirs[1] / "cell.zarr"), reference)
+    rerun = sxtdask(*cmd[3:], cwd=dirs[0])
+    _check_run(rerun, dirs[0], reference)
+
+
 # --------------------------------------------------------------------------- TLS
 
 
