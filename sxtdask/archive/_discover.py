@@ -218,7 +218,8 @@ def assign_outputs(tomograms: list[Tomogram], claimed: Mapping[str, str]) -> dic
     ``<name>.ome.zarr`` (the full file name, extension included) where two inputs share a stem.
     """
     taken = set(claimed.values())
-    out: dict[str, str] = {k: v for k, v in claimed.items() if any(t.key == k for t in tomograms)}
+    keys = {t.key for t in tomograms}
+    out: dict[str, str] = {k: v for k, v in claimed.items() if k in keys}
     wanted: dict[str, int] = {}
     for t in tomograms:
         if t.key not in out:

@@ -142,13 +142,33 @@ def plan_archive(
         raise InputError(f"{input_dir}: no tomograms found (looked for .mrc, .rec, .map, .st, .am, "
                          f".tif, .tiff, .npy files and OME-Zarr images){also}")
     previous = read_manifest(out)
-    claimed = {k: _confined(out, k, r.get("output"), tomograms) for k, r in previous.items()
+    inputs = _InputPaths(tomograms)
+    claimed = {k: _confined(out, k, r.get("output"), inputs) for k, r in previous.items()
                if r.get("output") is not None}
     return ArchivePlan(inp, out, tomograms, assign_outputs(tomograms, claimed), previous,
                        ignored=dict(scan.ignored))
 
 
-def _confined(out: Path, key: str, output: Any, tomograms: list[Tomogram]) -> str:
+class _InputPaths:
+    """The inputs' resolved paths and every folder above them, resolved once (a rerun checks
+    each earlier row against all inputs: a set lookup each, not a pass over the archive).
+    """
+
+    def __init__(self, tomograms: list[Tomogram]) -> None:
+        self.key: dict[Path, str] = {}
+        self.above: dict[Path, str] = {}
+        for t in tomograms:
+            source = t.path.resolve()
+            self.key[source] = t.key
+            for parent in source.parents:
+                self.above.setdefault(parent, t.key)
+
+    def hit(self, target: Path) -> str | None:
+        """The key of an input that ``target`` is, or holds."""
+        return self.key.get(target) or self.above.get(target)
+
+
+def _confined(out: Path, key: str, output: Any, inputs: _InputPaths) -> str:
     """An earlier manifest's ``output`` for ``key``, checked before anything uses it.
 
     It must be what sxtdask writes: a relative ``tomograms/.../<name>.ome.zarr`` path that stays
@@ -171,10 +191,9 @@ def _confined(out: Path, key: str, output: Any, tomograms: list[Tomogram]) -> st
     if top not in target.parents:
         raise InputError(f"{where} has output {output!r}, which leads outside --out {out} "
                          f"(to {target}); {fix}")
-    for t in tomograms:
-        source = t.path.resolve()
-        if target == source or target in source.parents:
-            raise InputError(f"{where} has output {output!r}, which is the input {t.key}; {fix}")
+    hit = inputs.hit(target)
+    if hit is not None:
+        raise InputError(f"{where} has output {output!r}, which is the input {hit}; {fix}")
     return output
 
 
