@@ -7,7 +7,6 @@ What it prints, per n, from one run each:
 - seconds per tomogram: discovery (``plan_archive``), the run (checksum, conversion, statistics,
   segmentation, pyramids, measurement, manifest), the summary, and all of it;
 - scheduler tasks per tomogram (counted by a scheduler plugin);
-- the manifest's bytes written per tomogram (the journal and its folds);
 - the ratio of the largest n's seconds per tomogram to the smallest's (target: within 2×, i.e.
   flat: no cost that grows with the archive).
 
@@ -53,10 +52,6 @@ def _make_inputs(folder: Path, n: int, seed: int = 0) -> None:
         np.save(folder / f"t{i:05d}.npy", vol)
 
 
-def _bytes_written(out: Path) -> int:
-    return sum(p.stat().st_size for p in out.glob("manifest.*"))
-
-
 def run_one(root: Path, n: int, workers: int) -> dict[str, float]:
     from distributed.diagnostics.plugin import SchedulerPlugin
 
@@ -96,6 +91,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    import logging
+
+    logging.getLogger("sxtdask").setLevel(logging.ERROR)  # .npy files: the assumed voxel size
     root = Path(tempfile.mkdtemp(prefix="sxtdask-archive-scale-", dir=args.work))
     print(f"simulated archives of 8×16×16 tomograms, classical ISG instances, "
           f"{args.workers} local workers × 1 thread")
