@@ -266,10 +266,28 @@ def _close(cluster: Any, system: str) -> None:
     """
     ids = _job_ids(cluster)
     try:
-        cluster.close(timeout=60)
+        with _signals_deferred():  # a second Ctrl-C or SIGTERM must not cut the cancelling short
+            cluster.close(timeout=60)
     except Exception as err:  # noqa: BLE001 - report, and say which jobs may be left
         logger.warning("closing the %s cluster failed (%s); these jobs may still be queued: %s",
                        system, err, " ".join(sorted(ids)) or "none known")
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM held back in this thread inside (delivered, and raised, after)."""
+    import signal
+    import threading
+
+    if not hasattr(signal, "pthread_sigmask") or \
+            threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _job_ids(cluster: Any) -> set[str]:
