@@ -46,6 +46,7 @@ import psutil
 import pytest
 
 from sxtdask._fs import LOCK_FILE
+from sxtdask.archive import read_manifest
 from sxtdask.engine import staged_name
 from sxtdask.engine._run import SCRATCH_DIR
 from sxtdask.io import labels_complete, list_labels, open_image, write_image
@@ -519,11 +520,13 @@ def _archive_sound(run: Path, ref: Path, inputs: Path) -> None:
     assert _digest(run / "in") == _digest(ref / "in")
     if not out.exists():
         return
-    assert _visible_top(out) <= {"tomograms", "manifest.json", "manifest.csv", "summary.csv",
-                                 "summary.parquet", "summary.png", "summary.html"}
-    rows = _rows(out / "manifest.json") if (out / "manifest.json").exists() else {}
-    if (out / "manifest.csv").exists():
-        assert set(pd.read_csv(out / "manifest.csv")["input"]) == set(rows)
+    assert _visible_top(out) <= {"tomograms", "manifest.json", "manifest.csv", "manifest.jsonl",
+                                 "summary.csv", "summary.parquet", "summary.png", "summary.html"}
+    folded = _rows(out / "manifest.json") if (out / "manifest.json").exists() else {}
+    if (out / "manifest.csv").exists():  # folded together with manifest.json
+        assert set(pd.read_csv(out / "manifest.csv")["input"]) == set(folded)
+    rows = read_manifest(out)  # manifest.json with the journal of the rows since replayed
+    assert set(folded) <= set(rows)
     for row in rows.values():
         assert row["status"] in ("done", "incomplete"), row
         if row["status"] == "done":

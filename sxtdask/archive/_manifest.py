@@ -183,11 +183,10 @@ class ManifestLog:
             self.compact()
 
     def compact(self) -> Path:
-        """Write every row into ``manifest.json``/``.csv``, then empty the journal; return the
-        CSV.
+        """Write every row into ``manifest.json``/``.csv``, then remove the journal (a run that
+        ends leaves none); return the CSV.
         """
         csv = write_manifest(self.rows.values(), self.folder)
-        with self.journal.open("w", encoding="utf-8"):
-            pass
+        self.journal.unlink(missing_ok=True)
         self.lines, self.folded = 0, len(self.rows)
         return csv
