@@ -46,6 +46,14 @@ def _slurm_state() -> str:
     states = out.stdout.split()
     if not any(s.rstrip("*") in ("idle", "mix", "alloc") for s in states):
         return f"no usable SLURM node (sinfo: {' '.join(states) or out.stderr.strip()})"
+    try:  # a node that takes jobs but cannot run them would leave the runs waiting for workers
+        probe = subprocess.run(["srun", "-t", "1", "-n", "1", "-J", JOB_NAME, "true"],
+                               capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        subprocess.run(["scancel", "-n", JOB_NAME], timeout=30, check=False)
+        return f"srun true did not finish: {err}"
+    if probe.returncode != 0:
+        return f"srun true failed: {probe.stderr.strip()[:200]}"
     return ""
 
 
