@@ -79,7 +79,9 @@ def run_one(root: Path, n: int, workers: int) -> dict[str, float]:
             lambda dask_scheduler: dask_scheduler.plugins[Counter.name].count)
     done = result.counts.get("done", 0)
     if done != n:
-        raise SystemExit(f"n={n}: {done} done, {result.counts}")
+        failed = [f"{r['input']} at {r.get('stage')}: {r.get('error')}" for r in result.rows
+                  if r.get("status") == "failed"]
+        print(f"n={n}: {done} done, {result.counts}; " + "; ".join(failed[:5]), flush=True)
     return {"n": n, "discover": (t1 - t0) / n, "run": (t2 - t1) / n, "total": (t2 - t0) / n,
             "tasks": tasks / n}
 
