@@ -83,10 +83,11 @@ def open_cluster(args: argparse.Namespace, con: Console, config: Any = None) -> 
 
 
 def _jobs_text(config: Any) -> str:
+    from sxtdask.engine._jobqueue import job_bounds
+
     if config.jobs is not None:
         return f"{config.jobs} batch job(s)"
-    low = 1 if config.min_jobs is None else config.min_jobs
-    high = max(4, low) if config.max_jobs is None else config.max_jobs
+    low, high = job_bounds(None, config.min_jobs, config.max_jobs)
     return f"{low} to {high} batch jobs, scaled to the work"
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from ..errors import ConfigError, InputError, SxtdaskError
 
-__all__ = ["JOB_SYSTEMS", "jobqueue_cluster", "jobqueue_settings", "jobqueue_system",
+__all__ = ["JOB_SYSTEMS", "job_bounds", "jobqueue_cluster", "jobqueue_settings", "jobqueue_system",
            "wait_for_first_worker"]
 
 logger = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def jobqueue_settings(system: str, own: dict[str, Any], *, threads: int, memory_
 
     configured = {key(k): v for k, v in (dask.config.get(f"jobqueue.{system}", {}) or {}).items()}
     configured.update({key(k): v for k, v in own.items()})
-    kwargs: dict[str, Any] = {key(k).replace("-", "_"): v for k, v in own.items()}
+    kwargs: dict[str, Any] = {k.replace("-", "_"): v for k, v in own.items()}
     cores = configured.get("cores")
     if cores is None:
         cores = kwargs["cores"] = threads
@@ -140,6 +140,30 @@ def jobqueue_settings(system: str, own: dict[str, Any], *, threads: int, memory_
     scheduler.setdefault("dashboard_address", dashboard_address)
     kwargs["scheduler_options"] = scheduler
     return kwargs
+
+
+def job_bounds(jobs: int | None, min_jobs: int | None, max_jobs: int | None) -> tuple[int, int]:
+    """(fewest, most) jobs: ``jobs`` for both, else ``min_jobs`` (default 1) and ``max_jobs``
+    (default 4, or ``min_jobs`` if more).
+
+    Raises
+    ------
+    ConfigError
+        ``jobs`` with a bound, or bounds out of order.
+    """
+    if jobs is not None and (min_jobs is not None or max_jobs is not None):
+        raise ConfigError("--jobs is a fixed number of jobs; --min-jobs/--max-jobs scale "
+                          "adaptively: give one or the other")
+    if jobs is not None:
+        if jobs < 0:
+            raise ConfigError(f"--jobs must be at least 1 (got {jobs})")
+        return jobs, jobs
+    low = 1 if min_jobs is None else min_jobs
+    high = max(4, low) if max_jobs is None else max_jobs
+    if low < 0 or high < max(1, low):
+        raise ConfigError(f"jobs: 0 <= --min-jobs <= --max-jobs and --max-jobs at least 1 (got "
+                          f"min={min_jobs}, max={max_jobs})")
+    return low, high
 
 
 @contextmanager
@@ -161,15 +185,7 @@ def jobqueue_cluster(cluster: str, *, threads: int, memory_limit: str, dashboard
         import dask_jobqueue
     except ImportError:
         raise SxtdaskError(f"--cluster {system} needs dask-jobqueue: {_INSTALL}") from None
-    if jobs is not None and (min_jobs is not None or max_jobs is not None):
-        raise ConfigError("--jobs is a fixed number of jobs; --min-jobs/--max-jobs scale "
-                          "adaptively: give one or the other")
-    low = 1 if min_jobs is None else min_jobs
-    high = max(4, low) if max_jobs is None else max_jobs
-    if (jobs is not None and jobs < 0) or low < 0 or high < max(1, low):
-        raise ConfigError(f"jobs: --jobs at least 1, 0 <= --min-jobs <= --max-jobs and "
-                          f"--max-jobs at least 1 (got jobs={jobs}, min={min_jobs}, "
-                          f"max={max_jobs})")
+    low, high = job_bounds(jobs, min_jobs, max_jobs)
     kwargs = jobqueue_settings(system, own, threads=threads, memory_limit=memory_limit,
                                dashboard_address=dashboard_address)
     own_logs = None
@@ -179,6 +195,7 @@ def jobqueue_cluster(cluster: str, *, threads: int, memory_limit: str, dashboard
     ok = False
     cls = getattr(dask_jobqueue, JOB_SYSTEMS[system])
     failures = SubmitFailures()
+    made: Any = None
     try:
         submit = str(cls.job_cls.submit_command or "").split()
         if submit and shutil.which(submit[0]) is None:
@@ -193,7 +210,7 @@ def jobqueue_cluster(cluster: str, *, threads: int, memory_limit: str, dashboard
         raise ConfigError(f"{system} jobs: {first} (set it in --cluster CONFIG.yaml, as in "
                           f"cluster/{system}.yaml, or in ~/.config/dask/jobqueue.yaml)") from None
     finally:
-        if own_logs is not None and "made" not in locals():
+        if own_logs is not None and made is None:
             shutil.rmtree(own_logs, ignore_errors=True)
     made.submit_failures = failures
     try:
@@ -205,8 +222,6 @@ def jobqueue_cluster(cluster: str, *, threads: int, memory_limit: str, dashboard
         # A fixed --jobs N is adaptive between N and N: a job that ends early (scancel, its
         # walltime, a node failure) is replaced, where plain scaling would leave the run
         # waiting for workers that never come.
-        if jobs is not None:
-            low = high = jobs
         if high > 0:  # jobs=0: none (a caller that only wants the job script)
             made.adapt(minimum_jobs=low, maximum_jobs=high)
         yield made
