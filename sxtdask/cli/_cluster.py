@@ -83,7 +83,7 @@ def open_cluster(args: argparse.Namespace, con: Console, config: Any = None) -> 
 
 
 def _jobs_text(config: Any) -> str:
-    from sxtdask.engine._jobqueue import job_bounds
+    from sxtdask.engine import job_bounds
 
     if config.jobs is not None:
         return f"{config.jobs} batch job(s)"

@@ -4,7 +4,7 @@ per-worker model cache lives in ``sxtdask.models`` and is re-exported here).
 
 from ..models import cached_model, clear_models, load_counts
 from ._cluster import ClusterConfig, connect, dashboard_moved
-from ._jobqueue import jobqueue_cluster, wait_for_first_worker
+from ._jobqueue import job_bounds, jobqueue_cluster, wait_for_first_worker
 from ._run import (
     WORKER_BASELINE,
     StoreRun,
@@ -27,6 +27,7 @@ __all__ = [
     "cached_model",
     "clear_models",
     "connect",
+    "job_bounds",
     "jobqueue_cluster",
     "wait_for_first_worker",
     "dashboard_moved",
