@@ -11,7 +11,8 @@ Per method, the same phantom tomogram (default 256 × 512 × 512) is segmented t
   intra-op thread per core.
 * **sxtdask**: the tomogram as OME-Zarr (z-slab chunks, with its mean pyramid), the whole
   pipeline (statistics, the per-tomogram work, blocks, label image and pyramid) on a
-  LocalCluster of one worker with one thread per core, timed from the start of the graph to the
+  LocalCluster of one worker with one thread per core and the environment sxtdask gives its own
+  workers (one torch thread per task, glibc's malloc defaults), timed from the start of the graph to the
   label image listed; its worker's resident memory sampled every 10 ms.
 
 Printed per method: voxels/s of both and their ratio, the labels' agreement, the peak memory of
@@ -252,9 +253,11 @@ def main() -> None:
     args = ap.parse_args()
     shape = tuple(int(v) for v in args.shape.split(","))
     cores = _cores()
+    import dask
     import torch
     from distributed import Client, LocalCluster
 
+    from sxtdask.engine import worker_environ
     from sxtdask.io import write_image
 
     torch.set_num_threads(cores)
@@ -281,12 +284,14 @@ def main() -> None:
                 ref = peer(vol, model, args.batch_size)
                 t_peer = time.perf_counter() - t0
             runs = {}
-            os.environ["OMP_NUM_THREADS"] = "1"  # workers: one torch thread per task
-            for name in ("quarter", "full"):  # a fresh worker each: its own peak
-                with LocalCluster(n_workers=1, threads_per_worker=cores, processes=True,
-                                  dashboard_address=None) as cluster, Client(cluster) as client:
-                    runs[name] = run_sxtdask(client, stores[name], method, model, args.batch_size)
-            del os.environ["OMP_NUM_THREADS"]
+            # the workers' environment of sxtdask's own clusters (one torch thread per task,
+            # glibc's malloc defaults: sxtdask.engine.worker_environ)
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
+                for name in ("quarter", "full"):  # a fresh worker each: its own peak
+                    with LocalCluster(n_workers=1, threads_per_worker=cores, processes=True,
+                                      dashboard_address=None) as cluster, Client(cluster) as client:
+                        runs[name] = run_sxtdask(client, stores[name], method, model,
+                                                 args.batch_size)
             (t_ours, peak, ours), peak_small = runs["full"], runs["quarter"][1]
             agree = float(np.mean(ours == ref))
             v = vol.size

@@ -3,7 +3,7 @@ per-worker model cache lives in ``sxtdask.models`` and is re-exported here).
 """
 
 from ..models import cached_model, clear_models, load_counts
-from ._cluster import ClusterConfig, connect, dashboard_moved
+from ._cluster import ClusterConfig, connect, dashboard_moved, worker_environ
 from ._jobqueue import job_bounds, jobqueue_cluster, wait_for_first_worker
 from ._run import (
     WORKER_BASELINE,
@@ -30,6 +30,7 @@ __all__ = [
     "job_bounds",
     "jobqueue_cluster",
     "wait_for_first_worker",
+    "worker_environ",
     "dashboard_moved",
     "load_counts",
     "plan_grid",

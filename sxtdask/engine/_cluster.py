@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dask
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.security import Security
@@ -312,6 +313,26 @@ class QuietUserErrors(WorkerPlugin):
             log.addFilter(_UserErrorFilter())
 
 
+#: Dask's default for its workers' ``MALLOC_TRIM_THRESHOLD_`` (``distributed.nanny.pre-spawn-environ``).
+_DASK_TRIM_THRESHOLD = 65536
+
+
+def worker_environ() -> dict[str, Any]:
+    """The environment sxtdask's local workers start with: Dask's
+    ``distributed.nanny.pre-spawn-environ``, less Dask's own ``MALLOC_TRIM_THRESHOLD_=65536``.
+
+    Setting that threshold turns off glibc's adaptive mmap threshold, so every large array a
+    network or a filter allocates is a fresh mapping whose pages fault in again: measured here,
+    the cascade on 128×256×256 took 27.8 s with it and 15.7 s without (the single-process loop:
+    15.2 s), for a worker peak of 1.23 against 1.52 GiB (freed memory is kept for reuse). A
+    threshold the user configured to another value is kept.
+    """
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
+    if str(env.get("MALLOC_TRIM_THRESHOLD_")) == str(_DASK_TRIM_THRESHOLD):
+        del env["MALLOC_TRIM_THRESHOLD_"]
+    return env
+
+
 @contextmanager
 def _local_cluster(config: ClusterConfig) -> Iterator[LocalCluster]:
     """A local cluster, closed on exit (see :mod:`._shutdown`): its workers never see a Ctrl-C,
@@ -321,7 +342,8 @@ def _local_cluster(config: ClusterConfig) -> Iterator[LocalCluster]:
     graceful = False
     try:
         # A Ctrl-C while the workers start comes once the cluster exists (then it is closed).
-        with sigint_deferred(), warnings.catch_warnings():
+        with sigint_deferred(), warnings.catch_warnings(), dask.config.set(
+                {"distributed.nanny.pre-spawn-environ": worker_environ()}):
             warnings.filterwarnings("ignore", message=r"Port \d+ is already in use",
                                     category=UserWarning)
             cluster = _local_cuda_cluster(config) if config.gpu else LocalCluster(

@@ -23,10 +23,12 @@ each stage is one task per row of tiles (all tiles of one z and y origin):
 
 - ``cascade.stage1`` reads only its binned window (the pyramid level, or level 0 binned in the
   task) and returns its tiles' softmax;
-- ``cascade.stage2`` reads its full-resolution window and the stage-1 rows that reach it, fuses
-  and smooths stage 1 over the window plus the Gaussians' reach (every value equals the
-  whole-volume one: the same tiles, added in the same order, the same Gaussian taps), and
-  returns its tiles' softmax;
+- ``cascade.prior`` fuses and smooths stage 1 over a z slab of whole planes (two stage-2 tiles
+  deep) from the stage-1 rows that reach it, over the slab plus the Gaussians' reach (every
+  value equals the whole-volume one: the same tiles, added in the same order, the same Gaussian
+  taps), so each voxel's prior is computed once;
+- ``cascade.stage2`` reads its full-resolution window and the prior slabs under it, and returns
+  its tiles' softmax;
 - each engine block fuses the stage-2 tiles over its chunk (no halo) and takes the argmax.
 
 Every tile is predicted once, whatever the chunking, and its batch is its row, so the result
@@ -119,11 +121,17 @@ def fuse_tiles(tiles: Sequence[tuple[tuple[int, int, int], np.ndarray]], region:
                zip(origin, region, shape, strict=True)]
         if any(a >= b for a, b in box):
             continue
-        local = [np.arange(a, b) - o for (a, b), o in zip(box, origin, strict=True)]
-        up = probs[:, local[0] // binning][:, :, local[1] // binning][:, :, :, local[2] // binning]
-        w = window[np.ix_(*local)]
+        # the tile's samples over the box, each repeated ×binning (basic slices, no gathers)
+        local = [(a - o, b - o) for (a, b), o in zip(box, origin, strict=True)]
+        up = probs[(slice(None), *(slice(a // binning, (b - 1) // binning + 1) for a, b in local))]
+        for axis, (a, b) in enumerate(local, start=1):
+            if binning > 1:
+                up = np.repeat(up, binning, axis=axis)
+                up = up[(slice(None),) * axis + (slice(a % binning, a % binning + b - a),)]
+        w = window[tuple(slice(a, b) for a, b in local)]
         dst = tuple(slice(a - lo, b - lo) for (a, b), (lo, _) in zip(box, region, strict=True))
-        num[(slice(None), *dst)] += up * w
+        target = num[(slice(None), *dst)]
+        target += up * w
         den[dst] += w
     return num, den
 
@@ -292,16 +300,27 @@ class CascadeSegmenter(Segmenter):
         zs, ys, xs = _stage_tiles(shape, e2, 1)
         token = tokenize(stage1.token, "stage2")
         annotations = {"resources": {"GPU": 1}} if self.needs_gpu else {}
+        # stage 1's smoothed probabilities, once per z slab of whole planes (a row of stage 2
+        # reads the one or two slabs under it: each voxel's prior is computed once)
+        slab = 2 * e2
+        priors: dict[int, Delayed] = {}
+        for z0 in range(0, shape[0], slab):
+            box = (slice(z0, min(z0 + slab, shape[0])), slice(0, shape[1]), slice(0, shape[2]))
+            priors[z0] = delayed(_prior_slab, pure=True)(
+                self, stage1.for_block(box), box[0].start, box[0].stop, shape,
+                dask_key_name=(f"cascade.prior-{token}", z0 // slab))
         rows: dict[tuple[int, int], Delayed] = {}
         for iz, tz in enumerate(zs):
+            under = [z0 for z0 in sorted(priors) if z0 < tz + e2 and z0 + slab > tz]
             for iy, ty in enumerate(ys):
                 box = (slice(tz, min(tz + e2, shape[0])), slice(ty, min(ty + e2, shape[1])),
                        slice(0, shape[2]))
                 # read and merged anywhere: only the network's task asks for a GPU
-                window, reach = delayed(image[box], pure=True), stage1.for_block(box)
+                window = delayed(image[box], pure=True)
                 with dask.annotate(**annotations):
                     rows[(tz, ty)] = delayed(_stage2_row, pure=True)(
-                        self, window, reach, stats, (tz, ty), xs, shape,
+                        self, window, stats, (tz, ty), xs, shape, under[0],
+                        *(priors[z0] for z0 in under),
                         dask_key_name=(f"cascade.stage2-{token}", iz, iy))
         return _Rows(rows, shape, e2, 1, 0, token)
 
@@ -347,16 +366,18 @@ class CascadeSegmenter(Segmenter):
 
     # ----------------------------------------------------------------- stage 2
 
-    def _stage2_tiles(self, window: np.ndarray, rows: dict[tuple[int, ...], np.ndarray],
+    def _stage2_tiles(self, window: np.ndarray, z0: int, slabs: Sequence[np.ndarray],
                       stats: IntensityStats, origin: tuple[int, int], xs: Sequence[int],
                       shape: tuple[int, ...]) -> dict[tuple[int, ...], np.ndarray]:
         """Stage 2's softmax of one row of tiles (full-resolution origins ``(tz, ty, tx)``):
-        the row's window of the image and stage 1's smoothed probabilities as channels.
+        the row's window of the image and stage 1's smoothed probabilities as channels, cut
+        from the prior ``slabs`` under it ((n−1, slices, Y, X) each, in z order, the first
+        starting at slice ``z0``).
         """
         e2 = self._cfg.stage2.extent
-        region = [(origin[0], origin[0] + window.shape[0]),
-                  (origin[1], origin[1] + window.shape[1]), (0, shape[2])]
-        probs = self._stage1_probabilities(rows, region, shape)
+        prior = slabs[0] if len(slabs) == 1 else np.concatenate(slabs, axis=1)
+        probs = prior[:, origin[0] - z0:origin[0] - z0 + window.shape[0],
+                      origin[1]:origin[1] + window.shape[1]]
         x = np.concatenate([self.normalise(window, stats)[None], probs], axis=0)
         tiles = [_pad(x[:, :, :, tx:tx + e2], e2) for tx in xs]
         out = self._forward("stage2", tiles)
@@ -460,12 +481,19 @@ def _pad(a: np.ndarray, size: int) -> np.ndarray:
     return np.pad(a, pad) if any(p for _, p in pad) else a
 
 
-def _stage2_row(seg: CascadeSegmenter, window: np.ndarray,
-                rows: dict[tuple[int, ...], np.ndarray], stats: IntensityStats,
-                origin: tuple[int, int], xs: Sequence[int], shape: tuple[int, ...]
-                ) -> dict[tuple[int, ...], np.ndarray]:
-    """Stage 2's softmax of one row of tiles."""
-    return seg._stage2_tiles(np.asarray(window), rows, stats, origin, xs, shape)
+def _stage2_row(seg: CascadeSegmenter, window: np.ndarray, stats: IntensityStats,
+                origin: tuple[int, int], xs: Sequence[int], shape: tuple[int, ...], z0: int,
+                *slabs: np.ndarray) -> dict[tuple[int, ...], np.ndarray]:
+    """Stage 2's softmax of one row of tiles; ``slabs``: the prior slabs under it, the first
+    starting at slice ``z0``.
+    """
+    return seg._stage2_tiles(np.asarray(window), z0, slabs, stats, origin, xs, shape)
+
+
+def _prior_slab(seg: CascadeSegmenter, rows: dict[tuple[int, ...], np.ndarray], z0: int, z1: int,
+                shape: tuple[int, ...]) -> np.ndarray:
+    """Stage 1's fused, smoothed probabilities of classes 1..n−1 over slices ``z0:z1``."""
+    return seg._stage1_probabilities(rows, [(z0, z1), (0, shape[1]), (0, shape[2])], shape)
 
 
 def _stage1_row(seg: CascadeSegmenter, window: np.ndarray, raw: bool, stats: IntensityStats,
