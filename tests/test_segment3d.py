@@ -172,12 +172,18 @@ def test_cascade_stage1_rows_from_a_level_equal_binned_rows(segmenters: dict[str
     stats = global_stats(image).compute()
     level = da.from_array(bin_mean(vol, 2), chunks=(4, 5, 6))
     box = tuple(slice(0, n) for n in vol.shape)
-    from_level = seg.plan_context(image, stats, binned={2: level}).for_block(box).compute()
-    binned = seg.plan_context(image, stats).for_block(box).compute()
+    from_level = seg._plan_stage1(image, stats, {2: level}).for_block(box).compute()
+    binned = seg._plan_stage1(image, stats, None).for_block(box).compute()
     rows = len(tile_starts(9, seg.config.stage1.block)) * len(tile_starts(12, seg.config.stage1.block))
     assert len(from_level) == len(binned) >= rows > 1
     for key, probs in binned.items():
         np.testing.assert_array_equal(from_level[key], probs)
+    # and so are stage 2's fused bands built on them
+    bands = [seg.plan_context(image, stats, binned=b).for_block(box).compute()
+             for b in ({2: level}, None)]
+    assert [t for t, _ in bands[0]] == [t for t, _ in bands[1]] and len(bands[0]) >= 1
+    for (_, a), (_, b) in zip(*bands, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_cascade_stage1_level_or_binning_gives_the_same_labels(segmenters: dict[str, Any],
@@ -414,7 +420,7 @@ def test_network_tasks_ask_for_a_gpu_on_cuda(gpu: bool, segmenters: dict[str, An
     s1, small = cascade.config.stage1.block, [-(-n // cascade.factor) for n in shape]
     rows1 = len(tile_starts(small[0], s1)) * len(tile_starts(small[1], s1))
     e2 = cascade.config.stage2.extent
-    rows2 = len(tile_starts(shape[0], e2)) * len(tile_starts(shape[1], e2))
+    rows2 = len(tile_starts(shape[0], e2))  # one task per z band
     store = write_image(vol, tmp_path / "cell.ome.zarr", chunks=(9, 13, 15), voxel_size_nm=VOXEL)
     for seg, network in ((unet3d, {"unet3d.patches-": -(-n_patches // unet3d.batch_size)}),
                          (cascade, {"cascade.stage1-": rows1, "cascade.stage2-": rows2})):

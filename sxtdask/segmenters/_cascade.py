@@ -19,7 +19,8 @@ The steps (REFERENCE-3D §3):
 Both tilings are fixed by the tomogram's shape, never by its chunks, and NCXT's networks use
 InstanceNorm (statistics of the whole tile), so a tile's answer depends on the whole tile: that
 is why the answer at a voxel is built from whole tiles, never from a chunk's own crop. On Dask,
-each stage is one task per row of tiles (all tiles of one z and y origin):
+stage 1 is one task per row of tiles (all tiles of one z and y origin), stage 2 one task per z
+band of tiles (all tiles of one z origin):
 
 - ``cascade.stage1`` reads only its binned window (the pyramid level, or level 0 binned in the
   task) and returns its tiles' softmax;
@@ -27,13 +28,15 @@ each stage is one task per row of tiles (all tiles of one z and y origin):
   deep) from the stage-1 rows that reach it, over the slab plus the Gaussians' reach (every
   value equals the whole-volume one: the same tiles, added in the same order, the same Gaussian
   taps), so each voxel's prior is computed once;
-- ``cascade.stage2`` reads its full-resolution window and the prior slabs under it, and returns
-  its tiles' softmax;
-- each engine block fuses the stage-2 tiles over its chunk (no halo) and takes the argmax.
+- ``cascade.stage2`` reads its band of full-resolution planes and the prior slabs under it,
+  predicts the band's tiles row by row and returns their window-weighted sums over the band
+  (K × band × Y × X: about 0.6× the memory of the tiles themselves, and one task per band
+  instead of one per row);
+- each engine block adds the bands over its chunk (no halo), in z order, and takes the argmax.
 
-Every tile is predicted once, whatever the chunking, and its batch is its row, so the result
-equals :meth:`CascadeSegmenter.segment_block` on the whole volume (the same steps in one
-process), for any chunking.
+Every tile is predicted once, whatever the chunking; its batch is its row and the sums' order
+is fixed by the tomogram's shape, so the result equals :meth:`CascadeSegmenter.segment_block`
+on the whole volume (the same steps in one process), for any chunking.
 
 Decided here where NCXT is silent: tiles beyond a short axis are zero-padded after
 normalisation; the window is taken at full resolution (``block · b`` samples); sxtdask's own
@@ -115,6 +118,17 @@ def fuse_tiles(tiles: Sequence[tuple[tuple[int, int, int], np.ndarray]], region:
     k = tiles[0][1].shape[0] if tiles else 0
     num = np.zeros((k, *rshape), np.float32)
     den = np.zeros(rshape, np.float32)
+    add_tiles(num, den, tiles, region, shape, extent, binning)
+    return num, den
+
+
+def add_tiles(num: np.ndarray, den: np.ndarray | None,
+              tiles: Sequence[tuple[tuple[int, int, int], np.ndarray]],
+              region: Sequence[tuple[int, int]], shape: Sequence[int], extent: int,
+              binning: int = 1) -> None:
+    """Add the window-weighted ``tiles`` to ``num`` (K, *region) and their weights to ``den``
+    (*region; None: not kept), in the given order (see :func:`fuse_tiles`).
+    """
     window = tile_window(extent)
     for origin, probs in tiles:
         box = [(max(o, lo, 0), min(o + extent, hi, n)) for o, (lo, hi), n in
@@ -132,8 +146,8 @@ def fuse_tiles(tiles: Sequence[tuple[tuple[int, int, int], np.ndarray]], region:
         dst = tuple(slice(a - lo, b - lo) for (a, b), (lo, _) in zip(box, region, strict=True))
         target = num[(slice(None), *dst)]
         target += up * w
-        den[dst] += w
-    return num, den
+        if den is not None:
+            den[dst] += w
 
 
 def _stage_tiles(shape: Sequence[int], block: int, binning: int) -> list[list[int]]:
@@ -309,20 +323,18 @@ class CascadeSegmenter(Segmenter):
             priors[z0] = delayed(_prior_slab, pure=True)(
                 self, stage1.for_block(box), box[0].start, box[0].stop, shape,
                 dask_key_name=(f"cascade.prior-{token}", z0 // slab))
-        rows: dict[tuple[int, int], Delayed] = {}
+        bands: dict[int, Delayed] = {}
         for iz, tz in enumerate(zs):
             under = [z0 for z0 in sorted(priors) if z0 < tz + e2 and z0 + slab > tz]
-            for iy, ty in enumerate(ys):
-                box = (slice(tz, min(tz + e2, shape[0])), slice(ty, min(ty + e2, shape[1])),
-                       slice(0, shape[2]))
-                # read and merged anywhere: only the network's task asks for a GPU
-                window = delayed(image[box], pure=True)
-                with dask.annotate(**annotations):
-                    rows[(tz, ty)] = delayed(_stage2_row, pure=True)(
-                        self, window, stats, (tz, ty), xs, shape, under[0],
-                        *(priors[z0] for z0 in under),
-                        dask_key_name=(f"cascade.stage2-{token}", iz, iy))
-        return _Rows(rows, shape, e2, 1, 0, token)
+            box = (slice(tz, min(tz + e2, shape[0])), slice(0, shape[1]), slice(0, shape[2]))
+            # read anywhere: only the network's task asks for a GPU
+            window = delayed(image[box], pure=True)
+            with dask.annotate(**annotations):
+                bands[tz] = delayed(_stage2_band, pure=True)(
+                    self, window, stats, tz, ys, xs, shape, under[0],
+                    *(priors[z0] for z0 in under),
+                    dask_key_name=(f"cascade.stage2-{token}", iz))
+        return _Bands(bands, shape, e2, token)
 
     def _plan_stage1(self, image: da.Array, stats: Any,
                      binned: dict[int, da.Array] | None) -> _Rows:
@@ -366,33 +378,44 @@ class CascadeSegmenter(Segmenter):
 
     # ----------------------------------------------------------------- stage 2
 
-    def _stage2_tiles(self, window: np.ndarray, z0: int, slabs: Sequence[np.ndarray],
-                      stats: IntensityStats, origin: tuple[int, int], xs: Sequence[int],
-                      shape: tuple[int, ...]) -> dict[tuple[int, ...], np.ndarray]:
-        """Stage 2's softmax of one row of tiles (full-resolution origins ``(tz, ty, tx)``):
-        the row's window of the image and stage 1's smoothed probabilities as channels, cut
-        from the prior ``slabs`` under it ((n−1, slices, Y, X) each, in z order, the first
-        starting at slice ``z0``).
+    def _stage2_band(self, window: np.ndarray, z0: int, slabs: Sequence[np.ndarray],
+                     stats: IntensityStats, tz: int, ys: Sequence[int], xs: Sequence[int],
+                     shape: tuple[int, ...]) -> np.ndarray:
+        """Stage 2 over one z band of tiles (all tiles with z origin ``tz``), fused: the
+        window-weighted sums of their softmax over slices ``tz:tz + len(window)`` of whole
+        planes, (K, slices, Y, X), tiles added in raster order. The network reads the band's
+        image and stage 1's smoothed probabilities, cut from the prior ``slabs`` under it
+        ((n−1, slices, Y, X) each, in z order, the first starting at slice ``z0``).
         """
         e2 = self._cfg.stage2.extent
         prior = slabs[0] if len(slabs) == 1 else np.concatenate(slabs, axis=1)
-        probs = prior[:, origin[0] - z0:origin[0] - z0 + window.shape[0],
-                      origin[1]:origin[1] + window.shape[1]]
+        probs = prior[:, tz - z0:tz - z0 + window.shape[0]]
         x = np.concatenate([self.normalise(window, stats)[None], probs], axis=0)
-        tiles = [_pad(x[:, :, :, tx:tx + e2], e2) for tx in xs]
-        out = self._forward("stage2", tiles)
-        return {(origin[0], origin[1], tx): p for tx, p in zip(xs, out, strict=True)}
+        del prior, probs
+        region = [(tz, tz + window.shape[0]), (0, shape[1]), (0, shape[2])]
+        num = np.zeros((self._cfg.num_classes, *window.shape), np.float32)
+        for ty in ys:  # a row of tiles per forward batch group
+            tiles = [_pad(x[:, :, ty:ty + e2, tx:tx + e2], e2) for tx in xs]
+            out = self._forward("stage2", tiles)
+            add_tiles(num, None, [((tz, ty, tx), p) for tx, p in zip(xs, out, strict=True)],
+                      region, shape, e2)
+        return num
 
     def segment_block_in(self, block: np.ndarray, stats: IntensityStats,
                          voxel_size_nm: tuple[float, float, float], *, box: tuple[slice, ...],
                          shape: tuple[int, ...], context: Any,
                          core: tuple[slice, ...] | None = None) -> dict[str, np.ndarray]:
-        """The classes of the block's core from the stage-2 tiles over it (``context``, a dict
-        of tile origin → softmax); zero elsewhere in the block.
+        """The classes of the block's core from the stage-2 bands over it (``context``, a list
+        of (first slice, fused sums (K, slices, Y, X)) in z order); zero elsewhere in the block.
         """
         core = box if core is None else core
         region = [(c.start, c.stop) for c in core]
-        num, _ = fuse_tiles(sorted(context.items()), region, shape, self._cfg.stage2.extent)
+        num = np.zeros((self._cfg.num_classes, *(hi - lo for lo, hi in region)), np.float32)
+        for tz, band in context:
+            lo, hi = max(tz, region[0][0]), min(tz + band.shape[1], region[0][1])
+            if lo < hi:
+                num[:, lo - region[0][0]:hi - region[0][0]] += band[
+                    :, lo - tz:hi - tz, core[1], core[2]]
         classes = num.argmax(axis=0)
         values = np.asarray(self._cfg.labels, dtype=self.outputs[0].dtype)
         out = np.zeros(block.shape, self.outputs[0].dtype)
@@ -449,16 +472,16 @@ class CascadeSegmenter(Segmenter):
     # ----------------------------------------------------------------- memory
 
     def memory_bytes(self, block_shape: tuple[int, ...]) -> int:
-        """An engine block: its chunk, the stage-2 tiles over it (about (1 + e/spacing)³ ≈ 3.4×
-        its voxels in n classes) and their fused sums. The row tasks of the per-tomogram work
-        hold one row's window, stage 1's fused probabilities over it and one batch's
-        activations: small beside a block for any chunk of a few tiles.
+        """An engine block: its chunk, the stage-2 bands over it (n classes over its slices
+        plus a tile each side, 1.5× for the bands' overlap; whole planes, here taken as the
+        block's plane, exact for z slabs) and their sum. The band tasks of the per-tomogram
+        work hold one band's input, its sums and one batch's activations.
         """
         n = self._cfg.num_classes
         vox = int(np.prod(block_shape))
         e = self._cfg.stage2.extent
-        tiles = int(np.prod([s + 2 * e for s in block_shape]))
-        return 4 * (2 * vox + tiles * n + vox * (n + 1))
+        bands = int(1.5 * (block_shape[0] + 2 * e) * np.prod(block_shape[1:]))
+        return 4 * (2 * vox + bands * n + vox * (n + 1))
 
     def with_batch_size(self, batch_size: int) -> CascadeSegmenter:
         return self if self.batch_size <= batch_size else dataclasses.replace(
@@ -481,13 +504,13 @@ def _pad(a: np.ndarray, size: int) -> np.ndarray:
     return np.pad(a, pad) if any(p for _, p in pad) else a
 
 
-def _stage2_row(seg: CascadeSegmenter, window: np.ndarray, stats: IntensityStats,
-                origin: tuple[int, int], xs: Sequence[int], shape: tuple[int, ...], z0: int,
-                *slabs: np.ndarray) -> dict[tuple[int, ...], np.ndarray]:
-    """Stage 2's softmax of one row of tiles; ``slabs``: the prior slabs under it, the first
-    starting at slice ``z0``.
+def _stage2_band(seg: CascadeSegmenter, window: np.ndarray, stats: IntensityStats, tz: int,
+                 ys: Sequence[int], xs: Sequence[int], shape: tuple[int, ...], z0: int,
+                 *slabs: np.ndarray) -> np.ndarray:
+    """Stage 2's fused sums over one z band of tiles; ``slabs``: the prior slabs under it, the
+    first starting at slice ``z0``.
     """
-    return seg._stage2_tiles(np.asarray(window), z0, slabs, stats, origin, xs, shape)
+    return seg._stage2_band(np.asarray(window), z0, slabs, stats, tz, ys, xs, shape)
 
 
 def _prior_slab(seg: CascadeSegmenter, rows: dict[tuple[int, ...], np.ndarray], z0: int, z1: int,
@@ -530,3 +553,23 @@ class _Rows(BlockContext):
                       and k[1] * self.binning < hi[1] and k[1] * self.binning + self.extent > lo[1])
         name = f"cascade.rows-{tokenize(self.token, [(s.start, s.stop) for s in box])}"
         return delayed(_merge, pure=True)(*(self.rows[k] for k in keys), dask_key_name=name)
+
+
+def _band_list(tzs: Sequence[int], *bands: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    return list(zip(tzs, bands, strict=True))
+
+
+@dataclass(frozen=True)
+class _Bands(BlockContext):
+    """Stage 2's z bands of fused sums; a block gets those that reach its slices, in z order."""
+
+    bands: dict[int, Delayed]
+    shape: tuple[int, ...]
+    extent: int
+    token: str
+
+    def for_block(self, box: tuple[slice, ...]) -> Delayed:
+        tzs = sorted(t for t in self.bands if t < box[0].stop and t + self.extent > box[0].start)
+        name = f"cascade.bands-{tokenize(self.token, [(s.start, s.stop) for s in box])}"
+        return delayed(_band_list, pure=True)(tzs, *(self.bands[t] for t in tzs),
+                                              dask_key_name=name)
