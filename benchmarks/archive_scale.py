@@ -95,7 +95,10 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     import logging
 
+    import warnings
+
     logging.getLogger("sxtdask").setLevel(logging.ERROR)  # .npy files: the assumed voxel size
+    warnings.filterwarnings("ignore", message=r".*no voxel size")
     root = Path(tempfile.mkdtemp(prefix="sxtdask-archive-scale-", dir=args.work))
     print(f"simulated archives of 8×16×16 tomograms, classical ISG instances, "
           f"{args.workers} local workers × 1 thread")

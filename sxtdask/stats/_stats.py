@@ -125,6 +125,16 @@ def _smooth_diffs(ext: np.ndarray, origin: tuple[int, int, int]) -> np.ndarray:
     return np.concatenate(out) if out else np.empty(0, dtype=np.float32)
 
 
+def _smooth_diffs_padded(ext: np.ndarray, origin: tuple[int, int, int],
+                         pad: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """:func:`_smooth_diffs` of a chunk that carries its neighbours' voxels only along some axes:
+    the others get ``pad`` voxels of replicated edge (an unchunked axis's own edges).
+    """
+    if any(p for pair in pad for p in pair):
+        ext = np.pad(np.asarray(ext), pad, mode="edge")
+    return _smooth_diffs(ext, origin)
+
+
 def _partial(block: np.ndarray, step: int) -> dict[str, Any]:
     x = np.asarray(block, dtype=np.float64)
     finite = np.isfinite(x)
@@ -212,16 +222,22 @@ def global_stats(
     smooth_keys: list[Any] = []
     smooth_tasks: dict[Any, Any] = {}
     if image.ndim == 3 and all(n > SMOOTH_DEPTH[a] for a, n in enumerate(image.shape)):
-        ext = da.overlap.overlap(image, depth=SMOOTH_DEPTH, boundary="nearest")
+        # neighbours' voxels only along chunked axes (dask's overlap costs tasks per face, edge
+        # and corner piece: 82 for a one-chunk tomogram); the rest is the edge padding, in the task
+        depth = {a: SMOOTH_DEPTH[a] if image.numblocks[a] > 1 else 0 for a in range(3)}
+        pad = tuple((SMOOTH_DEPTH[a] - depth[a],) * 2 for a in range(3))
+        ext = da.overlap.overlap(image, depth=depth, boundary="nearest") \
+            if any(depth.values()) else image
         # overlap may rechunk (chunks smaller than the depth): origins come from its own cores
-        cores = [[c - 2 * SMOOTH_DEPTH[a] for c in chunks] for a, chunks in enumerate(ext.chunks)]
+        cores = [[c - 2 * depth[a] for c in chunks] for a, chunks in enumerate(ext.chunks)]
         starts = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in cores]
-        dependencies.append(ext)
+        if ext is not image:
+            dependencies.append(ext)
         smooth = f"sxtdask-stats-smooth-{token}"
         for j in np.ndindex(*ext.numblocks):
             origin = tuple(int(starts[a][k]) for a, k in enumerate(j))
             smooth_keys.append((smooth, *j))
-            smooth_tasks[(smooth, *j)] = (_smooth_diffs, (ext.name, *j), origin)
+            smooth_tasks[(smooth, *j)] = (_smooth_diffs_padded, (ext.name, *j), origin, pad)
     dsk: dict[Any, Any] = {(part, *i): (_partial, (image.name, *i), step) for i in keys}
     dsk.update(smooth_tasks)
     dsk[name] = (_combine, [(part, *i) for i in keys], percentiles, smooth_keys)
