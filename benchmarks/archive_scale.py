@@ -94,7 +94,6 @@ def main() -> None:
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     import logging
-
     import warnings
 
     logging.getLogger("sxtdask").setLevel(logging.ERROR)  # .npy files: the assumed voxel size
