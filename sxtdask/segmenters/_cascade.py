@@ -23,7 +23,7 @@ stage 1 is one task per row of tiles (all tiles of one z and y origin), stage 2 
 band of tiles (all tiles of one z origin):
 
 - ``cascade.stage1`` reads only its binned window (the pyramid level, or level 0 binned in the
-  task) and returns its tiles' softmax;
+  task) and returns its tiles' softmax of classes 1..n−1;
 - ``cascade.prior`` fuses and smooths stage 1 over a z slab of whole planes (two stage-2 tiles
   deep) from the stage-1 rows that reach it, over the slab plus the Gaussians' reach (every
   value equals the whole-volume one: the same tiles, added in the same order, the same Gaussian
@@ -374,7 +374,10 @@ class CascadeSegmenter(Segmenter):
             window = bin_mean(np.asarray(window), self.factor)
         x = self.normalise(window, stats)
         probs = self._forward("stage1", [_pad(x[None, :, :, tx:tx + s1], s1) for tx in xs])
-        return {(origin[0], origin[1], tx): p for tx, p in zip(xs, probs, strict=True)}
+        # classes 1..n−1 only: stage 2 reads the image in place of class 0 (held until the prior
+        # slabs are built, so a third less to hold)
+        return {(origin[0], origin[1], tx): np.ascontiguousarray(p[1:])
+                for tx, p in zip(xs, probs, strict=True)}
 
     # ----------------------------------------------------------------- stage 2
 
@@ -388,10 +391,16 @@ class CascadeSegmenter(Segmenter):
         ((n−1, slices, Y, X) each, in z order, the first starting at slice ``z0``).
         """
         e2 = self._cfg.stage2.extent
-        prior = slabs[0] if len(slabs) == 1 else np.concatenate(slabs, axis=1)
-        probs = prior[:, tz - z0:tz - z0 + window.shape[0]]
-        x = np.concatenate([self.normalise(window, stats)[None], probs], axis=0)
-        del prior, probs
+        # the band's slices of each slab (no copy of the slabs themselves)
+        pieces, start, stop = [], tz, tz + window.shape[0]
+        for slab in slabs:
+            lo, hi = max(start, z0), min(stop, z0 + slab.shape[1])
+            if lo < hi:
+                pieces.append(slab[:, lo - z0:hi - z0])
+            z0 += slab.shape[1]
+        prior = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)
+        x = np.concatenate([self.normalise(window, stats)[None], prior], axis=0)
+        del pieces, prior
         region = [(tz, tz + window.shape[0]), (0, shape[1]), (0, shape[2])]
         num = np.zeros((self._cfg.num_classes, *window.shape), np.float32)
         for ty in ys:  # a row of tiles per forward batch group
@@ -416,11 +425,12 @@ class CascadeSegmenter(Segmenter):
             if lo < hi:
                 num[:, lo - region[0][0]:hi - region[0][0]] += band[
                     :, lo - tz:hi - tz, core[1], core[2]]
-        classes = num.argmax(axis=0)
         values = np.asarray(self._cfg.labels, dtype=self.outputs[0].dtype)
         out = np.zeros(block.shape, self.outputs[0].dtype)
-        out[tuple(slice(c.start - b.start, c.stop - b.start)
-                  for c, b in zip(core, box, strict=True))] = values[classes]
+        dst = out[tuple(slice(c.start - b.start, c.stop - b.start)
+                        for c, b in zip(core, box, strict=True))]
+        for z in range(0, num.shape[1], 8):  # argmax's int64 indices a few slices at a time
+            dst[z:z + 8] = values[num[:, z:z + 8].argmax(axis=0)]
         return {"cell": out}
 
     def _stage1_probabilities(self, rows: dict[tuple[int, ...], np.ndarray],
@@ -428,7 +438,7 @@ class CascadeSegmenter(Segmenter):
         """Stage 1's fused, smoothed probabilities of classes 1..n−1 over ``union``."""
         m, b = self.margin, self.factor
         region = [(max(0, lo - m), min(n, hi + m)) for (lo, hi), n in zip(union, shape, strict=True)]
-        tiles = [((k[0] * b, k[1] * b, k[2] * b), p[1:]) for k, p in sorted(rows.items())]
+        tiles = [((k[0] * b, k[1] * b, k[2] * b), p) for k, p in sorted(rows.items())]
         num, den = fuse_tiles(tiles, region, shape, self._cfg.stage1.block * b, b)
         fused = num / np.maximum(den, np.float32(1e-12))
         up = b / FWHM if b > 1 else 0.0
