@@ -35,6 +35,24 @@ def test_sampled_percentiles_are_close_and_do_not_alias_rows():
     assert np.gcd(_coprime_step(100, x.shape), 100) == 1
 
 
+@pytest.mark.parametrize("sample_size", [2_000, 100_000_000], ids=["sampled", "every-voxel"])
+def test_sampled_statistics_are_the_same_for_any_chunking(sample_size):
+    """The percentiles come from the same voxels (raster index a multiple of the stride in the
+    whole volume) for any chunking, so a tomogram normalises identically whether its store is in
+    z slabs or in-plane chunks (in-plane chunks once sampled other voxels: other thresholds).
+    """
+    x = np.random.default_rng(3).gamma(2.0, 0.05, (40, 30, 21)).astype(np.float32)
+    one = global_stats(da.from_array(x, chunks=-1), sample_size=sample_size).compute(
+        scheduler="sync")
+    for chunks in [(7, 30, 21), (5, 9, 11), (40, 30, 4), (13, 7, 21)]:
+        s = global_stats(da.from_array(x, chunks=chunks), sample_size=sample_size).compute(
+            scheduler="sync")
+        assert (s.p_low, s.p_high, s.noise_smooth) == (one.p_low, one.p_high, one.noise_smooth)
+    step = _coprime_step(int(np.ceil(x.size / sample_size)), x.shape)
+    lo, hi = np.percentile(x.ravel()[::step].astype(np.float64), [0.5, 99.5])
+    assert (one.p_low, one.p_high) == (pytest.approx(lo, abs=0), pytest.approx(hi, abs=0))
+
+
 def test_nonfinite_voxels_are_counted_and_refused():
     x = np.ones((4, 5, 6), np.float32)
     x[2, 1, 1] = np.nan

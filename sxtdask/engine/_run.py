@@ -269,7 +269,7 @@ def _trusted_pieces(arr: np.ndarray, spec: OutputSpec) -> np.ndarray:
     there, so that nothing stays joined only through the untrusted rim.
     """
     if spec.match is Match.TOUCHING:
-        return measure.label(arr, background=0, connectivity=arr.ndim)
+        return measure.label(arr, background=0, connectivity=spec.connectivity)
     return arr
 
 

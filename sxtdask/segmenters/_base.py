@@ -73,6 +73,11 @@ class OutputSpec:
     #: connectivity) smaller than ``clean`` × the largest part are set to 0, over the whole volume
     #: (:func:`keep_large_parts`; the engine does it chunk by chunk with the global relabel).
     clean: float | None = None
+    #: ``Match.TOUCHING`` outputs: the connectivity of their components, as in
+    #: ``skimage.measure.label`` (1: faces, scipy.ndimage.label's default; up to the number of
+    #: axes). A block's labels are split into parts of this connectivity where they are trusted,
+    #: so that nothing stays joined through the untrusted rim — by a diagonal step either.
+    connectivity: int = 1
 
 
 @dataclass(frozen=True)
@@ -325,7 +330,7 @@ class Segmenter(abc.ABC):
                 result[spec.name] = arr.astype(spec.dtype)
                 continue
             if spec.match is Match.TOUCHING:
-                arr = measure.label(arr, background=0, connectivity=arr.ndim)
+                arr = measure.label(arr, background=0, connectivity=spec.connectivity)
             result[spec.name] = raster_relabel(arr, 0, spec.dtype)
         return result
 

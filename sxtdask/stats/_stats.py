@@ -135,12 +135,34 @@ def _smooth_diffs_padded(ext: np.ndarray, origin: tuple[int, int, int],
     return _smooth_diffs(ext, origin)
 
 
-def _partial(block: np.ndarray, step: int) -> dict[str, Any]:
+def _global_sample(x: np.ndarray, origin: tuple[int, ...], shape: tuple[int, ...],
+                   step: int) -> np.ndarray:
+    """The voxels of one chunk (``origin`` in a volume of ``shape``) whose raster index in the
+    whole volume is a multiple of ``step``: the same voxels, whatever the chunking.
+    """
+    if step <= 1:
+        return x.ravel()
+    if x.size == 0:
+        return np.empty(0, x.dtype)
+    strides = [int(np.prod(shape[k + 1:])) for k in range(len(shape))]
+    base = np.zeros(x.shape[:-1], np.int64)
+    for axis in range(x.ndim - 1):
+        idx = (np.arange(x.shape[axis]) + origin[axis]) * strides[axis]
+        base += idx.reshape([-1 if a == axis else 1 for a in range(x.ndim - 1)])
+    first = (-(base + origin[-1])) % step  # the first sampled column of each row
+    cols = first[..., None] + step * np.arange(-(-x.shape[-1] // step))
+    keep = cols < x.shape[-1]
+    rows = np.broadcast_to(np.arange(base.size).reshape(base.shape)[..., None], cols.shape)
+    return x.reshape(base.size, x.shape[-1])[rows[keep], cols[keep]]
+
+
+def _partial(block: np.ndarray, step: int, origin: tuple[int, ...] | None = None,
+             shape: tuple[int, ...] | None = None) -> dict[str, Any]:
     x = np.asarray(block, dtype=np.float64)
     finite = np.isfinite(x)
     n_bad = int(x.size - np.count_nonzero(finite))
     good = x[finite] if n_bad else x.ravel()
-    sample = x.ravel()[::step]
+    sample = _global_sample(x, origin or (0,) * x.ndim, shape or x.shape, step)
     diffs = np.abs(np.diff(x, axis=-1)).ravel()[::step] if x.shape[-1] > 1 else np.empty(0)
     diffs = diffs[np.isfinite(diffs) & (diffs > 0)].astype(np.float32)
     return {
@@ -238,7 +260,12 @@ def global_stats(
             origin = tuple(int(starts[a][k]) for a, k in enumerate(j))
             smooth_keys.append((smooth, *j))
             smooth_tasks[(smooth, *j)] = (_smooth_diffs_padded, (ext.name, *j), origin, pad)
-    dsk: dict[Any, Any] = {(part, *i): (_partial, (image.name, *i), step) for i in keys}
+    origins = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in image.chunks]
+    full = tuple(int(n) for n in image.shape)
+    dsk: dict[Any, Any] = {
+        (part, *i): (_partial, (image.name, *i), step,
+                     tuple(int(origins[a][k]) for a, k in enumerate(i)), full)
+        for i in keys}
     dsk.update(smooth_tasks)
     dsk[name] = (_combine, [(part, *i) for i in keys], percentiles, smooth_keys)
     # dask.array.Array does not match dask's own DaskCollection protocol (__dask_scheduler__ is a
