@@ -135,35 +135,60 @@ def _smooth_diffs_padded(ext: np.ndarray, origin: tuple[int, int, int],
     return _smooth_diffs(ext, origin)
 
 
+def _sample_positions(chunk: tuple[int, ...], origin: tuple[int, ...], shape: tuple[int, ...],
+                      step: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, column) of the voxels of one chunk (``origin`` in a volume of ``shape``; rows are
+    the chunk's flattened leading axes) whose raster index in the whole volume is a multiple of
+    ``step``: the same voxels, whatever the chunking.
+    """
+    nrows = int(np.prod(chunk[:-1], dtype=np.int64))
+    if step <= 1:
+        rows, cols = np.divmod(np.arange(nrows * chunk[-1]), chunk[-1])
+        return rows, cols
+    strides = [int(np.prod(shape[k + 1:], dtype=np.int64)) for k in range(len(shape))]
+    base = np.zeros(chunk[:-1], np.int64)
+    for axis in range(len(chunk) - 1):
+        idx = (np.arange(chunk[axis]) + origin[axis]) * strides[axis]
+        base += idx.reshape([-1 if a == axis else 1 for a in range(len(chunk) - 1)])
+    first = (-(base.ravel() + origin[-1])) % step  # the first sampled column of each row
+    cols = first[:, None] + step * np.arange(-(-chunk[-1] // step))
+    keep = cols < chunk[-1]
+    rows = np.broadcast_to(np.arange(nrows)[:, None], cols.shape)
+    return rows[keep], cols[keep]
+
+
 def _global_sample(x: np.ndarray, origin: tuple[int, ...], shape: tuple[int, ...],
                    step: int) -> np.ndarray:
-    """The voxels of one chunk (``origin`` in a volume of ``shape``) whose raster index in the
-    whole volume is a multiple of ``step``: the same voxels, whatever the chunking.
+    """The voxels of one chunk whose raster index in the whole volume is a multiple of
+    ``step`` (:func:`_sample_positions`).
     """
-    if step <= 1:
-        return x.ravel()
     if x.size == 0:
         return np.empty(0, x.dtype)
-    strides = [int(np.prod(shape[k + 1:])) for k in range(len(shape))]
-    base = np.zeros(x.shape[:-1], np.int64)
-    for axis in range(x.ndim - 1):
-        idx = (np.arange(x.shape[axis]) + origin[axis]) * strides[axis]
-        base += idx.reshape([-1 if a == axis else 1 for a in range(x.ndim - 1)])
-    first = (-(base + origin[-1])) % step  # the first sampled column of each row
-    cols = first[..., None] + step * np.arange(-(-x.shape[-1] // step))
-    keep = cols < x.shape[-1]
-    rows = np.broadcast_to(np.arange(base.size).reshape(base.shape)[..., None], cols.shape)
-    return x.reshape(base.size, x.shape[-1])[rows[keep], cols[keep]]
+    rows, cols = _sample_positions(x.shape, origin, shape, step)
+    return x.reshape(-1, x.shape[-1])[rows, cols]
 
 
 def _partial(block: np.ndarray, step: int, origin: tuple[int, ...] | None = None,
              shape: tuple[int, ...] | None = None) -> dict[str, Any]:
-    x = np.asarray(block, dtype=np.float64)
+    x = np.asarray(block)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64)
     finite = np.isfinite(x)
     n_bad = int(x.size - np.count_nonzero(finite))
-    good = x[finite] if n_bad else x.ravel()
-    sample = _global_sample(x, origin or (0,) * x.ndim, shape or x.shape, step)
-    diffs = np.abs(np.diff(x, axis=-1)).ravel()[::step] if x.shape[-1] > 1 else np.empty(0)
+    good = x[finite] if n_bad else x.reshape(-1)
+    total = sumsq = 0.0
+    for part in np.array_split(good, max(1, good.size >> 20)):  # float64, a MiB-sized part at a time
+        p64 = part.astype(np.float64)
+        total += float(p64.sum())
+        sumsq += float(np.dot(p64, p64))
+    if x.size:
+        rows, cols = _sample_positions(x.shape, origin or (0,) * x.ndim, shape or x.shape, step)
+        flat = x.reshape(-1, x.shape[-1])
+        sample = flat[rows, cols].astype(np.float64)
+        pair = cols + 1 < x.shape[-1]  # |x difference| at the sampled voxels (noise fallback)
+        diffs = np.abs(flat[rows[pair], cols[pair] + 1].astype(np.float64) - sample[pair])
+    else:
+        sample = diffs = np.empty(0)
     diffs = diffs[np.isfinite(diffs) & (diffs > 0)].astype(np.float32)
     return {
         "diffs": diffs,
@@ -171,8 +196,8 @@ def _partial(block: np.ndarray, step: int, origin: tuple[int, ...] | None = None
         "bad": n_bad,
         "min": float(good.min()) if good.size else np.inf,
         "max": float(good.max()) if good.size else -np.inf,
-        "sum": float(good.sum()),
-        "sumsq": float(np.square(good).sum()),
+        "sum": total,
+        "sumsq": sumsq,
         "sample": sample[np.isfinite(sample)].astype(np.float32),
     }
 
