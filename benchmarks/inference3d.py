@@ -12,7 +12,7 @@ Per method, the same phantom tomogram (default 256 × 512 × 512) is segmented t
 * **sxtdask**: the tomogram as OME-Zarr (z-slab chunks, with its mean pyramid), the whole
   pipeline (statistics, the per-tomogram work, blocks, label image and pyramid) on a
   LocalCluster of one worker with one thread per core and the environment sxtdask gives its own
-  workers (one torch thread per task, glibc's malloc defaults), timed from the start of the graph to the
+  workers (one torch thread per task, glibc's grown malloc limits), timed from the start of the graph to the
   label image listed; its worker's resident memory sampled every 10 ms.
 
 Printed per method: voxels/s of both and their ratio, the labels' agreement, the peak memory of
@@ -285,7 +285,7 @@ def main() -> None:
                 t_peer = time.perf_counter() - t0
             runs = {}
             # the workers' environment of sxtdask's own clusters (one torch thread per task,
-            # glibc's malloc defaults: sxtdask.engine.worker_environ)
+            # glibc's grown malloc limits: sxtdask.engine.worker_environ)
             with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
                 for name in ("quarter", "full"):  # a fresh worker each: its own peak
                     with LocalCluster(n_workers=1, threads_per_worker=cores, processes=True,

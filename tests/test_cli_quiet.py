@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import pytest
+from signals_helpers import sigint_default
 
 psutil = pytest.importorskip("psutil")
 
@@ -165,7 +166,7 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_no_worker(tiny: Path, tmp_path: 
     cmd = [*COMMAND, *(["-q"] if quiet else []), *SEGMENT, "--workers", "2",
            "--dashboard-address", "127.0.0.1:0"]
     proc = subprocess.Popen(cmd, cwd=tiny, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, preexec_fn=sigint_default)
     try:
         t0 = time.monotonic()
         while not any(calls.iterdir()):  # the workers are busy segmenting

@@ -25,6 +25,7 @@ import dask.config
 import numpy as np
 import pytest
 import yaml
+from signals_helpers import sigint_default
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "cluster"
@@ -257,7 +258,8 @@ def test_two_runs_on_one_scheduler_do_not_disturb_each_other(
            "--method", "classical", "--chunks", "8,32,32", "--scheduler", tcp_cluster,
            "--report", "r.json"]
     procs = [subprocess.Popen(cmd, cwd=d, env=ENV, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for d in dirs]
+                              stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
+             for d in dirs]
     try:
         assert procs[0].stdout is not None
         for line in procs[0].stdout:  # interrupt run a once it is connected and working
@@ -561,18 +563,31 @@ def test_tls_recipe_sets_what_distributed_reads() -> None:
 @pytest.mark.parametrize("configured", [None, "1048576"], ids=["dask-default", "user-set"])
 def test_local_workers_keep_glibc_malloc_unless_the_user_set_a_threshold(
         configured: str | None) -> None:
-    """Dask's MALLOC_TRIM_THRESHOLD_=65536 (1.8x slower cascade here) is dropped from sxtdask's
-    own local workers; a threshold the user configured reaches them unchanged.
+    """Dask's MALLOC_TRIM_THRESHOLD_=65536 (1.7x slower cascade here) is replaced by glibc's own
+    grown limits in sxtdask's local workers, even when an earlier Dask cluster of this process
+    left Dask's value in os.environ; a threshold the user configured reaches them unchanged.
     """
     from sxtdask.engine import ClusterConfig, connect
+    from sxtdask.engine._cluster import MALLOC_SETTINGS
 
     env = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
     assert str(env.get("MALLOC_TRIM_THRESHOLD_")) == "65536"  # what Dask ships
     if configured is not None:
         env["MALLOC_TRIM_THRESHOLD_"] = configured
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": env}), \
-            connect(ClusterConfig(workers=1, threads_per_worker=1,
-                                  dashboard_address=None)) as client:
-        seen = client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"),
-                                   os.environ.get("OMP_NUM_THREADS")))
-    assert list(seen.values()) == [(configured, "1")]
+    want = (configured, None) if configured else (
+        str(MALLOC_SETTINGS["MALLOC_TRIM_THRESHOLD_"]), str(MALLOC_SETTINGS["MALLOC_MMAP_THRESHOLD_"]))
+    with pytest.MonkeyPatch.context() as mp:
+        if configured is None:  # what an earlier Dask cluster of this process leaves here
+            mp.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+        else:
+            mp.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+        mp.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": env}), \
+                connect(ClusterConfig(workers=1, threads_per_worker=1,
+                                      dashboard_address=None)) as client:
+            seen = client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+                                       os.environ.get("MALLOC_MMAP_THRESHOLD_"),
+                                       os.environ.get("OMP_NUM_THREADS")))
+        after = os.environ.get("MALLOC_TRIM_THRESHOLD_")
+    assert list(seen.values()) == [(*want, "1")]
+    assert after == ("65536" if configured is None else configured)  # the nanny's, not ours

@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
+from signals_helpers import sigint_default
 
 from sxtdask._fs import LOCK_FILE
 from sxtdask.archive import read_manifest
@@ -124,7 +125,8 @@ class _Proc:
         self.out_path, self.err_path = logs / f"{n}.stdout", logs / f"{n}.stderr"
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
             self.proc = subprocess.Popen([*prefix, *argv], stdout=out, stderr=err,
-                                         env=env or ENV, start_new_session=True)
+                                         env=env or ENV, start_new_session=True,
+                                         preexec_fn=sigint_default)
         self.t0 = time.monotonic()
         self.events: list[tuple[float, str]] = []
         self._seen = 0

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from signals_helpers import sigint_default
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ)
@@ -108,7 +109,7 @@ def test_live_dashboard_task_stream_shows_the_segment_tasks(tmp_path: Path) -> N
     cmd = [sys.executable, "-m", "sxtdask.cli", *SEGMENT[:1], "watchme.zarr", *SEGMENT[1:],
            "--json-log"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=tmp_path, env=ENV)
+                            cwd=tmp_path, env=ENV, preexec_fn=sigint_default)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True).start()
     seen: list[str] = []

@@ -22,6 +22,7 @@ import pytest
 from dask.local import get_sync
 from dask.utils import key_split
 from scipy import ndimage
+from signals_helpers import sigint_default
 
 from sxtdask.engine import segment_store
 from sxtdask.engine._resume import Progress
@@ -211,7 +212,7 @@ def _cli(data: Path, report: Path, env: dict[str, str]) -> subprocess.Popen[str]
            "isg-instances", "--method", "classical", "--chunks", "8,32,32", "--report", str(report),
            "--workers", "1", "--threads-per-worker", "2", "--dashboard-address", "127.0.0.1:0"]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, preexec_fn=sigint_default)
 
 
 def _finish(proc: subprocess.Popen[str], timeout: float) -> tuple[int, str]:
