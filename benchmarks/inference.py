@@ -21,8 +21,9 @@ task (slices in parallel, not each slice across cores), batch 1. Dask starts its
 activation is a fresh mmap and page faults) and a 10 ms statistical profiler; this script sets
 ``OMP_NUM_THREADS`` to ``cores // (workers × threads)`` and gives the workers glibc's defaults, as
 the peer has (sxtdask's own local clusters set glibc's grown limits instead of Dask's value:
-``sxtdask.engine.worker_environ``), and no profiler (``--dask-worker-defaults`` keeps Dask's). ``--keep-freed-memory``
-turns mmap and trimming off on both sides (no page faults for activations; both get faster).
+``sxtdask.engine.worker_environ``), and no profiler (``--dask-worker-defaults`` keeps Dask's).
+``--keep-freed-memory`` turns mmap and trimming off on both sides (no page faults for
+activations; both get faster).
 
     python benchmarks/inference.py --slices 8                # cell U-Net, width 64, 8 × 256 × 256
     python benchmarks/inference.py --slices 8 --model isg --width 16
