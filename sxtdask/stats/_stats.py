@@ -157,17 +157,6 @@ def _sample_positions(chunk: tuple[int, ...], origin: tuple[int, ...], shape: tu
     return rows[keep], cols[keep]
 
 
-def _global_sample(x: np.ndarray, origin: tuple[int, ...], shape: tuple[int, ...],
-                   step: int) -> np.ndarray:
-    """The voxels of one chunk whose raster index in the whole volume is a multiple of
-    ``step`` (:func:`_sample_positions`).
-    """
-    if x.size == 0:
-        return np.empty(0, x.dtype)
-    rows, cols = _sample_positions(x.shape, origin, shape, step)
-    return x.reshape(-1, x.shape[-1])[rows, cols]
-
-
 def _partial(block: np.ndarray, step: int, origin: tuple[int, ...] | None = None,
              shape: tuple[int, ...] | None = None) -> dict[str, Any]:
     x = np.asarray(block)
